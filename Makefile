@@ -1,0 +1,53 @@
+# mmc — `make run` starts the service, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help run test lint fmt check-system clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.run-deps: setup.cfg | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-deps: setup.cfg | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.run-deps
+
+run: $(VENV)/.run-deps  ## start mmc on 127.0.0.1:8088 with its store in ./data
+	$(BIN)/mmc serve
+
+# The tests start real mosquitto brokers: install Debian's package when it is missing.
+check-system:
+	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_ctrl >/dev/null \
+	    || [ ! -e /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing mosquitto from Debian's packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
+	  else \
+	    echo "mosquitto (with mosquitto_ctrl and the dynamic-security plugin) is required:"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y mosquitto"; exit 1; \
+	  fi; \
+	fi
+
+test: $(VENV)/.test-deps check-system  ## run the whole test suite against real brokers
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.test-deps  ## ruff and mypy
+	$(BIN)/ruff check mmc tests
+	$(BIN)/ruff format --check mmc tests
+	$(BIN)/mypy
+
+fmt: $(VENV)/.test-deps
+	$(BIN)/ruff check --fix mmc tests
+	$(BIN)/ruff format mmc tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,192 @@
+"""ControlChannel: request/response over a broker's ``$CONTROL/<api>/v1`` topics.
+
+Requests go out at QoS 0 as ``{"commands": [...]}``; the plugin answers every
+command in one ``{"responses": [...]}`` message on ``.../response``, which the
+broker sends to *every* subscriber, so replies are matched by a UUID
+``correlationData`` and anything that is not ours is ignored.
+
+Commands issued in the same event-loop iteration for the same API are sent in
+one message (up to ``MAX_BATCH``): under load this turns N round trips into one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from mmc.errors import (
+    BrokerTimeout,
+    BrokerUnavailable,
+    ControlConflict,
+    ControlError,
+    ControlNotFound,
+    MmcError,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 100
+
+# Every API whose replies we listen for; request topic is $CONTROL/<api>/v1.
+KNOWN_APIS: tuple[str, ...] = (
+    "dynamic-security",
+    "broker",
+    "cedalo/client-control",
+    "cedalo/license",
+    "cedalo/inspect",
+)
+
+
+def request_topic(api: str) -> str:
+    return f"$CONTROL/{api}/v1"
+
+
+def response_topic(api: str) -> str:
+    return f"$CONTROL/{api}/v1/response"
+
+
+RESPONSE_TOPICS: dict[str, str] = {response_topic(api): api for api in KNOWN_APIS}
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, payload: bytes) -> None: ...
+
+
+def error_for(command: str, message: str) -> ControlError:
+    """Map a plugin's error string to the typed error the API renders."""
+    lowered = message.lower()
+    if "not found" in lowered or "does not exist" in lowered:
+        return ControlNotFound(message, command=command)
+    if "already exists" in lowered or "is already in" in lowered:
+        return ControlConflict(message, command=command)
+    return ControlError(message, command=command)
+
+
+class ControlChannel:
+    def __init__(self, broker_id: str, *, timeout: float) -> None:
+        self.broker_id = broker_id
+        self.timeout = timeout
+        self._publisher: Publisher | None = None
+        # correlationData -> (api, future of the response entry)
+        self._pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self._batches: dict[str, list[dict[str, Any]]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    @property
+    def available(self) -> bool:
+        return self._publisher is not None
+
+    def attach(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+
+    def detach(self, reason: MmcError | None = None) -> None:
+        """The link dropped: every waiting request fails now rather than at its timeout."""
+        self._publisher = None
+        self._batches.clear()
+        error = reason or BrokerUnavailable(f"Broker {self.broker_id} is not connected")
+        for _, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._pending.clear()
+
+    async def request(
+        self, api: str, command: Mapping[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one command and return its response entry (``{"command", "data"?}``).
+
+        Raises ControlError (or a subclass) when the plugin answers with an error.
+        """
+        response = await self.send(api, command, timeout=timeout)
+        if "error" in response:
+            raise error_for(
+                str(response.get("command", command.get("command"))), str(response["error"])
+            )
+        return response
+
+    async def send(
+        self, api: str, command: Mapping[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one command and return its raw response entry, error or not."""
+        if self._publisher is None:
+            raise BrokerUnavailable(f"Broker {self.broker_id} is not connected")
+        correlation = str(uuid.uuid4())
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[correlation] = (api, fut)
+        batch = self._batches.setdefault(api, [])
+        batch.append({**command, "correlationData": correlation})
+        if len(batch) == 1:
+            asyncio.get_running_loop().call_soon(self._schedule_flush, api)
+        elif len(batch) >= MAX_BATCH:
+            self._schedule_flush(api)
+        try:
+            async with asyncio.timeout(timeout or self.timeout):
+                return await fut
+        except TimeoutError:
+            raise BrokerTimeout(
+                f"Broker {self.broker_id} did not answer {command.get('command')!r} "
+                f"on {request_topic(api)} within {timeout or self.timeout:g} s"
+            ) from None
+        finally:
+            self._pending.pop(correlation, None)
+
+    def _schedule_flush(self, api: str) -> None:
+        batch = self._batches.pop(api, None)
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._flush(api, batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, api: str, batch: list[dict[str, Any]]) -> None:
+        publisher = self._publisher
+        payload = json.dumps({"commands": batch}, separators=(",", ":")).encode()
+        try:
+            if publisher is None:
+                raise BrokerUnavailable(f"Broker {self.broker_id} is not connected")
+            await publisher.publish(request_topic(api), payload)
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the waiting callers
+            error = (
+                exc
+                if isinstance(exc, MmcError)
+                else BrokerUnavailable(
+                    f"Broker {self.broker_id}: could not send the request ({exc})"
+                )
+            )
+            for cmd in batch:
+                pending = self._pending.get(cmd["correlationData"])
+                if pending is not None and not pending[1].done():
+                    pending[1].set_exception(error)
+
+    def handle_response(self, api: str, payload: bytes) -> None:
+        """Route one message from ``$CONTROL/<api>/v1/response`` to the waiting requests."""
+        try:
+            body = json.loads(payload)
+        except (UnicodeDecodeError, ValueError):
+            log.warning(
+                "broker %s: ignoring a non-JSON reply on %s", self.broker_id, response_topic(api)
+            )
+            return
+        if not isinstance(body, dict):
+            return
+        responses = body.get("responses")
+        if isinstance(responses, list):
+            for entry in responses:
+                if not isinstance(entry, dict):
+                    continue
+                pending = self._pending.get(str(entry.get("correlationData")))
+                if pending is not None and not pending[1].done():
+                    pending[1].set_result(entry)
+            return
+        if "error" in body:
+            # mosquitto 2.1 answers an unhandled $CONTROL topic with only {"error": ...},
+            # and only to the sender: every request of ours on that API is concerned.
+            error = ControlNotFound(
+                f"{api} plugin not enabled on this broker ({body['error']})", command=""
+            )
+            for pending_api, fut in self._pending.values():
+                if pending_api == api and not fut.done():
+                    fut.set_exception(error)

@@ -1,0 +1,254 @@
+"""BrokerLink: one supervised, persistent MQTT connection per configured broker.
+
+The link connects, subscribes to the $CONTROL response topics and ``$SYS/broker/#``,
+routes replies to its ControlChannel, and on any failure records why, fails the
+waiting requests at once and reconnects with capped exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel
+from mmc.brokers.status import LinkError, LinkStatus, describe_error
+from mmc.store.connections import ConnectionRecord
+from mmc.store.db import now_ms
+
+log = logging.getLogger(__name__)
+
+TLS_SCHEMES = frozenset({"mqtts", "ssl", "tls", "wss"})
+DEFAULT_PORTS = {
+    "mqtt": 1883,
+    "tcp": 1883,
+    "mqtts": 8883,
+    "ssl": 8883,
+    "tls": 8883,
+    "ws": 80,
+    "wss": 443,
+}
+_random = secrets.SystemRandom()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    tls: bool
+    websocket_path: str | None
+
+    @classmethod
+    def from_url(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        websocket = scheme in ("ws", "wss")
+        return cls(
+            host=parts.hostname or "",
+            port=parts.port or DEFAULT_PORTS[scheme],
+            tls=scheme in TLS_SCHEMES,
+            websocket_path=(parts.path or "/mqtt") if websocket else None,
+        )
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    connect_timeout: float = 5.0
+    request_timeout: float = 5.0
+    keepalive: int = 30
+    reconnect_min_delay: float = 0.5
+    reconnect_max_delay: float = 30.0
+
+
+class BrokerLink:
+    def __init__(
+        self,
+        record: ConnectionRecord,
+        ssl_context: ssl.SSLContext | None,
+        options: LinkOptions,
+        on_status: Callable[[BrokerLink, LinkStatus], None] | None = None,
+    ) -> None:
+        self.record = record
+        self.endpoint = Endpoint.from_url(record.url)
+        self._ssl_context = ssl_context
+        self._options = options
+        self._on_status = on_status
+        self.control = ControlChannel(record.id, timeout=options.request_timeout)
+        # Latest value of every $SYS/broker/... topic, as the broker published it.
+        self.sys_values: dict[str, str] = {}
+        self.client_id = record.client_id or f"mmc-{record.id}-{secrets.token_hex(4)}"
+        self._status = LinkStatus(connected=False, timestamp=now_ms())
+        self._first_attempt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def status(self) -> LinkStatus:
+        return self._status
+
+    @property
+    def connected(self) -> bool:
+        return self._status.connected
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"mmc-link-{self.id}"
+            )
+
+    def fail(self, error: LinkError) -> None:
+        """Record why this link cannot run at all (it is not started)."""
+        self._set_status(False, error)
+        self._settle_first_attempt()
+
+    async def stop(self) -> None:
+        """Disconnect cleanly; bounded by the connect timeout of an attempt in flight."""
+        self._stop.set()
+        task = self._task
+        if task is None or task.done():
+            return
+        # A connect in progress runs in a worker thread and cannot be interrupted:
+        # let it finish (or time out) so that no socket outlives the link.
+        bound = 2 * self._options.connect_timeout + 2
+        done, _ = await asyncio.wait({task}, timeout=bound)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def wait_first_attempt(self, timeout: float) -> LinkStatus | None:
+        """The status after the first connection attempt, or None if it is still running."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._first_attempt), timeout)
+        except TimeoutError:
+            return None
+        return self._status
+
+    def _set_status(self, connected: bool, error: LinkError | None = None) -> None:
+        old = self._status
+        if old.connected == connected and old.error == error:
+            return
+        same_state = old.connected == connected and (
+            (old.error.code if old.error else None) == (error.code if error else None)
+        )
+        self._status = LinkStatus(
+            connected=connected, timestamp=old.timestamp if same_state else now_ms(), error=error
+        )
+        if not same_state:
+            if connected:
+                log.info(
+                    "broker %s connected to %s as %s", self.id, self.record.url, self.client_id
+                )
+            elif error is not None:
+                log.warning("broker %s not connected (%s): %s", self.id, error.code, error.message)
+        if self._on_status is not None:
+            self._on_status(self, self._status)
+
+    def _make_client(self) -> aiomqtt.Client:
+        ep = self.endpoint
+        if ep.tls and self._ssl_context is None:
+            raise RuntimeError(f"broker {self.id}: a TLS endpoint needs an SSL context")
+        client = aiomqtt.Client(
+            ep.host,
+            ep.port,
+            username=self.record.username,
+            password=self.record.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            transport="websockets" if ep.websocket_path else "tcp",
+            websocket_path=ep.websocket_path,
+            tls_context=self._ssl_context if ep.tls else None,
+            keepalive=self._options.keepalive,
+            timeout=self._options.connect_timeout,
+            clean_start=True,
+        )
+        # paho's own socket/TLS-handshake timeout (default 5 s) bounds the attempt too.
+        client._client.connect_timeout = self._options.connect_timeout
+        return client
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            client = self._make_client()
+            try:
+                async with client:
+                    failures = 0
+                    await client.subscribe(
+                        [(topic, 0) for topic in RESPONSE_TOPICS] + [("$SYS/broker/#", 0)],
+                        timeout=self._options.request_timeout,
+                    )
+                    self.control.attach(_Publisher(client))
+                    self._set_status(True)
+                    self._settle_first_attempt()
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                self._set_status(False, describe_error(exc, self.endpoint.host, self.endpoint.port))
+            except Exception as exc:
+                log.exception("broker %s: unexpected link failure", self.id)
+                self._set_status(False, describe_error(exc, self.endpoint.host, self.endpoint.port))
+            finally:
+                self.control.detach()
+            self._settle_first_attempt()
+            if self._stop.is_set():
+                break
+            failures += 1
+            self.reconnects += 1
+            delay = min(
+                self._options.reconnect_max_delay,
+                self._options.reconnect_min_delay * 2 ** min(failures - 1, 16),
+            ) * _random.uniform(0.5, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+        self._set_status(False, self._status.error)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Route messages until the connection drops (raises MqttError) or stop() is called."""
+        loop = asyncio.get_running_loop()
+        consume = loop.create_task(self._consume(client))
+        stop = loop.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not consume.done():
+                consume.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consume
+        if consume in done:
+            consume.result()
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            api = RESPONSE_TOPICS.get(topic)
+            payload = bytes(message.payload)
+            if api is not None:
+                self.control.handle_response(api, payload)
+            elif topic.startswith("$SYS/"):
+                self.sys_values[topic] = payload.decode("utf-8", errors="replace")
+
+    def _settle_first_attempt(self) -> None:
+        if not self._first_attempt.done():
+            self._first_attempt.set_result(None)
+
+
+class _Publisher:
+    """The ControlChannel's view of the client: QoS 0 publishes, nothing else."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        await self._client.publish(topic, payload, qos=0)

@@ -1,0 +1,65 @@
+"""BrokerPool: connection id -> its live BrokerLink."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Iterator
+
+from mmc.brokers.link import BrokerLink, LinkOptions
+from mmc.errors import BrokerUnavailable, NotFound
+from mmc.store.connections import ConnectionRecord
+
+log = logging.getLogger(__name__)
+
+
+class BrokerPool:
+    def __init__(self, options: LinkOptions) -> None:
+        self.options = options
+        self._links: dict[str, BrokerLink] = {}
+
+    def __iter__(self) -> Iterator[BrokerLink]:
+        return iter(list(self._links.values()))
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def get(self, connection_id: str) -> BrokerLink | None:
+        return self._links.get(connection_id)
+
+    def require(self, connection_id: str) -> BrokerLink:
+        link = self._links.get(connection_id)
+        if link is None:
+            raise NotFound(f"Connection {connection_id} not found")
+        return link
+
+    def require_connected(self, connection_id: str) -> BrokerLink:
+        link = self.require(connection_id)
+        if not link.connected:
+            raise BrokerUnavailable(f"Broker {connection_id} is not connected")
+        return link
+
+    async def open(
+        self, record: ConnectionRecord, ssl_context: ssl.SSLContext | None, *, start: bool = True
+    ) -> BrokerLink:
+        """Start a link for the record, replacing (and cleanly closing) any previous one."""
+        old = self._links.get(record.id)
+        if old is not None:
+            await old.stop()
+        link = BrokerLink(record, ssl_context, self.options)
+        # Assigning over the old entry keeps the connection's place in the listing.
+        self._links[record.id] = link
+        if start:
+            link.start()
+        return link
+
+    async def close(self, connection_id: str) -> None:
+        link = self._links.pop(connection_id, None)
+        if link is not None:
+            await link.stop()
+
+    async def close_all(self) -> None:
+        links = list(self._links.values())
+        self._links.clear()
+        await asyncio.gather(*(link.stop() for link in links), return_exceptions=True)

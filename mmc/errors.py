@@ -1,0 +1,122 @@
+"""The errors mmc raises and the one JSON shape they are rendered in.
+
+Handlers and services raise these; ``mmc.web.middlewares.error_middleware``
+turns each into ``{"code", "message", "status", "info"?}``::
+
+    MmcError                      500 INTERNAL_ERROR
+    ├── InvalidInput              400 INVALID        (info: marshmallow messages)
+    ├── Unauthorized              401 UNAUTHORIZED
+    ├── NotAllowed                403 NOT_ALLOWED
+    ├── NotFound                  404 NOT_FOUND
+    ├── MethodNotAllowed          405 METHOD_NOT_ALLOWED
+    ├── Conflict                  409 CONFLICT
+    ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE
+    ├── StoreUnavailable          503 STORE_UNAVAILABLE
+    ├── BrokerUnavailable         503 BROKER_UNAVAILABLE
+    ├── BrokerTimeout             504 TIMEOUT
+    └── ControlError              400 INVALID        (an error string answered by a $CONTROL API)
+        ├── ControlNotFound       404 NOT_FOUND
+        └── ControlConflict       409 CONFLICT
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class MmcError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    default_message: ClassVar[str] = "An internal server error occurred"
+
+    def __init__(self, message: str | None = None, *, info: Any = None) -> None:
+        self.message = message or self.default_message
+        self.info = info
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message, "status": self.status}
+        if self.info is not None:
+            body["info"] = self.info
+        return body
+
+
+class InvalidInput(MmcError):
+    status = 400
+    code = "INVALID"
+    default_message = "Invalid input"
+
+
+class Unauthorized(MmcError):
+    status = 401
+    code = "UNAUTHORIZED"
+    default_message = "Unauthorized"
+
+
+class NotAllowed(MmcError):
+    status = 403
+    code = "NOT_ALLOWED"
+    default_message = "Not allowed"
+
+
+class NotFound(MmcError):
+    status = 404
+    code = "NOT_FOUND"
+    default_message = "Resource not found"
+
+
+class MethodNotAllowed(MmcError):
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+    default_message = "Method not allowed"
+
+
+class Conflict(MmcError):
+    status = 409
+    code = "CONFLICT"
+    default_message = "Conflict"
+
+
+class PayloadTooLarge(MmcError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+    default_message = "Request body is too large"
+
+
+class StoreUnavailable(MmcError):
+    status = 503
+    code = "STORE_UNAVAILABLE"
+    default_message = "The data store cannot be written right now"
+
+
+class BrokerUnavailable(MmcError):
+    status = 503
+    code = "BROKER_UNAVAILABLE"
+    default_message = "Broker is not connected"
+
+
+class BrokerTimeout(MmcError):
+    status = 504
+    code = "TIMEOUT"
+    default_message = "Broker did not answer in time"
+
+
+class ControlError(MmcError):
+    """A ``$CONTROL`` API answered a command with an ``error`` string."""
+
+    status = 400
+    code = "INVALID"
+
+    def __init__(self, message: str, *, command: str, info: Any = None) -> None:
+        super().__init__(message, info=info)
+        self.command = command
+
+
+class ControlNotFound(ControlError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class ControlConflict(ControlError):
+    status = 409
+    code = "CONFLICT"

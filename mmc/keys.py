@@ -1,0 +1,15 @@
+"""Every typed key mmc stores on the application or a request."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mmc.config import Settings
+from mmc.connections import ConnectionService
+from mmc.store.db import Database
+
+settings_key = web.AppKey("settings", Settings)
+db_key = web.AppKey("db", Database)
+connections_key = web.AppKey("connections", ConnectionService)
+
+request_id_key = web.RequestKey("request_id", str)

@@ -1,0 +1,133 @@
+"""Stored broker connections. Passwords and private keys are encrypted here, never above."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from mmc.crypto import SecretBox
+from mmc.errors import NotAllowed
+from mmc.store.db import Database, now_ms
+
+DUPLICATE_MESSAGE = "Connection with the same name/id already exists"
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    id: str
+    name: str
+    url: str
+    project_id: str = "default"
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # Base64 text exactly as the client sent it (PEM or DER inside).
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = field(default=None, repr=False)
+    reject_unauthorized: bool = True
+    created_at: int = 0
+    updated_at: int = 0
+
+    def replace(self, **changes: object) -> ConnectionRecord:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+_COLUMNS = (
+    "id, name, url, project_id, client_id, username, password_enc, ca, cert, key_enc, "
+    "reject_unauthorized, created_at, updated_at"
+)
+
+
+class ConnectionRepository:
+    def __init__(self, db: Database, box: SecretBox) -> None:
+        self._db = db
+        self._box = box
+
+    def _from_row(self, row: aiosqlite.Row) -> ConnectionRecord:
+        return ConnectionRecord(
+            id=row["id"],
+            name=row["name"],
+            url=row["url"],
+            project_id=row["project_id"],
+            client_id=row["client_id"],
+            username=row["username"],
+            password=self._box.decrypt(row["password_enc"]) if row["password_enc"] else None,
+            ca=row["ca"],
+            cert=row["cert"],
+            key=self._box.decrypt(row["key_enc"]) if row["key_enc"] else None,
+            reject_unauthorized=bool(row["reject_unauthorized"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def _params(self, rec: ConnectionRecord) -> tuple[object, ...]:
+        return (
+            rec.id,
+            rec.name,
+            rec.url,
+            rec.project_id,
+            rec.client_id,
+            rec.username,
+            self._box.encrypt(rec.password) if rec.password is not None else None,
+            rec.ca,
+            rec.cert,
+            self._box.encrypt(rec.key) if rec.key is not None else None,
+            int(rec.reject_unauthorized),
+            rec.created_at,
+            rec.updated_at,
+        )
+
+    async def list(self) -> list[ConnectionRecord]:
+        rows = await self._db.fetch_all(
+            f"SELECT {_COLUMNS} FROM connections ORDER BY created_at, id"  # noqa: S608
+        )
+        return [self._from_row(r) for r in rows]
+
+    async def get(self, connection_id: str) -> ConnectionRecord | None:
+        row = await self._db.fetch_one(
+            f"SELECT {_COLUMNS} FROM connections WHERE id = ?",  # noqa: S608
+            (connection_id,),
+        )
+        return self._from_row(row) if row else None
+
+    async def count(self) -> int:
+        row = await self._db.fetch_one("SELECT COUNT(*) FROM connections")
+        return int(row[0]) if row else 0
+
+    async def insert(self, rec: ConnectionRecord) -> ConnectionRecord:
+        ts = now_ms()
+        rec = rec.replace(created_at=ts, updated_at=ts)
+        try:
+            async with self._db.transaction() as conn:
+                await conn.execute(
+                    f"INSERT INTO connections ({_COLUMNS}) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    self._params(rec),
+                )
+        except sqlite3.IntegrityError:
+            raise NotAllowed(DUPLICATE_MESSAGE) from None
+        return rec
+
+    async def update(self, rec: ConnectionRecord) -> ConnectionRecord:
+        rec = rec.replace(updated_at=now_ms())
+        params = self._params(rec)
+        try:
+            async with self._db.transaction() as conn:
+                await conn.execute(
+                    "UPDATE connections SET name = ?, url = ?, project_id = ?, client_id = ?, "
+                    "username = ?, password_enc = ?, ca = ?, cert = ?, key_enc = ?, "
+                    "reject_unauthorized = ?, updated_at = ? WHERE id = ?",
+                    (*params[1:11], params[12], rec.id),
+                )
+        except sqlite3.IntegrityError:
+            raise NotAllowed(DUPLICATE_MESSAGE) from None
+        return rec
+
+    async def delete(self, connection_id: str) -> bool:
+        async with self._db.transaction() as conn:
+            cur = await conn.execute("DELETE FROM connections WHERE id = ?", (connection_id,))
+            return cur.rowcount > 0

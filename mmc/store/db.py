@@ -1,0 +1,110 @@
+"""The SQLite database: opening, migrations, transactions, and mapping of write failures."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from mmc.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# Append only: each entry is applied once, in order, inside one transaction.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE connections (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        client_id TEXT,
+        username TEXT,
+        password_enc TEXT,
+        ca TEXT,
+        cert TEXT,
+        key_enc TEXT,
+        reject_unauthorized INTEGER NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )
+    """,
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Database:
+    """One aiosqlite connection; writes are serialised by aiosqlite's single worker thread."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[Database]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async with aiosqlite.connect(path, isolation_level=None) as conn:
+            conn.row_factory = aiosqlite.Row
+            # WAL keeps readers going during a write; FULL makes an answered write
+            # survive a crash of the process or the machine.
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            db = cls(conn)
+            await db.migrate()
+            yield db
+
+    async def migrate(self) -> None:
+        async with self.transaction():
+            await self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            )
+            async with self._conn.execute("SELECT MAX(version) FROM schema_migrations") as cur:
+                row = await cur.fetchone()
+            current = row[0] if row and row[0] is not None else 0
+            for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+                log.info("applying store migration %d", version)
+                await self._conn.execute(sql)
+                await self._conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, now_ms()),
+                )
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: nothing is half-written."""
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"The data store cannot be written: {exc}") from exc
+        try:
+            yield self._conn
+            await self._conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreUnavailable(f"The data store cannot be written: {exc}") from exc
+            raise
+
+    async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            return list(await cur.fetchall())
+
+    async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            return await cur.fetchone()
+
+    async def ping(self) -> None:
+        await self.fetch_one("SELECT 1")

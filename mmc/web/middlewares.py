@@ -1,0 +1,92 @@
+"""Request ids and the one error shape: handlers raise, this renders."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from mmc.errors import (
+    InvalidInput,
+    MethodNotAllowed,
+    MmcError,
+    NotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from mmc.keys import request_id_key
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def error_response(error: MmcError) -> web.Response:
+    return web.json_response(error.to_dict(), status=error.status)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[request_id_key] = request_id
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["X-Request-ID"] = request_id
+        raise
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def _render_http_exception(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own 404/405/413... in our error shape."""
+    error: MmcError
+    match exc.status:
+        case 400:
+            error = InvalidInput(exc.text or None)
+        case 401:
+            error = Unauthorized()
+        case 403:
+            error = NotAllowed()
+        case 404:
+            error = NotFound()
+        case 405:
+            error = MethodNotAllowed(f"Method {getattr(exc, 'method', '')} is not allowed here")
+        case 413:
+            error = PayloadTooLarge(
+                f"Request body is too large (limit {getattr(exc, 'max_size', '?')} bytes)"
+            )
+        case _:
+            return web.json_response(
+                {"code": "HTTP_ERROR", "message": exc.reason, "status": exc.status},
+                status=exc.status,
+            )
+    response = error_response(error)
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except MmcError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _render_http_exception(exc)
+    except Exception:
+        log.exception(
+            "unhandled error in %s %s (request %s)",
+            request.method,
+            request.path,
+            request.get(request_id_key, "-"),
+        )
+        return error_response(MmcError())
