@@ -14,8 +14,8 @@ from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
 from mmc.connections import ConnectionService
-from mmc.crypto import SecretBox, load_secret_key
-from mmc.keys import connections_key, db_key, settings_key
+from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_key
+from mmc.keys import connections_key, db_key, secret_box_key, settings_key
 from mmc.store.connections import ConnectionRepository
 from mmc.store.db import Database
 from mmc.web.middlewares import error_middleware, request_id_middleware
@@ -34,16 +34,26 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, lambda: settings.data_dir.mkdir(parents=True, exist_ok=True))
     async with Database.open(settings.db_path) as db:
+        key = await loop.run_in_executor(
+            None, load_secret_key, settings.secret_key, settings.data_dir
+        )
+        box = SecretBox(key)
+        # A wrong MMC_SECRET_KEY must stop start-up, not surface later as broken links.
+        token = await db.get_meta("key_check")
+        if token is None:
+            await db.set_meta("key_check", box.encrypt(KEY_CHECK_PLAINTEXT))
+        else:
+            check_token_matches(box, token)
         app[db_key] = db
+        app[secret_box_key] = box
         yield
 
 
 async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    loop = asyncio.get_running_loop()
-    key = await loop.run_in_executor(None, load_secret_key, settings.secret_key, settings.data_dir)
     options = LinkOptions(
         connect_timeout=settings.connect_timeout,
         request_timeout=settings.request_timeout,
@@ -52,7 +62,7 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         reconnect_max_delay=settings.reconnect_max_delay,
     )
     service = ConnectionService(
-        ConnectionRepository(app[db_key], SecretBox(key)),
+        ConnectionRepository(app[db_key], app[secret_box_key]),
         BrokerPool(options),
         max_connections=settings.max_connections,
         connect_timeout=settings.connect_timeout,

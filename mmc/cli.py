@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,8 +13,10 @@ from pathlib import Path
 from aiohttp import web
 
 from mmc.app import create_app
-from mmc.config import ConfigError, load_settings
+from mmc.config import ConfigError, Settings, load_settings
 from mmc.crypto import SecretKeyError
+
+log = logging.getLogger("mmc")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,19 +48,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            shutdown_timeout=settings.shutdown_timeout,
-            print=lambda msg: logging.getLogger("mmc").info(
-                "mmc listening on http://%s:%d (data in %s)",
-                settings.host,
-                settings.port,
-                settings.data_dir.resolve(),
-            ),
-        )
-    except SecretKeyError as exc:
-        logging.getLogger("mmc").error("%s", exc)
+        asyncio.run(serve(settings))
+    except (SecretKeyError, OSError) as exc:
+        log.error("mmc cannot start: %s", exc)
         return 2
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM. Unlike ``web.run_app``, resources that did start are
+    released even when a later start-up step fails."""
+    runner = web.AppRunner(create_app(settings), shutdown_timeout=settings.shutdown_timeout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info(
+            "mmc listening on http://%s:%d (data in %s)",
+            settings.host,
+            settings.port,
+            settings.data_dir.resolve(),
+        )
+        await stop.wait()
+        log.info("mmc stopping")
+    finally:
+        await runner.cleanup()

@@ -37,6 +37,15 @@ class SecretBox:
             ) from None
 
 
+KEY_CHECK_PLAINTEXT = "mmc-secret-key-check"
+
+
+def check_token_matches(box: SecretBox, token: str) -> None:
+    """Raise SecretKeyError unless ``token`` was encrypted with this box's key."""
+    if box.decrypt(token) != KEY_CHECK_PLAINTEXT:
+        raise SecretKeyError("stored secrets cannot be decrypted with the configured secret key")
+
+
 def load_secret_key(configured: str | None, data_dir: Path) -> bytes:
     """The key from the settings, else the data directory's key file, created 0600 once."""
     if configured:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,8 @@ def make_client(
 @pytest.fixture
 async def client(
     make_client: Callable[[Settings], Awaitable[Client]], settings: Settings
-) -> AsyncIterator[Client]:
-    yield await make_client(settings)
+) -> Client:
+    return await make_client(settings)
 
 
 def plain_body(broker: MosquittoBroker, **overrides: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmc.keys import connections_key
 from tests.brokers import MosquittoBroker, TlsMaterial, free_port
 from tests.conftest import Client, blob, plain_body, tls_body
 
@@ -106,3 +107,136 @@ async def test_bad_credentials_report_not_authorized(
     assert status == 202, answer
     error = (await _status_of(client, "plain"))["error"]
     assert error["code"] in {"NOT_AUTHORIZED", "BAD_USERNAME_OR_PASSWORD"}
+
+
+async def test_wrong_ca_reports_certificate_verification_error(
+    client: Client, broker: MosquittoBroker, tls_material: TlsMaterial
+) -> None:
+    body = tls_body(broker, tls_material, broker.tls_port, ca=blob(tls_material.other_ca_cert))
+    status, answer = await _post(client, body)
+    assert status == 202, answer
+    error = (await _status_of(client, "tls"))["error"]
+    # The broker sends its CA along with its certificate, so OpenSSL finds a
+    # self-signed root it does not trust; without the chain it reports the leaf.
+    assert error["code"] in {
+        "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+        "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+        "SELF_SIGNED_CERT_IN_CHAIN",
+    }
+    assert error["message"] in answer["message"]
+
+
+async def test_self_signed_server_is_refused_unless_reject_unauthorized_is_false(
+    client: Client, broker: MosquittoBroker, tls_material: TlsMaterial
+) -> None:
+    body = tls_body(broker, tls_material, broker.selfsigned_port)
+    status, answer = await _post(client, body)
+    assert status == 202, answer
+    assert (await _status_of(client, "tls"))["error"]["code"] == "DEPTH_ZERO_SELF_SIGNED_CERT"
+
+    # The seeds send booleans as strings; the fix is a re-POST of the failed connection.
+    body["rejectUnauthorized"] = "false"
+    status, answer = await _post(client, body)
+    assert status == 200, answer
+    [conn] = answer
+    assert conn["rejectUnauthorized"] is False
+    assert conn["status"]["connected"] is True
+
+
+async def test_expired_and_misnamed_server_certificates(
+    client: Client, broker: MosquittoBroker, tls_material: TlsMaterial
+) -> None:
+    expired = tls_body(broker, tls_material, broker.expired_port, id="expired", name="expired")
+    assert (await _post(client, expired))[0] == 202
+    misnamed = tls_body(broker, tls_material, broker.wrongname_port, id="misnamed", name="misnamed")
+    assert (await _post(client, misnamed))[0] == 202
+    assert (await _status_of(client, "expired"))["error"]["code"] == "CERT_HAS_EXPIRED"
+    assert (await _status_of(client, "misnamed"))["error"]["code"] == "ERR_TLS_CERT_ALTNAME_INVALID"
+
+
+async def test_unresolvable_host_reports_enotfound(client: Client, broker: MosquittoBroker) -> None:
+    status, _ = await _post(client, plain_body(broker, url="mqtt://no-such-host.invalid:1883"))
+    assert status == 202
+    error = (await _status_of(client, "plain"))["error"]
+    assert error["code"] in {"ENOTFOUND", "EAI_AGAIN"}
+    assert error["syscall"] == "getaddrinfo"
+    assert error["address"] == "no-such-host.invalid"
+
+
+async def test_duplicate_id_or_name_is_not_allowed(client: Client, broker: MosquittoBroker) -> None:
+    assert (await _post(client, plain_body(broker)))[0] == 200
+    for body in (plain_body(broker, name="Other name"), plain_body(broker, id="other-id")):
+        status, answer = await _post(client, body)
+        assert status == 403
+        assert answer == {
+            "code": "NOT_ALLOWED",
+            "message": "Connection with the same name/id already exists",
+            "status": 403,
+        }
+    listing = await (await client.get("/api/connections")).json()
+    assert [(c["id"], c["name"]) for c in listing] == [("plain", "Plain broker")]
+
+
+async def test_maximum_number_of_connections(
+    make_client: Any, settings: Any, broker: MosquittoBroker
+) -> None:
+    client = await make_client(settings.replace(max_connections=2))
+    for n in range(2):
+        status, _ = await _post(client, plain_body(broker, id=f"c{n}", name=f"c{n}"))
+        assert status == 200
+    status, answer = await _post(client, plain_body(broker, id="c2", name="c2"))
+    assert status == 403
+    assert answer["message"] == "Maximum number of connections reached"
+    # Fixing a failed connection by re-POSTing it is not a new connection.
+    assert len(await (await client.get("/api/connections")).json()) == 2
+
+
+async def test_failed_connection_is_fixed_by_posting_it_again(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    body = plain_body(broker, credentials={"username": broker.admin_username, "password": "bad"})
+    assert (await _post(client, body))[0] == 202
+    status, answer = await _post(client, plain_body(broker))
+    assert status == 200, answer
+    assert [c["status"]["connected"] for c in answer] == [True]
+
+
+async def test_put_updates_and_reconnects_keeping_secrets(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    assert (await _post(client, plain_body(broker)))[0] == 200
+    read = await (await client.get("/api/connections/plain")).json()
+    assert "password" not in read["credentials"]
+    read["name"] = "Renamed"
+    # Sending back what was read (no password, with status) keeps the stored password.
+    resp = await client.put("/api/connections/plain", json=read)
+    assert resp.status == 200, await resp.text()
+    [conn] = await resp.json()
+    assert conn["name"] == "Renamed"
+    assert conn["status"]["connected"] is True
+
+    resp = await client.put("/api/connections/plain", json={**read, "id": "other"})
+    assert resp.status == 400
+    resp = await client.put("/api/connections/nope", json={**read, "id": "nope"})
+    assert resp.status == 404
+    assert (await resp.json())["code"] == "NOT_FOUND"
+
+
+async def test_delete_disconnects_and_returns_the_rest(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    assert (await _post(client, plain_body(broker)))[0] == 200
+    assert (await _post(client, plain_body(broker, id="second", name="second")))[0] == 200
+    link = client.app[connections_key].pool.get("plain")
+    assert link is not None
+    assert link.connected
+
+    resp = await client.delete("/api/connections/plain")
+    assert resp.status == 200
+    assert [c["id"] for c in await resp.json()] == ["second"]
+    assert link.status.connected is False
+    assert client.app[connections_key].pool.get("plain") is None
+
+    resp = await client.delete("/api/connections/plain")
+    assert resp.status == 404
+    assert (await resp.json())["status"] == 404

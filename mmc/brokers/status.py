@@ -84,18 +84,17 @@ _GAI_CODES: dict[int, str] = {
 }
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """aiomqtt re-raises socket errors as ``MqttError(str(exc)) from None``; the original
-    stays reachable as ``__context__``."""
+def _underlying_os_error(exc: BaseException) -> OSError | None:
+    """aiomqtt re-raises socket and TLS errors as ``MqttError(str(exc)) from None``; the
+    original stays reachable through ``__context__``."""
     seen: set[int] = set()
-    current: BaseException = exc
-    while id(current) not in seen:
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
         seen.add(id(current))
-        nxt = current.__cause__ or current.__context__
-        if nxt is None:
-            break
-        current = nxt
-    return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _reason_code_name(rc: object) -> str:
@@ -113,7 +112,7 @@ def describe_error(exc: BaseException, host: str, port: int) -> LinkError:
             code = v311[exc.rc]
         return LinkError(code=code, message=f"Connection refused by broker: {_human(code)}")
 
-    cause = _root_cause(exc)
+    cause = _underlying_os_error(exc)
     if isinstance(cause, ssl.SSLCertVerificationError):
         code = _VERIFY_CODES.get(cause.verify_code, "CERT_VERIFICATION_FAILED")
         return LinkError(code=code, message=cause.verify_message or str(cause))
@@ -128,7 +127,8 @@ def describe_error(exc: BaseException, host: str, port: int) -> LinkError:
             address=host,
             message=f"getaddrinfo {code} {host}",
         )
-    if isinstance(cause, TimeoutError | socket.timeout):
+    # TimeoutError is an OSError without errno: test it before the errno branch.
+    if isinstance(cause, TimeoutError):
         return LinkError(
             code="ETIMEDOUT",
             errno=-errno_mod.ETIMEDOUT,

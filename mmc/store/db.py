@@ -35,6 +35,13 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at BIGINT NOT NULL
     )
     """,
+    # Small facts about the store itself, e.g. a token that proves the secret key is right.
+    """
+    CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+    """,
 )
 
 
@@ -105,6 +112,15 @@ class Database:
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
         async with self._conn.execute(sql, tuple(params)) as cur:
             return await cur.fetchone()
+
+    async def get_meta(self, name: str) -> str | None:
+        row = await self.fetch_one("SELECT value FROM meta WHERE name = ?", (name,))
+        return str(row[0]) if row else None
+
+    async def set_meta(self, name: str, value: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM meta WHERE name = ?", (name,))
+            await conn.execute("INSERT INTO meta (name, value) VALUES (?, ?)", (name, value))
 
     async def ping(self) -> None:
         await self.fetch_one("SELECT 1")

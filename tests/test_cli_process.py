@@ -1,0 +1,122 @@
+"""`mmc serve` as a real process: what `make run` starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.brokers import MosquittoBroker, free_port
+from tests.conftest import plain_body
+
+
+def _spawn(data_dir: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mmc", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env={**os.environ, "MMC_LOG_LEVEL": "DEBUG", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture
+def mmc_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    proc = _spawn(tmp_path / "data", port)
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
+async def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            assert proc.poll() is None, "mmc exited during start-up"
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/api/connections") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            assert time.monotonic() < deadline, "mmc did not answer in time"
+            time.sleep(0.1)  # noqa: ASYNC251 - a tiny poll interval in a test
+
+
+async def test_serve_creates_a_connection_and_stops_cleanly_on_sigterm(
+    mmc_process: tuple[subprocess.Popen[bytes], int], broker: MosquittoBroker
+) -> None:
+    proc, port = mmc_process
+    await _wait_http(port, proc)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{port}/api/connections", json=plain_body(broker)) as resp,
+    ):
+        assert resp.status in (200, 202)
+        [conn] = await resp.json()
+        assert conn["status"]["connected"] is True
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode()
+    assert "mmc listening on http://127.0.0.1:" in output
+    assert "broker plain connected" in output
+    assert broker.admin_password not in output
+
+
+def test_wrong_secret_key_stops_start_up_with_a_clear_message(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    from cryptography.fernet import Fernet
+
+    data_dir = tmp_path / "data"
+    port = free_port()
+    proc = _spawn(data_dir, port)
+    try:
+        import asyncio
+
+        asyncio.run(_wait_http(port, proc))
+        asyncio.run(_post(port, {"id": "a", "name": "a", "url": f"mqtt://127.0.0.1:{port}"}))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+    proc = _spawn(data_dir, free_port(), MMC_SECRET_KEY=Fernet.generate_key().decode())
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert b"cannot be decrypted with the configured secret key" in out
+    assert b"Traceback" not in out
+
+
+async def _post(port: int, body: dict[str, object]) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{port}/api/connections", json=body) as resp,
+    ):
+        assert resp.status in (200, 202)
+
+
+def test_bad_configuration_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mmc]\nport = 'eighty'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mmc", "serve", "--config", str(bad)],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"port" in result.stderr

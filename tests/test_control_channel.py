@@ -1,0 +1,121 @@
+"""The ControlChannel against a real dynamic-security plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiomqtt
+import pytest
+
+from mmc.brokers.link import BrokerLink
+from mmc.errors import BrokerTimeout, BrokerUnavailable, ControlConflict, ControlNotFound
+from mmc.keys import connections_key
+from tests.brokers import MosquittoBroker
+from tests.conftest import Client, plain_body, wait_until
+
+DYNSEC = "dynamic-security"
+
+
+async def _link(client: Client, broker: MosquittoBroker) -> BrokerLink:
+    resp = await client.post("/api/connections", json=plain_body(broker))
+    assert resp.status == 200, await resp.text()
+    return client.app[connections_key].pool.require_connected("plain")
+
+
+async def test_list_clients_round_trip(client: Client, broker: MosquittoBroker) -> None:
+    link = await _link(client, broker)
+    response = await link.control.request(DYNSEC, {"command": "listClients"})
+    assert response["command"] == "listClients"
+    assert broker.admin_username in response["data"]["clients"]
+
+
+async def test_plugin_errors_are_typed(client: Client, broker: MosquittoBroker) -> None:
+    link = await _link(client, broker)
+    with pytest.raises(ControlNotFound, match="Client not found"):
+        await link.control.request(DYNSEC, {"command": "getClient", "username": "nobody"})
+    with pytest.raises(ControlConflict, match="Client already exists"):
+        await link.control.request(
+            DYNSEC,
+            {"command": "createClient", "username": broker.admin_username, "password": "x"},
+        )
+
+
+async def test_concurrent_requests_are_coalesced_and_foreign_replies_ignored(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    link = await _link(client, broker)
+    n = 200
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=broker.admin_username,
+        password=broker.admin_password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as observer:
+        await observer.subscribe("$CONTROL/dynamic-security/v1/response")
+        # Another admin tool's traffic: its replies reach our link too and must be ignored.
+        foreign = {"commands": [{"command": "listClients", "correlationData": "not-ours"}]}
+        await observer.publish("$CONTROL/dynamic-security/v1", json.dumps(foreign))
+        results = await asyncio.gather(
+            *(
+                link.control.request(
+                    DYNSEC, {"command": "getClient", "username": broker.admin_username}
+                )
+                for _ in range(n)
+            )
+        )
+        assert all(r["data"]["client"]["username"] == broker.admin_username for r in results)
+
+        payloads = await _drain(observer, quiet=0.5)
+    messages = len(payloads)
+    replies = sum(len(json.loads(p)["responses"]) for p in payloads)
+    assert replies == n + 1
+    # Many commands per message: far fewer messages than requests.
+    assert messages <= n // 10, messages
+
+
+async def _drain(client: aiomqtt.Client, quiet: float) -> list[bytes]:
+    """Every message that arrives until none has come for ``quiet`` seconds."""
+    payloads: list[bytes] = []
+    messages = aiter(client.messages)
+    while True:
+        try:
+            message = await asyncio.wait_for(anext(messages), quiet)
+        except TimeoutError:
+            return payloads
+        assert isinstance(message.payload, bytes)
+        payloads.append(message.payload)
+
+
+async def test_unanswered_api_times_out(client: Client, broker: MosquittoBroker) -> None:
+    link = await _link(client, broker)
+    started = time.monotonic()
+    # mosquitto 2.0 silently drops a $CONTROL publish no plugin handles.
+    with pytest.raises(BrokerTimeout, match="did not answer"):
+        await link.control.request(
+            "cedalo/license", {"command": "getLicenseInformation"}, timeout=0.5
+        )
+    assert 0.4 < time.monotonic() - started < 2.0
+
+
+async def test_link_drop_fails_pending_requests_at_once(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    link = await _link(client, own_broker)
+    pending = asyncio.ensure_future(
+        link.control.request("cedalo/license", {"command": "getLicenseInformation"}, timeout=30)
+    )
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    own_broker.kill()
+    with pytest.raises(BrokerUnavailable):
+        await pending
+    assert time.monotonic() - started < 3.0
+
+    await wait_until(lambda: not link.connected)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        await link.control.request(DYNSEC, {"command": "listClients"})
+    assert time.monotonic() - started < 0.1
