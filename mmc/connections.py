@@ -156,7 +156,9 @@ class ConnectionService:
             self._check_name(data["name"], data["id"])
             if stored is not None:
                 link = self._pool.get(stored.id)
-                if link is None or link.connected:
+                # Only a connection whose attempt failed may be replaced by a new POST;
+                # one that is connected or still trying is a duplicate.
+                if link is None or link.connected or link.status.error is None:
                     raise NotAllowed(DUPLICATE_MESSAGE)
             elif self._max and await self._repo.count() >= self._max:
                 raise NotAllowed(MAX_CONNECTIONS_MESSAGE)

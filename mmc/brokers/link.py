@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from mmc.brokers.client import MqttClient
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel
 from mmc.brokers.status import LinkError, LinkStatus, describe_error
 from mmc.store.connections import ConnectionRecord
@@ -156,11 +157,11 @@ class BrokerLink:
         if self._on_status is not None:
             self._on_status(self, self._status)
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> MqttClient:
         ep = self.endpoint
         if ep.tls and self._ssl_context is None:
             raise RuntimeError(f"broker {self.id}: a TLS endpoint needs an SSL context")
-        client = aiomqtt.Client(
+        client = MqttClient(
             ep.host,
             ep.port,
             username=self.record.username,

@@ -8,6 +8,7 @@ error names for certificates, and the CONNACK reason in upper snake case.
 from __future__ import annotations
 
 import errno as errno_mod
+import re
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from typing import Any
 
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
+
+from mmc.brokers.client import ConnectionLost
 
 
 @dataclass(frozen=True)
@@ -112,12 +115,26 @@ def describe_error(exc: BaseException, host: str, port: int) -> LinkError:
             code = v311[exc.rc]
         return LinkError(code=code, message=f"Connection refused by broker: {_human(code)}")
 
+    if isinstance(exc, ConnectionLost):
+        detail = exc.detail or ""
+        ssl_reason = re.search(r"\[SSL: ([A-Z0-9_]+)\]", detail)
+        if ssl_reason:
+            return LinkError(code=f"ERR_SSL_{ssl_reason.group(1)}", message=detail)
+        return LinkError(
+            code="ECONNRESET",
+            syscall="read",
+            address=host,
+            port=port,
+            message=f"Connection closed by {host}:{port} before CONNACK"
+            + (f" ({detail})" if detail else ""),
+        )
+
     cause = _underlying_os_error(exc)
     if isinstance(cause, ssl.SSLCertVerificationError):
         code = _VERIFY_CODES.get(cause.verify_code, "CERT_VERIFICATION_FAILED")
         return LinkError(code=code, message=cause.verify_message or str(cause))
-    if isinstance(cause, ssl.SSLError):
-        return LinkError(code="ERR_SSL_" + (cause.reason or "ERROR").upper(), message=str(cause))
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return LinkError(code=f"ERR_SSL_{cause.reason.upper()}", message=str(cause))
     if isinstance(cause, socket.gaierror):
         code = _GAI_CODES.get(cause.errno or 0, "ENOTFOUND")
         return LinkError(
