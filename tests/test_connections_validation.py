@@ -187,3 +187,11 @@ async def test_request_id_is_echoed_or_generated(client: Client) -> None:
     assert resp.headers["X-Request-ID"] == "abc-123"
     resp = await client.get("/api/nothing-here")
     assert len(resp.headers["X-Request-ID"]) == 32
+
+
+async def test_probes_answer(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "ok"
+    assert await (await client.get("/api/status-check")).json() == {"status": "healthy"}

@@ -1,0 +1,44 @@
+"""Probes for Kubernetes and the MMC's status check. Open without authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+
+from aiohttp import web
+
+from mmc.keys import db_key
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process and its event loop answer. Never depends on brokers."""
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: start-up finished and the store answers a query."""
+    reasons: list[str] = []
+    db = request.app.get(db_key)
+    if db is None:
+        reasons.append("store not open")
+    else:
+        try:
+            async with asyncio.timeout(2):
+                await db.ping()
+        except (TimeoutError, sqlite3.Error, ValueError) as exc:
+            reasons.append(f"store does not answer: {exc or type(exc).__name__}")
+    if reasons:
+        return web.json_response({"status": "unavailable", "reasons": reasons}, status=503)
+    return web.json_response({"status": "ok", "reasons": []})
+
+
+@routes.get("/api/status-check")
+async def status_check(request: web.Request) -> web.Response:
+    return web.json_response({"status": "healthy"})
