@@ -9,16 +9,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from mmc.api import auth as auth_api
 from mmc.api import connections as connections_api
 from mmc.api import health as health_api
+from mmc.api import tokens as tokens_api
+from mmc.api import users as users_api
+from mmc.auth.service import AuthService
 from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_key
-from mmc.keys import connections_key, db_key, secret_box_key, settings_key
+from mmc.keys import auth_key, connections_key, db_key, secret_box_key, settings_key
 from mmc.store.connections import ConnectionRepository
 from mmc.store.db import Database
+from mmc.web.auth import auth_middleware
 from mmc.web.middlewares import error_middleware, request_id_middleware
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,13 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    auth = AuthService(app[db_key], app[settings_key])
+    await auth.bootstrap()
+    app[auth_key] = auth
+    yield
+
+
 async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     options = LinkOptions(
@@ -78,11 +90,14 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware],
+        middlewares=[request_id_middleware, error_middleware, auth_middleware],
         client_max_size=settings.max_body_size,
     )
     app[settings_key] = settings
-    app.cleanup_ctx.extend([executor_ctx, store_ctx, connections_ctx])
+    app.cleanup_ctx.extend([executor_ctx, store_ctx, auth_ctx, connections_ctx])
     app.router.add_routes(health_api.routes)
+    app.router.add_routes(auth_api.routes)
+    app.router.add_routes(users_api.routes)
+    app.router.add_routes(tokens_api.routes)
     app.router.add_routes(connections_api.routes)
     return app

@@ -10,6 +10,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ ENV_NAMES: dict[str, str] = {
     "MMC_SECRET_KEY": "secret_key",
     "MMC_CONNECT_TIMEOUT": "connect_timeout",
     "MMC_REQUEST_TIMEOUT": "request_timeout",
+    "MMC_ADMIN_USERNAME": "admin_username",
+    "MMC_ADMIN_PASSWORD": "admin_password",
+    "MMC_TRUSTED_PROXIES": "trusted_proxies",
+    "MMC_SESSION_IDLE_TIMEOUT": "session_idle_timeout",
 }
 
 
@@ -50,10 +55,32 @@ class Settings:
     reconnect_max_delay: float = 30.0
     max_body_size: int = 1024 * 1024
     shutdown_timeout: float = 10.0
+    # The first admin, created only when the user table is empty.
+    admin_username: str = "admin"
+    admin_password: str | None = field(default=None, repr=False)
+    # Seconds without a request after which a browser session ends; and at the most.
+    session_idle_timeout: float = 3600.0
+    session_max_age: float = 7 * 24 * 3600.0
+    # Failed logins: this many within the window lock the username and the address.
+    login_max_failures: int = 5
+    login_failure_window: float = 900.0
+    login_lockout: float = 300.0
+    # scrypt work factor, log2(n); stored with each hash, so it can be raised later.
+    password_hash_cost: int = 15
+    # Comma-separated addresses/networks whose X-Forwarded-* headers are believed.
+    trusted_proxies: str = ""
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "mmc.sqlite3"
+
+    @property
+    def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return tuple(
+            ip_network(part.strip(), strict=False)
+            for part in self.trusted_proxies.split(",")
+            if part.strip()
+        )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -123,4 +150,10 @@ def load_settings(
         raise ConfigError("max_connections must not be negative")
     if settings.connect_timeout <= 0 or settings.request_timeout <= 0:
         raise ConfigError("timeouts must be positive")
+    if not 10 <= settings.password_hash_cost <= 20:
+        raise ConfigError("password_hash_cost must be between 10 and 20")
+    try:
+        settings.trusted_networks  # noqa: B018 - parse now, fail at start
+    except ValueError as exc:
+        raise ConfigError(f"trusted_proxies: {exc}") from None
     return settings

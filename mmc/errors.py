@@ -11,6 +11,7 @@ turns each into ``{"code", "message", "status", "info"?}``::
     ├── MethodNotAllowed          405 METHOD_NOT_ALLOWED
     ├── Conflict                  409 CONFLICT
     ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE
+    ├── TooManyRequests           429 TOO_MANY_REQUESTS  (Retry-After header)
     ├── StoreUnavailable          503 STORE_UNAVAILABLE
     ├── BrokerUnavailable         503 BROKER_UNAVAILABLE
     ├── BrokerTimeout             504 TIMEOUT
@@ -81,6 +82,16 @@ class PayloadTooLarge(MmcError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
     default_message = "Request body is too large"
+
+
+class TooManyRequests(MmcError):
+    status = 429
+    code = "TOO_MANY_REQUESTS"
+    default_message = "Too many attempts; try again later"
+
+    def __init__(self, message: str | None = None, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
 
 
 class StoreUnavailable(MmcError):

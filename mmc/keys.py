@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from mmc.auth.service import AuthService, Identity
 from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import SecretBox
@@ -13,5 +14,7 @@ settings_key = web.AppKey("settings", Settings)
 db_key = web.AppKey("db", Database)
 secret_box_key = web.AppKey("secret_box", SecretBox)
 connections_key = web.AppKey("connections", ConnectionService)
+auth_key = web.AppKey("auth", AuthService)
 
 request_id_key = web.RequestKey("request_id", str)
+identity_key = web.RequestKey("identity", Identity)

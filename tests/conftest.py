@@ -68,6 +68,9 @@ def own_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield running
 
 
+ADMIN_PASSWORD = "admin-password-for-tests"
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
@@ -77,24 +80,59 @@ def settings(tmp_path: Path) -> Settings:
         keepalive=5,
         reconnect_min_delay=0.1,
         reconnect_max_delay=0.5,
+        admin_password=ADMIN_PASSWORD,
+        # Cheap hashes keep the suite fast; production uses 15 (tested in test_passwords).
+        password_hash_cost=10,
     )
 
 
+def origin(client: Client) -> dict[str, str]:
+    """The header a browser sends with a same-origin POST."""
+    return {"Origin": f"http://{client.host}:{client.port}"}
+
+
+async def login(client: Client, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
+    resp = await client.post("/auth", json={"username": username, "password": password})
+    assert resp.status == 200, await resp.text()
+
+
+async def create_token(client: Client, role: str) -> str:
+    """A token of the given role, made through the API by the (logged-in) admin."""
+    resp = await client.post(
+        "/api/tokens", json={"name": f"{role}-token", "role": role}, headers=origin(client)
+    )
+    assert resp.status == 201, await resp.text()
+    token: str = (await resp.json())["token"]
+    return token
+
+
+MakeClient = Callable[..., Awaitable[Client]]
+
+
 @pytest.fixture
-def make_client(
-    aiohttp_client: AiohttpClient,
-) -> Callable[[Settings], Awaitable[Client]]:
-    async def make(settings: Settings) -> Client:
-        return await aiohttp_client(create_app(settings))
+def make_client(aiohttp_client: AiohttpClient) -> MakeClient:
+    """An mmc app on a test server; by default every request carries an admin token."""
+
+    async def make(settings: Settings, *, authenticated: bool = True) -> Client:
+        client = await aiohttp_client(create_app(settings))
+        if authenticated:
+            await login(client)
+            token = await create_token(client, "admin")
+            client.session.cookie_jar.clear()
+            client.session.headers["Authorization"] = f"Bearer {token}"
+        return client
 
     return make
 
 
 @pytest.fixture
-async def client(
-    make_client: Callable[[Settings], Awaitable[Client]], settings: Settings
-) -> Client:
+async def client(make_client: MakeClient, settings: Settings) -> Client:
     return await make_client(settings)
+
+
+@pytest.fixture
+async def anon_client(make_client: MakeClient, settings: Settings) -> Client:
+    return await make_client(settings, authenticated=False)
 
 
 def plain_body(broker: MosquittoBroker, **overrides: Any) -> dict[str, Any]:

@@ -14,13 +14,18 @@ import aiohttp
 import pytest
 
 from tests.brokers import MosquittoBroker, free_port
-from tests.conftest import plain_body
+from tests.conftest import ADMIN_PASSWORD, plain_body
 
 
 def _spawn(data_dir: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "mmc", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env={**os.environ, "MMC_LOG_LEVEL": "DEBUG", **env},
+        env={
+            **os.environ,
+            "MMC_LOG_LEVEL": "DEBUG",
+            "MMC_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            **env,
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -44,7 +49,7 @@ async def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 
         while True:
             assert proc.poll() is None, "mmc exited during start-up"
             try:
-                async with session.get(f"http://127.0.0.1:{port}/api/connections") as resp:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
                     if resp.status == 200:
                         return
             except aiohttp.ClientConnectionError:
@@ -58,13 +63,18 @@ async def test_serve_creates_a_connection_and_stops_cleanly_on_sigterm(
 ) -> None:
     proc, port = mmc_process
     await _wait_http(port, proc)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/api/connections", json=plain_body(broker)) as resp,
-    ):
-        assert resp.status in (200, 202)
-        [conn] = await resp.json()
-        assert conn["status"]["connected"] is True
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        login = {"username": "admin", "password": ADMIN_PASSWORD}
+        async with session.post(f"{base}/auth", data=login) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"code": "SUCCESS", "message": "Authorized"}
+        async with session.post(
+            f"{base}/api/connections", json=plain_body(broker), headers={"Origin": base}
+        ) as resp:
+            assert resp.status == 200
+            [conn] = await resp.json()
+            assert conn["status"]["connected"] is True
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
@@ -75,9 +85,7 @@ async def test_serve_creates_a_connection_and_stops_cleanly_on_sigterm(
     assert broker.admin_password not in output
 
 
-def test_wrong_secret_key_stops_start_up_with_a_clear_message(
-    tmp_path: Path, broker: MosquittoBroker
-) -> None:
+def test_wrong_secret_key_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
     from cryptography.fernet import Fernet
 
     data_dir = tmp_path / "data"
@@ -86,8 +94,8 @@ def test_wrong_secret_key_stops_start_up_with_a_clear_message(
     try:
         import asyncio
 
+        # The first start stores a token that only the data directory's own key opens.
         asyncio.run(_wait_http(port, proc))
-        asyncio.run(_post(port, {"id": "a", "name": "a", "url": f"mqtt://127.0.0.1:{port}"}))
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -99,14 +107,6 @@ def test_wrong_secret_key_stops_start_up_with_a_clear_message(
     assert proc.returncode == 2
     assert b"cannot be decrypted with the configured secret key" in out
     assert b"Traceback" not in out
-
-
-async def _post(port: int, body: dict[str, object]) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/api/connections", json=body) as resp,
-    ):
-        assert resp.status in (200, 202)
 
 
 def test_bad_configuration_exits_2(tmp_path: Path) -> None:

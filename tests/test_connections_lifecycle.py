@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from mmc.config import Settings
 from mmc.keys import connections_key
 from tests.brokers import MosquittoBroker, TlsMaterial
-from tests.conftest import Client, b64, blob, plain_body, tls_body, wait_until
+from tests.conftest import Client, MakeClient, b64, blob, plain_body, tls_body, wait_until
 
 
 async def _all_connected(client: Client) -> bool:
@@ -20,7 +19,7 @@ async def _all_connected(client: Client) -> bool:
 
 
 async def test_restart_restores_connections_and_secrets(
-    make_client: Callable[[Settings], Awaitable[Client]],
+    make_client: MakeClient,
     settings: Settings,
     broker: MosquittoBroker,
     tls_material: TlsMaterial,

@@ -42,6 +42,44 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     )
     """,
+    """
+    CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )
+    """,
+    # Only a SHA-256 of each session id and token is stored: a copy of the database
+    # does not log anybody in.
+    """
+    CREATE TABLE sessions (
+        id_hash TEXT PRIMARY KEY,
+        username TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+        created_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_by TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        valid_until BIGINT
+    )
+    """,
+    """
+    CREATE TABLE login_failures (
+        subject TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        first_at BIGINT NOT NULL,
+        locked_until BIGINT NOT NULL
+    )
+    """,
 )
 
 

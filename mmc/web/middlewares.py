@@ -16,6 +16,7 @@ from mmc.errors import (
     NotAllowed,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthorized,
 )
 from mmc.keys import request_id_key
@@ -26,7 +27,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def error_response(error: MmcError) -> web.Response:
-    return web.json_response(error.to_dict(), status=error.status)
+    response = web.json_response(error.to_dict(), status=error.status)
+    if isinstance(error, TooManyRequests):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 @web.middleware

@@ -1,0 +1,77 @@
+"""Browser login compatible with the MMC: POST /auth, GET /logout, GET /validate-session,
+and the caller's own profile."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mmc.keys import auth_key, identity_key, settings_key
+from mmc.schemas.users import login_schema
+from mmc.web.auth import SESSION_COOKIE, identify
+from mmc.web.body import load, read_json
+from mmc.web.proxy import client_address, is_https
+
+routes = web.RouteTableDef()
+
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def _set_cookie(request: web.Request, response: web.Response, value: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        value,
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=is_https(request, request.app[settings_key].trusted_networks),
+    )
+
+
+@routes.post("/auth")
+async def login(request: web.Request) -> web.Response:
+    if request.content_type in FORM_TYPES:
+        form = await request.post()
+        body = {k: v for k, v in form.items() if isinstance(v, str)}
+    else:
+        body = await read_json(request)
+    data = load(login_schema, body)
+    address = client_address(request, request.app[settings_key].trusted_networks)
+    session_id = await request.app[auth_key].login(data["username"], data["password"], address)
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:
+        # Never keep a session id chosen before login (session fixation).
+        await request.app[auth_key].logout(old)
+    response = web.json_response({"code": "SUCCESS", "message": "Authorized"})
+    _set_cookie(request, response, session_id)
+    return response
+
+
+async def _logout(request: web.Request) -> web.Response:
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if session_id:
+        await request.app[auth_key].logout(session_id)
+    response = web.json_response({"code": "SUCCESS", "message": "Logged out"})
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+routes.get("/logout")(_logout)
+routes.post("/logout")(_logout)
+
+
+@routes.get("/validate-session")
+async def validate_session(request: web.Request) -> web.Response:
+    return web.json_response({"valid": await identify(request) is not None})
+
+
+@routes.get("/api/profile")
+async def profile(request: web.Request) -> web.Response:
+    identity = request[identity_key]
+    out: dict[str, object] = {
+        "username": identity.username,
+        "roles": list(identity.roles),
+        "authenticatedBy": identity.method,
+    }
+    if identity.token_id is not None:
+        out["token"] = {"id": identity.token_id, "name": identity.token_name}
+    return web.json_response(out)

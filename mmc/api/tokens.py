@@ -1,0 +1,59 @@
+"""Application tokens for scripts: POST returns the token once; only a hash is kept."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from aiohttp import web
+
+from mmc.keys import auth_key, identity_key
+from mmc.schemas.users import token_create_schema
+from mmc.store.db import now_ms
+from mmc.store.tokens import TokenRecord
+from mmc.web.body import read_valid
+
+routes = web.RouteTableDef()
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
+
+def token_wire(record: TokenRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "role": record.role,
+        "createdBy": record.created_by,
+        "createdAt": _iso(record.created_at),
+        "validUntil": _iso(record.valid_until),
+        "expired": record.valid_until is not None and record.valid_until <= now_ms(),
+    }
+
+
+@routes.view("/api/tokens")
+class TokensView(web.View):
+    async def get(self) -> web.Response:
+        tokens = await self.request.app[auth_key].list_tokens()
+        return web.json_response([token_wire(t) for t in tokens])
+
+    async def post(self) -> web.Response:
+        data = await read_valid(self.request, token_create_schema)
+        until = data.get("valid_until")
+        record, token = await self.request.app[auth_key].create_token(
+            data["name"],
+            data["role"],
+            int(until.timestamp() * 1000) if until is not None else None,
+            self.request[identity_key].username,
+        )
+        return web.json_response({**token_wire(record), "token": token}, status=201)
+
+
+@routes.view("/api/tokens/{tokenId}")
+class TokenView(web.View):
+    async def delete(self) -> web.Response:
+        await self.request.app[auth_key].revoke_token(self.request.match_info["tokenId"])
+        return web.Response(status=204)

@@ -1,0 +1,237 @@
+"""AuthService: users, logins with throttling, sessions and tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from mmc.auth.passwords import dummy_hash, hash_password, verify_password
+from mmc.auth.permissions import Role
+from mmc.config import Settings
+from mmc.errors import Conflict, InvalidInput, NotFound, TooManyRequests, Unauthorized
+from mmc.store.db import Database, now_ms
+from mmc.store.login_failures import LoginFailureRepository
+from mmc.store.sessions import SessionRepository
+from mmc.store.tokens import TokenRecord, TokenRepository
+from mmc.store.users import UserRecord, UserRepository
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "mmc_"  # noqa: S105 - a marker, not a secret
+MIN_PASSWORD_LENGTH = 8
+# A session's last_seen is written at most this often.
+TOUCH_INTERVAL_MS = 60_000
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Identity:
+    username: str
+    roles: tuple[str, ...]
+    method: Literal["session", "token"]
+    token_id: str | None = None
+    token_name: str | None = None
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(
+            f"Password must have at least {MIN_PASSWORD_LENGTH} characters",
+            info={"password": [f"Shorter than minimum length {MIN_PASSWORD_LENGTH}."]},
+        )
+
+
+class AuthService:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.users = UserRepository(db)
+        self._sessions = SessionRepository(db)
+        self._tokens = TokenRepository(db)
+        self._failures = LoginFailureRepository(db)
+        self._settings = settings
+        # scrypt takes ~32 MiB a hash: a login flood must not take all memory and threads.
+        self._hashing = asyncio.Semaphore(4)
+
+    # -- passwords --------------------------------------------------------------
+
+    async def hash(self, password: str) -> str:
+        async with self._hashing:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, hash_password, password, self._settings.password_hash_cost
+            )
+
+    async def _verify(self, password: str, encoded: str) -> bool:
+        async with self._hashing:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, verify_password, password, encoded
+            )
+
+    # -- bootstrap ----------------------------------------------------------------
+
+    async def bootstrap(self) -> None:
+        """Create the first admin when there is no user at all; never touch existing users."""
+        if await self.users.count():
+            return
+        username = self._settings.admin_username
+        password = self._settings.admin_password
+        generated = password is None
+        if password is None:
+            password = secrets.token_urlsafe(15)
+        else:
+            check_password_strength(password)
+        try:
+            await self.users.insert(username, await self.hash(password), (Role.ADMIN.value,))
+        except Conflict:
+            return  # another process bootstrapped at the same moment
+        if generated:
+            # Shown once, on purpose: it is the only way to learn it.
+            log.warning(
+                "created the first admin user %r with the generated password %s "
+                "(change it with: mmc users passwd %s)",
+                username,
+                password,
+                username,
+            )
+        else:
+            log.info("created the first admin user %r from MMC_ADMIN_PASSWORD", username)
+
+    # -- logins -------------------------------------------------------------------
+
+    async def login(self, username: str, password: str, address: str) -> str:
+        """A new session id for the user, or Unauthorized / TooManyRequests."""
+        now = now_ms()
+        subjects = [f"user:{username.lower()}", f"addr:{address}"]
+        locked_until = await self._failures.locked_until(subjects)
+        if locked_until > now:
+            log.warning("login refused for %r from %s: locked out", username, address)
+            raise TooManyRequests(
+                "Too many failed logins; try again later",
+                retry_after=math.ceil((locked_until - now) / 1000),
+            )
+        user = await self.users.get(username)
+        ok = await self._verify(
+            password, user.password_hash if user else dummy_hash(self._settings.password_hash_cost)
+        )
+        if user is None or not ok:
+            s = self._settings
+            locked = await self._failures.record_failure(
+                subjects,
+                now,
+                window=int(s.login_failure_window * 1000),
+                limit=s.login_max_failures,
+                lockout=int(s.login_lockout * 1000),
+            )
+            log.warning("login failed for %r from %s", username, address)
+            if locked:
+                log.warning(
+                    "login locked for %r and %s for %d s", username, address, s.login_lockout
+                )
+            raise Unauthorized()
+        for subject in subjects:
+            await self._failures.clear(subject)
+        session_id = secrets.token_urlsafe(32)
+        await self._sessions.create(digest(session_id), user.username)
+        log.info("user %r logged in from %s", user.username, address)
+        return session_id
+
+    async def logout(self, session_id: str) -> None:
+        await self._sessions.delete(digest(session_id))
+
+    async def from_session(self, session_id: str) -> Identity | None:
+        # Looked up on every request (no cache), so that a logout, a revoked token or a
+        # changed role takes effect at once, on every replica sharing the store.
+        now = now_ms()
+        session = await self._sessions.get(digest(session_id))
+        if session is None:
+            return None
+        s = self._settings
+        if (
+            now - session.last_seen > s.session_idle_timeout * 1000
+            or now - session.created_at > s.session_max_age * 1000
+        ):
+            await self._sessions.delete(session.id_hash)
+            return None
+        user = await self.users.get(session.username)
+        if user is None:
+            return None
+        if now - session.last_seen > TOUCH_INTERVAL_MS:
+            await self._sessions.touch(session.id_hash, now)
+        return Identity(user.username, user.roles, "session")
+
+    # -- tokens ---------------------------------------------------------------------
+
+    async def create_token(
+        self, name: str, role: str, valid_until: int | None, created_by: str
+    ) -> tuple[TokenRecord, str]:
+        if valid_until is not None and valid_until <= now_ms():
+            raise InvalidInput(
+                "validUntil is in the past", info={"validUntil": ["Must be in the future."]}
+            )
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        record = TokenRecord(
+            id=secrets.token_hex(8),
+            name=name,
+            role=role,
+            token_hash=digest(token),
+            created_by=created_by,
+            created_at=now_ms(),
+            valid_until=valid_until,
+        )
+        await self._tokens.insert(record)
+        log.info("token %s (%r, role %s) created by %s", record.id, name, role, created_by)
+        return record, token
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        return await self._tokens.list()
+
+    async def revoke_token(self, token_id: str) -> None:
+        if not await self._tokens.delete(token_id):
+            raise NotFound(f"Token {token_id} not found")
+        log.info("token %s revoked", token_id)
+
+    async def from_bearer(self, token: str) -> Identity | None:
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        token_hash = digest(token)
+        record = await self._tokens.by_hash(token_hash)
+        # The lookup is by hash; compare again in constant time all the same.
+        if record is None or not hmac.compare_digest(record.token_hash, token_hash):
+            return None
+        if record.valid_until is not None and record.valid_until <= now_ms():
+            return None
+        return Identity(f"token:{record.name}", (record.role,), "token", record.id, record.name)
+
+    # -- users ----------------------------------------------------------------------
+
+    async def create_user(self, username: str, password: str, roles: tuple[str, ...]) -> UserRecord:
+        check_password_strength(password)
+        return await self.users.insert(username, await self.hash(password), roles)
+
+    async def update_user(
+        self, username: str, *, password: str | None = None, roles: tuple[str, ...] | None = None
+    ) -> UserRecord:
+        if await self.users.get(username) is None:
+            raise NotFound(f"User {username} not found")
+        password_hash = None
+        if password is not None:
+            check_password_strength(password)
+            password_hash = await self.hash(password)
+        await self.users.update(username, password_hash=password_hash, roles=roles)
+        if password is not None:
+            # A new password ends every session of the user.
+            await self._sessions.delete_user(username)
+        user = await self.users.get(username)
+        assert user is not None
+        return user
+
+    async def delete_user(self, username: str) -> None:
+        if not await self.users.delete(username):
+            raise NotFound(f"User {username} not found")

@@ -1,0 +1,55 @@
+"""Browser sessions, stored server-side so that they survive a restart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mmc.store.db import Database, now_ms
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id_hash: str
+    username: str
+    created_at: int
+    last_seen: int
+
+
+class SessionRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, id_hash: str, username: str) -> SessionRecord:
+        ts = now_ms()
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO sessions (id_hash, username, created_at, last_seen) "
+                "VALUES (?, ?, ?, ?)",
+                (id_hash, username, ts, ts),
+            )
+        return SessionRecord(id_hash, username, ts, ts)
+
+    async def get(self, id_hash: str) -> SessionRecord | None:
+        row = await self._db.fetch_one(
+            "SELECT id_hash, username, created_at, last_seen FROM sessions WHERE id_hash = ?",
+            (id_hash,),
+        )
+        return SessionRecord(*row) if row else None
+
+    async def touch(self, id_hash: str, when: int) -> None:
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "UPDATE sessions SET last_seen = ? WHERE id_hash = ?", (when, id_hash)
+            )
+
+    async def delete(self, id_hash: str) -> None:
+        async with self._db.transaction() as conn:
+            await conn.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
+
+    async def delete_user(self, username: str) -> None:
+        async with self._db.transaction() as conn:
+            await conn.execute("DELETE FROM sessions WHERE username = ?", (username,))
+
+    async def delete_idle(self, idle_before: int) -> None:
+        async with self._db.transaction() as conn:
+            await conn.execute("DELETE FROM sessions WHERE last_seen < ?", (idle_before,))

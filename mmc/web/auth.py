@@ -1,0 +1,93 @@
+"""Authentication and authorisation of every request, in one place.
+
+Who: a ``Bearer`` application token, or the session cookie set by ``POST /auth``.
+What: the route's entry in ``mmc.auth.permissions.ROUTE_PERMISSIONS``.
+Cross-site: a state-changing request authenticated by cookie must come from our
+own origin (``Origin``, else ``Referer``); token requests are not exposed to that.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from mmc.auth.permissions import (
+    PUBLIC_ROUTES,
+    ROUTE_PERMISSIONS,
+    allowed,
+    required_permission,
+)
+from mmc.auth.service import Identity
+from mmc.errors import NotAllowed, Unauthorized
+from mmc.keys import auth_key, identity_key, settings_key
+from mmc.web.proxy import is_https, public_host
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "mmc_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def route_template(request: web.Request) -> str | None:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else None
+
+
+async def identify(request: web.Request) -> Identity | None:
+    auth = request.app[auth_key]
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return None
+        return await auth.from_bearer(credentials.strip())
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if session_id:
+        return await auth.from_session(session_id)
+    return None
+
+
+def _same_origin(request: web.Request) -> bool:
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if not source or source == "null":
+        return False
+    parts = urlsplit(source)
+    networks = request.app[settings_key].trusted_networks
+    expected_scheme = "https" if is_https(request, networks) else "http"
+    return (
+        parts.scheme == expected_scheme
+        and parts.netloc.lower() == public_host(request, networks).lower()
+    )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    template = route_template(request)
+    if template in PUBLIC_ROUTES:
+        return await handler(request)
+    identity = await identify(request)
+    if identity is None:
+        raise Unauthorized()
+    request[identity_key] = identity
+    if request.match_info.http_exception is not None:
+        return await handler(request)  # 404 / 405, now that we know who asks
+    methods = ROUTE_PERMISSIONS.get(template or "")
+    if methods is None:
+        log.error("route %s has no entry in the permission table", template)
+        raise NotAllowed()
+    permission = required_permission(template or "", request.method)
+    if permission is None:
+        # The table lists every method a route serves (a test holds it to the views).
+        raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
+    if not allowed(identity.roles, permission):
+        raise NotAllowed()
+    if (
+        identity.method == "session"
+        and request.method not in SAFE_METHODS
+        and not _same_origin(request)
+    ):
+        raise NotAllowed("Cross-site request refused: Origin or Referer must be this site")
+    return await handler(request)

@@ -1,0 +1,328 @@
+"""Logins, sessions, tokens, users, throttling and cross-site protection."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+
+import pytest
+
+from mmc.config import Settings
+from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, create_token, login, origin
+
+
+def _cookie_header(resp_headers: object) -> str:
+    values = resp_headers.getall("Set-Cookie")  # type: ignore[attr-defined]
+    [value] = [v for v in values if v.startswith("mmc_session=")]
+    assert isinstance(value, str)
+    return value
+
+
+async def test_login_with_form_and_json(anon_client: Client) -> None:
+    form = {"username": "admin", "password": ADMIN_PASSWORD}
+    resp = await anon_client.post("/auth", data=form)
+    assert resp.status == 200
+    assert await resp.json() == {"code": "SUCCESS", "message": "Authorized"}
+    cookie = _cookie_header(resp.headers)
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # plain HTTP, no trusted proxy
+    assert (await anon_client.get("/api/connections")).status == 200
+    assert await (await anon_client.get("/validate-session")).json() == {"valid": True}
+
+    resp = await anon_client.post("/auth", json=form)
+    assert resp.status == 200
+
+
+async def test_wrong_credentials(anon_client: Client) -> None:
+    for body in (
+        {"username": "admin", "password": "wrong"},
+        {"username": "nobody", "password": ADMIN_PASSWORD},
+    ):
+        resp = await anon_client.post("/auth", json=body)
+        assert resp.status == 401
+        assert await resp.json() == {
+            "code": "UNAUTHORIZED",
+            "message": "Unauthorized",
+            "status": 401,
+        }
+        assert "mmc_session" not in resp.cookies
+    resp = await anon_client.post("/auth", json={"username": "admin"})
+    assert resp.status == 400
+    assert await (await anon_client.get("/validate-session")).json() == {"valid": False}
+
+
+async def test_secure_cookie_only_via_trusted_proxy(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    form = {"username": "admin", "password": ADMIN_PASSWORD}
+    https = {"X-Forwarded-Proto": "https"}
+    untrusted = await make_client(settings, authenticated=False)
+    resp = await untrusted.post("/auth", data=form, headers=https)
+    assert "Secure" not in _cookie_header(resp.headers)
+    await untrusted.close()
+
+    trusted = await make_client(
+        settings.replace(trusted_proxies="127.0.0.1/32"), authenticated=False
+    )
+    resp = await trusted.post("/auth", data=form, headers=https)
+    assert "Secure" in _cookie_header(resp.headers)
+
+
+async def test_login_issues_a_new_session_id(anon_client: Client) -> None:
+    await login(anon_client)
+    first = anon_client.session.cookie_jar.filter_cookies(anon_client.make_url("/"))
+    first_id = first["mmc_session"].value
+    await login(anon_client)
+    second_id = anon_client.session.cookie_jar.filter_cookies(anon_client.make_url("/"))[
+        "mmc_session"
+    ].value
+    assert first_id != second_id
+    # The id held before the new login is dead: fixation gains nothing.
+    resp = await anon_client.get("/api/profile", cookies={"mmc_session": first_id})
+    anon_client.session.cookie_jar.clear()
+    resp = await anon_client.get("/api/profile", headers={"Cookie": f"mmc_session={first_id}"})
+    assert resp.status == 401
+
+
+async def test_logout_and_profile(anon_client: Client) -> None:
+    await login(anon_client)
+    profile = await (await anon_client.get("/api/profile")).json()
+    assert profile == {"username": "admin", "roles": ["admin"], "authenticatedBy": "session"}
+    resp = await anon_client.get("/logout")
+    assert resp.status == 200
+    assert (await anon_client.get("/api/profile")).status == 401
+    assert await (await anon_client.get("/validate-session")).json() == {"valid": False}
+
+
+async def test_session_expires_after_idle_time(make_client: MakeClient, settings: Settings) -> None:
+    client = await make_client(settings.replace(session_idle_timeout=1.0), authenticated=False)
+    await login(client)
+    assert (await client.get("/api/profile")).status == 200
+    await asyncio.sleep(1.3)
+    assert (await client.get("/api/profile")).status == 401
+
+
+async def test_users_and_sessions_survive_a_restart(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(settings, authenticated=False)
+    await login(client)
+    resp = await client.post(
+        "/api/user-management/users",
+        json={"username": "ed", "password": "ed-password-1", "roles": ["editor"]},
+        headers=origin(client),
+    )
+    assert resp.status == 201
+    session_id = client.session.cookie_jar.filter_cookies(client.make_url("/"))["mmc_session"].value
+    await client.close()
+
+    # A different MMC_ADMIN_PASSWORD on the next start changes nothing: users exist.
+    again = await make_client(
+        settings.replace(admin_password="another-password"), authenticated=False
+    )
+    resp = await again.get("/api/profile", headers={"Cookie": f"mmc_session={session_id}"})
+    assert resp.status == 200
+    assert (
+        await again.post("/auth", json={"username": "ed", "password": "ed-password-1"})
+    ).status == 200
+    bad = {"username": "admin", "password": "another-password"}
+    assert (await again.post("/auth", json=bad)).status == 401
+
+
+async def test_bootstrap_generates_and_logs_a_password_once(
+    make_client: MakeClient, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mmc")
+    client = await make_client(settings.replace(admin_password=None), authenticated=False)
+    match = re.search(r"generated password (\S+)", caplog.text)
+    assert match is not None
+    await login(client, "admin", match.group(1))
+    await client.close()
+    caplog.clear()
+    await make_client(settings.replace(admin_password=None), authenticated=False)
+    assert "generated password" not in caplog.text
+
+
+async def test_tokens(client: Client, make_client: MakeClient, settings: Settings) -> None:
+    resp = await client.post("/api/tokens", json={"name": "ci", "role": "viewer"})
+    assert resp.status == 201
+    created = await resp.json()
+    token = created["token"]
+    assert token.startswith("mmc_")
+    assert created["role"] == "viewer"
+    assert created["validUntil"] is None
+
+    listing = await (await client.get("/api/tokens")).json()
+    assert "ci" in [t["name"] for t in listing]
+    assert token not in str(listing)
+    assert all("token" not in t for t in listing)
+
+    script = await make_client(settings, authenticated=False)
+    bearer = {"Authorization": f"Bearer {token}"}
+    profile = await (await script.get("/api/profile", headers=bearer)).json()
+    assert profile["authenticatedBy"] == "token"
+    assert profile["roles"] == ["viewer"]
+    assert (await script.get("/api/connections", headers=bearer)).status == 200
+    assert (await script.post("/api/connections", headers=bearer, json={})).status == 403
+
+    assert (await client.delete(f"/api/tokens/{created['id']}")).status == 204
+    assert (await script.get("/api/connections", headers=bearer)).status == 401
+    assert (await client.delete(f"/api/tokens/{created['id']}")).status == 404
+
+    for header in (f"Bearer {token}x", "Bearer ", "Basic YWRtaW46YWRtaW4=", "Bearer mmc_nope"):
+        resp = await script.get("/api/connections", headers={"Authorization": header})
+        assert resp.status == 401, header
+
+
+async def test_token_expiry(client: Client, anon_client: Client) -> None:
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)).isoformat()
+    resp = await client.post(
+        "/api/tokens", json={"name": "short", "role": "editor", "validUntil": until}
+    )
+    assert resp.status == 201
+    bearer = {"Authorization": f"Bearer {(await resp.json())['token']}"}
+    assert (await anon_client.get("/api/connections", headers=bearer)).status == 200
+    await asyncio.sleep(1.8)
+    assert (await anon_client.get("/api/connections", headers=bearer)).status == 401
+
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)).isoformat()
+    resp = await client.post(
+        "/api/tokens", json={"name": "old", "role": "viewer", "validUntil": past}
+    )
+    assert resp.status == 400
+    resp = await client.post("/api/tokens", json={"name": "x", "role": "superuser"})
+    assert resp.status == 400
+
+
+async def test_user_management(client: Client, anon_client: Client) -> None:
+    users = "/api/user-management/users"
+    assert await (await client.get("/api/user-management/roles")).json() == [
+        "admin",
+        "editor",
+        "viewer",
+        "connectionManager",
+        "monitoringViewer",
+    ]
+    resp = await client.post(
+        users, json={"username": "vic", "password": "vic-pass-1", "roles": ["viewer"]}
+    )
+    assert resp.status == 201
+    assert await resp.json() == {"username": "vic", "roles": ["viewer"]}
+    resp = await client.post(
+        users, json={"username": "vic", "password": "vic-pass-2", "roles": ["viewer"]}
+    )
+    assert resp.status == 409
+    for bad in (
+        {"username": "x", "password": "short", "roles": ["viewer"]},
+        {"username": "x", "password": "long-enough", "roles": ["god"]},
+        {"username": "x", "password": "long-enough", "roles": []},
+        {"username": "a/b", "password": "long-enough", "roles": ["viewer"]},
+    ):
+        assert (await client.post(users, json=bad)).status == 400, bad
+
+    listing = await (await client.get(users)).json()
+    assert {"username": "vic", "roles": ["viewer"]} in listing
+    assert "password" not in str(listing)
+    assert "scrypt" not in str(listing)
+
+    await login(anon_client, "vic", "vic-pass-1")
+    assert (await anon_client.get("/api/profile")).status == 200
+    resp = await client.put(f"{users}/vic", json={"password": "vic-new-pass", "roles": ["editor"]})
+    assert resp.status == 200
+    assert await resp.json() == {"username": "vic", "roles": ["editor"]}
+    # A new password ends the user's sessions.
+    assert (await anon_client.get("/api/profile")).status == 401
+    await login(anon_client, "vic", "vic-new-pass")
+
+    assert (await client.delete(f"{users}/vic")).status == 204
+    assert (await anon_client.get("/api/profile")).status == 401
+    assert (await client.get(f"{users}/vic")).status == 404
+
+
+async def test_last_admin_cannot_be_deleted_or_demoted(client: Client) -> None:
+    users = "/api/user-management/users"
+    resp = await client.delete(f"{users}/admin")
+    assert resp.status == 409
+    assert "last admin" in (await resp.json())["message"]
+    resp = await client.put(f"{users}/admin", json={"roles": ["viewer"]})
+    assert resp.status == 409
+    assert (await (await client.get(f"{users}/admin")).json())["roles"] == ["admin"]
+    # With a second admin, the first may go.
+    await client.post(
+        users, json={"username": "root2", "password": "root2-pass", "roles": ["admin"]}
+    )
+    assert (await client.put(f"{users}/admin", json={"roles": ["viewer"]})).status == 200
+
+
+async def test_lockout_after_failed_logins(
+    make_client: MakeClient, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    client = await make_client(settings.replace(login_lockout=1.5), authenticated=False)
+    wrong = {"username": "admin", "password": "wrong-guess-123"}
+    for _ in range(5):
+        assert (await client.post("/auth", json=wrong)).status == 401
+    resp = await client.post("/auth", json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert resp.status == 429
+    assert 1 <= int(resp.headers["Retry-After"]) <= 2
+    assert (await resp.json())["code"] == "TOO_MANY_REQUESTS"
+    # The address is locked too: another username from here is refused.
+    assert (await client.post("/auth", json={"username": "other", "password": "x"})).status == 429
+    await asyncio.sleep(1.6)
+    await login(client)
+    assert "login failed for 'admin'" in caplog.text
+    assert "wrong-guess-123" not in caplog.text
+    assert ADMIN_PASSWORD not in caplog.text
+
+
+async def test_cookie_writes_need_same_origin(anon_client: Client) -> None:
+    await login(anon_client)
+    body = {"name": "t", "role": "viewer"}
+    resp = await anon_client.post("/api/tokens", json=body)
+    assert resp.status == 403
+    assert "Cross-site" in (await resp.json())["message"]
+    resp = await anon_client.post(
+        "/api/tokens", json=body, headers={"Origin": "http://evil.example"}
+    )
+    assert resp.status == 403
+    base = f"http://{anon_client.host}:{anon_client.port}"
+    resp = await anon_client.post("/api/tokens", json=body, headers={"Referer": f"{base}/ui"})
+    assert resp.status == 201
+    resp = await anon_client.post("/api/tokens", json=body, headers=origin(anon_client))
+    assert resp.status == 201
+    # Reads need no Origin.
+    assert (await anon_client.get("/api/tokens")).status == 200
+
+
+async def test_token_requests_need_no_origin(client: Client) -> None:
+    token = await create_token(client, "admin")
+    resp = await client.post(
+        "/api/tokens",
+        json={"name": "t2", "role": "viewer"},
+        headers={"Authorization": f"Bearer {token}", "Origin": "http://evil.example"},
+    )
+    assert resp.status == 201
+
+
+async def test_passwords_and_tokens_never_in_responses_or_logs(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts = []
+    resp = await client.post(
+        "/api/user-management/users",
+        json={"username": "sam", "password": "sam-secret-pw", "roles": ["viewer"]},
+    )
+    texts.append(await resp.text())
+    resp = await client.post("/api/tokens", json={"name": "n", "role": "viewer"})
+    token = (await resp.json())["token"]
+    for path in ("/api/user-management/users", "/api/user-management/users/sam", "/api/tokens"):
+        texts.append(await (await client.get(path)).text())
+    await client.get("/api/profile", headers={"Authorization": f"Bearer {token}"})
+    for text in [*texts, caplog.text]:
+        assert "sam-secret-pw" not in text
+        assert token not in text
+        assert ADMIN_PASSWORD not in text

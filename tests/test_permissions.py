@@ -1,0 +1,124 @@
+"""Every route x every role: 401 without credentials, 403 without the right, else through.
+
+The expectations are written out here, independently of mmc.auth.permissions, and the
+test fails when a route exists that this table does not name.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from aiohttp import web
+
+from mmc.auth.permissions import PUBLIC_ROUTES, ROUTE_PERMISSIONS, Role
+from mmc.config import Settings
+from tests.conftest import Client, MakeClient, create_token, login
+
+ALL = frozenset(Role)
+READERS = ALL - {Role.MONITORING_VIEWER}
+CONNECTION_WRITERS = frozenset({Role.ADMIN, Role.CONNECTION_MANAGER})
+ADMINS = frozenset({Role.ADMIN})
+
+EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
+    ("GET", "/api/profile"): ALL,
+    ("GET", "/api/connections"): READERS,
+    ("POST", "/api/connections"): CONNECTION_WRITERS,
+    ("GET", "/api/connections/{connectionId}"): READERS,
+    ("PUT", "/api/connections/{connectionId}"): CONNECTION_WRITERS,
+    ("DELETE", "/api/connections/{connectionId}"): CONNECTION_WRITERS,
+    ("GET", "/api/user-management/users"): ADMINS,
+    ("POST", "/api/user-management/users"): ADMINS,
+    ("GET", "/api/user-management/users/{username}"): ADMINS,
+    ("PUT", "/api/user-management/users/{username}"): ADMINS,
+    ("DELETE", "/api/user-management/users/{username}"): ADMINS,
+    ("GET", "/api/user-management/roles"): ADMINS,
+    ("GET", "/api/tokens"): ADMINS,
+    ("POST", "/api/tokens"): ADMINS,
+    ("DELETE", "/api/tokens/{tokenId}"): ADMINS,
+}
+
+
+def _registered(app: web.Application) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for route in app.router.routes():
+        resource = route.resource
+        if resource is None or resource.canonical in PUBLIC_ROUTES:
+            continue
+        if route.method == "*":
+            handler = route.handler
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                if isinstance(handler, type) and hasattr(handler, method.lower()):
+                    found.add((method, resource.canonical))
+        elif route.method != "HEAD":
+            found.add((route.method, resource.canonical))
+    return found
+
+
+async def test_every_route_is_in_the_matrix_and_the_table(client: Client) -> None:
+    registered = _registered(client.app)
+    assert registered == set(EXPECTED), "update EXPECTED for new or removed routes"
+    table = {(m, route) for route, methods in ROUTE_PERMISSIONS.items() for m in methods}
+    assert registered == table, "ROUTE_PERMISSIONS and the registered handlers disagree"
+
+
+def _concrete(template: str) -> str:
+    return re.sub(r"\{[^}]+\}", "no-such-thing", template)
+
+
+@pytest.fixture
+async def tokens(client: Client) -> dict[Role, str]:
+    return {role: await create_token(client, role.value) for role in Role}
+
+
+@pytest.mark.parametrize(("method", "route"), sorted(EXPECTED))
+async def test_matrix(
+    make_client: MakeClient,
+    settings: Settings,
+    tokens: dict[Role, str],
+    method: str,
+    route: str,
+) -> None:
+    anon = await make_client(settings, authenticated=False)
+    path = _concrete(route)
+    resp = await anon.request(method, path, json={})
+    assert resp.status == 401, (method, route)
+    assert await resp.json() == {"code": "UNAUTHORIZED", "message": "Unauthorized", "status": 401}
+
+    for role, token in tokens.items():
+        resp = await anon.request(
+            method, path, json={}, headers={"Authorization": f"Bearer {token}"}
+        )
+        if role in EXPECTED[(method, route)]:
+            assert resp.status not in (401, 403), (method, route, role, await resp.text())
+        else:
+            assert resp.status == 403, (method, route, role)
+            body = await resp.json()
+            assert body == {"code": "NOT_ALLOWED", "message": "Not allowed", "status": 403}
+
+
+async def test_public_routes_need_no_login(anon_client: Client) -> None:
+    for path in ("/healthz", "/readyz", "/api/status-check", "/validate-session"):
+        resp = await anon_client.get(path)
+        assert resp.status == 200, path
+
+
+async def test_unknown_routes_ask_for_login_first(anon_client: Client) -> None:
+    assert (await anon_client.get("/api/nothing")).status == 401
+    await login(anon_client)
+    assert (await anon_client.get("/api/nothing")).status == 404
+
+
+async def test_method_override_headers_do_not_bypass(
+    make_client: MakeClient, settings: Settings, tokens: dict[Role, str]
+) -> None:
+    viewer = await make_client(settings, authenticated=False)
+    headers = {
+        "Authorization": f"Bearer {tokens[Role.VIEWER]}",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-Method-Override": "DELETE",
+    }
+    resp = await viewer.post("/api/connections/anything", headers=headers, json={})
+    assert resp.status == 405
+    resp = await viewer.get("/api/connections/../user-management/users", headers=headers)
+    assert resp.status in (403, 404)
