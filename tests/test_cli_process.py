@@ -120,3 +120,90 @@ def test_bad_configuration_exits_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert b"port" in result.stderr
+
+
+def _mmc(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mmc", *args, "--data-dir", str(data_dir)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "MMC_LOG_LEVEL": "WARNING"},
+    )
+
+
+def test_users_command_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = _mmc(
+        data,
+        "users",
+        "add",
+        "alice",
+        "--role",
+        "admin",
+        "--role",
+        "editor",
+        "--password-stdin",
+        stdin="alice-password\n",
+    )
+    assert result.returncode == 0, result.stderr
+    result = _mmc(
+        data, "users", "add", "bob", "--role", "viewer", "--password-stdin", stdin="short\n"
+    )
+    assert result.returncode == 1
+    assert "at least 8 characters" in result.stderr
+    assert (
+        _mmc(
+            data,
+            "users",
+            "add",
+            "bob",
+            "--role",
+            "viewer",
+            "--password-stdin",
+            stdin="bob-password\n",
+        ).returncode
+        == 0
+    )
+    listing = _mmc(data, "users", "list").stdout
+    assert "alice\tadmin,editor" in listing
+    assert "bob\tviewer" in listing
+    assert "password" not in listing
+
+    assert (
+        _mmc(data, "users", "passwd", "bob", "--password-stdin", stdin="bob-new-pass\n").returncode
+        == 0
+    )
+    assert _mmc(data, "users", "delete", "bob").returncode == 0
+    result = _mmc(data, "users", "delete", "alice")
+    assert result.returncode == 1
+    assert "last admin" in result.stderr
+    assert _mmc(data, "users", "delete", "nobody").returncode == 1
+    assert "bob" not in _mmc(data, "users", "list").stdout
+
+    # The server sees the same users: alice logs in, no admin is bootstrapped over her.
+    port = free_port()
+    proc = _spawn(data, port)
+    try:
+        import asyncio
+
+        asyncio.run(_wait_http(port, proc))
+        asyncio.run(_login(port, "alice", "alice-password"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert "admin" not in _mmc(data, "users", "list").stdout.split()
+
+
+async def _login(port: int, username: str, password: str) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}/auth", json={"username": username, "password": password}
+        ) as resp,
+    ):
+        assert resp.status == 200
