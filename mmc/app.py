@@ -61,6 +61,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     auth = AuthService(app[db_key], app[settings_key])
     await auth.bootstrap()
+    await auth.purge_sessions()
     app[auth_key] = auth
     yield
 

@@ -103,6 +103,10 @@ class AuthService:
         else:
             log.info("created the first admin user %r from MMC_ADMIN_PASSWORD", username)
 
+    async def purge_sessions(self) -> None:
+        """Forget sessions idle past the timeout (they are refused anyway)."""
+        await self._sessions.delete_idle(now_ms() - int(self._settings.session_idle_timeout * 1000))
+
     # -- logins -------------------------------------------------------------------
 
     async def login(self, username: str, password: str, address: str) -> str:
