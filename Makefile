@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help run test lint fmt check-system clean
 
@@ -24,16 +23,21 @@ $(VENV)/.test-deps: setup.cfg | $(BIN)/python
 run: $(VENV)/.run-deps  ## start mmc on 127.0.0.1:8088 with its store in ./data
 	$(BIN)/mmc serve
 
-# The tests start real mosquitto brokers: install Debian's package when it is missing.
+# The tests start real mosquitto brokers and a real nginx: install Debian's packages
+# when they are missing.
 check-system:
-	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_ctrl >/dev/null \
-	    || [ ! -e /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so ]; then \
+	@missing=""; \
+	{ command -v mosquitto && command -v mosquitto_ctrl \
+	  && [ -e /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so ]; } >/dev/null \
+	  || missing="$$missing mosquitto"; \
+	{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null || missing="$$missing nginx"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing mosquitto from Debian's packages"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
+	    echo "installing from Debian's packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else \
-	    echo "mosquitto (with mosquitto_ctrl and the dynamic-security plugin) is required:"; \
-	    echo "  sudo apt-get update && sudo apt-get install -y mosquitto"; exit 1; \
+	    echo "these Debian packages are required:$$missing"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
 

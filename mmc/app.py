@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +21,13 @@ from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_key
-from mmc.keys import auth_key, connections_key, db_key, secret_box_key, settings_key
+from mmc.keys import auth_key, connections_key, db_key, metrics_key, secret_box_key, settings_key
+from mmc.metrics import Metrics
 from mmc.store.connections import ConnectionRepository
 from mmc.store.db import Database
 from mmc.web.auth import auth_middleware
-from mmc.web.middlewares import error_middleware, request_id_middleware
+from mmc.web.middlewares import error_middleware, observe_middleware
+from mmc.web.routing import add_routes
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,16 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     asyncio.get_running_loop().set_default_executor(executor)
     yield
     executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.get_running_loop().create_task(
+        app[metrics_key].measure_loop_lag(), name="mmc-loop-lag"
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -75,9 +88,11 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         reconnect_min_delay=settings.reconnect_min_delay,
         reconnect_max_delay=settings.reconnect_max_delay,
     )
+    pool = BrokerPool(options, app[metrics_key])
+    app[metrics_key].watch_pool(pool)
     service = ConnectionService(
         ConnectionRepository(app[db_key], app[secret_box_key]),
-        BrokerPool(options),
+        pool,
         max_connections=settings.max_connections,
         connect_timeout=settings.connect_timeout,
     )
@@ -86,19 +101,24 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # Links say DISCONNECT to their brokers before the process goes.
         await service.stop()
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        middlewares=[observe_middleware, error_middleware, auth_middleware],
         client_max_size=settings.max_body_size,
     )
     app[settings_key] = settings
-    app.cleanup_ctx.extend([executor_ctx, store_ctx, auth_ctx, connections_ctx])
-    app.router.add_routes(health_api.routes)
-    app.router.add_routes(auth_api.routes)
-    app.router.add_routes(users_api.routes)
-    app.router.add_routes(tokens_api.routes)
-    app.router.add_routes(connections_api.routes)
+    app[metrics_key] = Metrics()
+    app.cleanup_ctx.extend([executor_ctx, loop_lag_ctx, store_ctx, auth_ctx, connections_ctx])
+    for routes in (
+        health_api.routes,
+        auth_api.routes,
+        users_api.routes,
+        tokens_api.routes,
+        connections_api.routes,
+    ):
+        add_routes(app, routes, settings.base_path)
     return app

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from mmc import logs
 from mmc.app import create_app
 from mmc.auth.permissions import Role
 from mmc.auth.service import AuthService
@@ -74,10 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mmc: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     if args.command == "users":
         try:
             return asyncio.run(_users(settings, args))
@@ -97,7 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Unlike ``web.run_app``, resources that did start are
     released even when a later start-up step fails."""
-    runner = web.AppRunner(create_app(settings), shutdown_timeout=settings.shutdown_timeout)
+    # access_log=None: mmc's own middleware writes one structured line per request.
+    runner = web.AppRunner(
+        create_app(settings), shutdown_timeout=settings.shutdown_timeout, access_log=None
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -107,9 +108,10 @@ async def serve(settings: Settings) -> None:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info(
-            "mmc listening on http://%s:%d (data in %s)",
+            "mmc listening on http://%s:%d%s (data in %s)",
             settings.host,
             settings.port,
+            settings.base_path,
             settings.data_dir.resolve(),
         )
         await stop.wait()

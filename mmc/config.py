@@ -30,6 +30,9 @@ ENV_NAMES: dict[str, str] = {
     "MMC_ADMIN_PASSWORD": "admin_password",
     "MMC_TRUSTED_PROXIES": "trusted_proxies",
     "MMC_SESSION_IDLE_TIMEOUT": "session_idle_timeout",
+    "MMC_BASE_PATH": "base_path",
+    "MMC_LOG_FORMAT": "log_format",
+    "MMC_SHUTDOWN_TIMEOUT": "shutdown_timeout",
 }
 
 
@@ -44,6 +47,10 @@ class Settings:
     data_dir: Path = Path("data")
     max_connections: int = 1000
     log_level: str = "INFO"
+    # "text" or "json": one line per event either way.
+    log_format: str = "text"
+    # Serve everything under this prefix (e.g. "/mmc") behind a reverse proxy.
+    base_path: str = ""
     # Never printed: repr=False keeps it out of tracebacks and debug logs.
     secret_key: str | None = field(default=None, repr=False)
     # Seconds a POST/PUT waits for the first connection attempt before answering 202.
@@ -108,6 +115,16 @@ def _coerce(name: str, value: Any) -> Any:
     raise ConfigError(f"{name}: unsupported setting type {kind}")
 
 
+def _normalise_base_path(value: str) -> str:
+    """ "mmc/" or "/mmc/" -> "/mmc"; "/" or "" -> "" (no prefix)."""
+    path = "/" + value.strip().strip("/")
+    if path == "/":
+        return ""
+    if any(part in ("", ".", "..") for part in path.split("/")[1:]) or "?" in path or "#" in path:
+        raise ConfigError(f"base_path {value!r} is not a plain URL path")
+    return path
+
+
 def load_settings(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -143,9 +160,13 @@ def load_settings(
         if value is not None:
             values[key] = _coerce(key, value)
 
+    if "base_path" in values:
+        values["base_path"] = _normalise_base_path(values["base_path"])
     settings = Settings(**values)
     if not 0 < settings.port < 65536:
         raise ConfigError(f"port {settings.port} is out of range")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be 'text' or 'json'")
     if settings.max_connections < 0:
         raise ConfigError("max_connections must not be negative")
     if settings.connect_timeout <= 0 or settings.request_timeout <= 0:

@@ -8,6 +8,7 @@ from mmc.auth.service import AuthService, Identity
 from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import SecretBox
+from mmc.metrics import Metrics
 from mmc.store.db import Database
 
 settings_key = web.AppKey("settings", Settings)
@@ -15,6 +16,7 @@ db_key = web.AppKey("db", Database)
 secret_box_key = web.AppKey("secret_box", SecretBox)
 connections_key = web.AppKey("connections", ConnectionService)
 auth_key = web.AppKey("auth", AuthService)
+metrics_key = web.AppKey("metrics", Metrics)
 
 request_id_key = web.RequestKey("request_id", str)
 identity_key = web.RequestKey("identity", Identity)

@@ -13,6 +13,11 @@ from mmc.web.proxy import client_address, is_https
 
 routes = web.RouteTableDef()
 
+
+def cookie_path(request: web.Request) -> str:
+    return request.app[settings_key].base_path or "/"
+
+
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
@@ -20,7 +25,7 @@ def _set_cookie(request: web.Request, response: web.Response, value: str) -> Non
     response.set_cookie(
         SESSION_COOKIE,
         value,
-        path="/",
+        path=cookie_path(request),
         httponly=True,
         samesite="Lax",
         secure=is_https(request, request.app[settings_key].trusted_networks),
@@ -51,7 +56,7 @@ async def _logout(request: web.Request) -> web.Response:
     if session_id:
         await request.app[auth_key].logout(session_id)
     response = web.json_response({"code": "SUCCESS", "message": "Logged out"})
-    response.del_cookie(SESSION_COOKIE, path="/")
+    response.del_cookie(SESSION_COOKIE, path=cookie_path(request))
     return response
 
 

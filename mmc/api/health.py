@@ -7,8 +7,9 @@ import logging
 import sqlite3
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mmc.keys import db_key
+from mmc.keys import db_key, metrics_key
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,16 @@ async def readyz(request: web.Request) -> web.Response:
     if reasons:
         return web.json_response({"status": "unavailable", "reasons": reasons}, status=503)
     return web.json_response({"status": "ok", "reasons": []})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Open like the probes: scrapers do not log in."""
+    body = generate_latest(request.app[metrics_key].registry)
+    response = web.Response(body=body)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response
 
 
 @routes.get("/api/status-check")

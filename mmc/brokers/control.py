@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -52,8 +53,61 @@ def response_topic(api: str) -> str:
 RESPONSE_TOPICS: dict[str, str] = {response_topic(api): api for api in KNOWN_APIS}
 
 
+# Command names used as metric labels; anything else (passthrough) is counted as "other".
+KNOWN_COMMANDS = frozenset(
+    {
+        "setDefaultACLAccess",
+        "getDefaultACLAccess",
+        "createClient",
+        "deleteClient",
+        "enableClient",
+        "disableClient",
+        "getClient",
+        "listClients",
+        "modifyClient",
+        "setClientId",
+        "setClientPassword",
+        "addClientRole",
+        "removeClientRole",
+        "addGroupClient",
+        "removeGroupClient",
+        "createGroup",
+        "deleteGroup",
+        "getGroup",
+        "listGroups",
+        "modifyGroup",
+        "addGroupRole",
+        "removeGroupRole",
+        "setAnonymousGroup",
+        "getAnonymousGroup",
+        "createRole",
+        "getRole",
+        "listRoles",
+        "modifyRole",
+        "deleteRole",
+        "addRoleACL",
+        "removeRoleACL",
+        "getDetails",
+        "disconnectClient",
+        "subscribeClient",
+        "unsubscribeClient",
+        "getLicenseInformation",
+        "listPlugins",
+        "listListeners",
+        "getStatus",
+        "getConfig",
+        "updateConfig",
+        "getSchema",
+    }
+)
+
+
 class Publisher(Protocol):
     async def publish(self, topic: str, payload: bytes) -> None: ...
+
+
+class ControlObserver(Protocol):
+    def observe_control(self, api: str, command: str, outcome: str, seconds: float) -> None: ...
 
 
 def error_for(command: str, message: str) -> ControlError:
@@ -67,9 +121,12 @@ def error_for(command: str, message: str) -> ControlError:
 
 
 class ControlChannel:
-    def __init__(self, broker_id: str, *, timeout: float) -> None:
+    def __init__(
+        self, broker_id: str, *, timeout: float, observer: ControlObserver | None = None
+    ) -> None:
         self.broker_id = broker_id
         self.timeout = timeout
+        self._observer = observer
         self._publisher: Publisher | None = None
         # correlationData -> (api, future of the response entry)
         self._pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
@@ -111,6 +168,25 @@ class ControlChannel:
         self, api: str, command: Mapping[str, Any], *, timeout: float | None = None
     ) -> dict[str, Any]:
         """Send one command and return its raw response entry, error or not."""
+        if self._observer is None:
+            return await self._send(api, command, timeout)
+        name = str(command.get("command"))
+        label = name if name in KNOWN_COMMANDS else "other"
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            response = await self._send(api, command, timeout)
+            outcome = "error" if "error" in response else "ok"
+            return response
+        except BrokerTimeout:
+            outcome = "timeout"
+            raise
+        finally:
+            self._observer.observe_control(api, label, outcome, time.perf_counter() - started)
+
+    async def _send(
+        self, api: str, command: Mapping[str, Any], timeout: float | None
+    ) -> dict[str, Any]:
         if self._publisher is None:
             raise BrokerUnavailable(f"Broker {self.broker_id} is not connected")
         correlation = str(uuid.uuid4())

@@ -12,14 +12,14 @@ import contextlib
 import logging
 import secrets
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiomqtt
 
 from mmc.brokers.client import MqttClient
-from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel
+from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
 from mmc.brokers.status import LinkError, LinkStatus, describe_error
 from mmc.store.connections import ConnectionRecord
 from mmc.store.db import now_ms
@@ -68,20 +68,26 @@ class LinkOptions:
     reconnect_max_delay: float = 30.0
 
 
+class LinkObserver(ControlObserver, Protocol):
+    def observe_link(self, connected: bool) -> None: ...
+
+    def observe_reconnect(self) -> None: ...
+
+
 class BrokerLink:
     def __init__(
         self,
         record: ConnectionRecord,
         ssl_context: ssl.SSLContext | None,
         options: LinkOptions,
-        on_status: Callable[[BrokerLink, LinkStatus], None] | None = None,
+        observer: LinkObserver | None = None,
     ) -> None:
         self.record = record
         self.endpoint = Endpoint.from_url(record.url)
         self._ssl_context = ssl_context
         self._options = options
-        self._on_status = on_status
-        self.control = ControlChannel(record.id, timeout=options.request_timeout)
+        self._observer = observer
+        self.control = ControlChannel(record.id, timeout=options.request_timeout, observer=observer)
         # Latest value of every $SYS/broker/... topic, as the broker published it.
         self.sys_values: dict[str, str] = {}
         self.client_id = record.client_id or f"mmc-{record.id}-{secrets.token_hex(4)}"
@@ -154,8 +160,8 @@ class BrokerLink:
                 )
             elif error is not None:
                 log.warning("broker %s not connected (%s): %s", self.id, error.code, error.message)
-        if self._on_status is not None:
-            self._on_status(self, self._status)
+        if self._observer is not None and old.connected != connected:
+            self._observer.observe_link(connected)
 
     def _make_client(self) -> MqttClient:
         ep = self.endpoint
@@ -206,6 +212,8 @@ class BrokerLink:
                 break
             failures += 1
             self.reconnects += 1
+            if self._observer is not None:
+                self._observer.observe_reconnect()
             delay = min(
                 self._options.reconnect_max_delay,
                 self._options.reconnect_min_delay * 2 ** min(failures - 1, 16),

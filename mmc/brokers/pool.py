@@ -7,7 +7,7 @@ import logging
 import ssl
 from collections.abc import Iterator
 
-from mmc.brokers.link import BrokerLink, LinkOptions
+from mmc.brokers.link import BrokerLink, LinkObserver, LinkOptions
 from mmc.errors import BrokerUnavailable, NotFound
 from mmc.store.connections import ConnectionRecord
 
@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 
 class BrokerPool:
-    def __init__(self, options: LinkOptions) -> None:
+    def __init__(self, options: LinkOptions, observer: LinkObserver | None = None) -> None:
         self.options = options
+        self._observer = observer
         self._links: dict[str, BrokerLink] = {}
 
     def __iter__(self) -> Iterator[BrokerLink]:
@@ -47,7 +48,7 @@ class BrokerPool:
         old = self._links.get(record.id)
         if old is not None:
             await old.stop()
-        link = BrokerLink(record, ssl_context, self.options)
+        link = BrokerLink(record, ssl_context, self.options, self._observer)
         # Assigning over the old entry keeps the connection's place in the listing.
         self._links[record.id] = link
         if start:

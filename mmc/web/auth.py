@@ -24,16 +24,12 @@ from mmc.auth.service import Identity
 from mmc.errors import NotAllowed, Unauthorized
 from mmc.keys import auth_key, identity_key, settings_key
 from mmc.web.proxy import is_https, public_host
+from mmc.web.routing import route_template
 
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "mmc_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def route_template(request: web.Request) -> str | None:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else None
 
 
 async def identify(request: web.Request) -> Identity | None:

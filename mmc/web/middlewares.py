@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 
 from aiohttp import web
@@ -19,9 +20,12 @@ from mmc.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from mmc.keys import request_id_key
+from mmc.keys import identity_key, metrics_key, request_id_key, settings_key
+from mmc.web.proxy import client_address
+from mmc.web.routing import route_template
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("mmc.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -34,17 +38,46 @@ def error_response(error: MmcError) -> web.Response:
 
 
 @web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: a request id for every answer, one log line and the HTTP metrics."""
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     request[request_id_key] = request_id
+    started = time.perf_counter()
+    status = 500
     try:
         response = await handler(request)
+        status = response.status
+        response.headers["X-Request-ID"] = request_id
+        return response
     except web.HTTPException as exc:
+        status = exc.status
         exc.headers["X-Request-ID"] = request_id
         raise
-    response.headers["X-Request-ID"] = request_id
-    return response
+    finally:
+        elapsed = time.perf_counter() - started
+        route = route_template(request) or "unmatched"
+        metrics = request.app[metrics_key]
+        metrics.http_requests.labels(route, request.method, str(status)).inc()
+        metrics.http_latency.labels(route, request.method).observe(elapsed)
+        identity = request.get(identity_key)
+        settings = request.app[settings_key]
+        access_log.info(
+            "%s %s %d %.1fms",
+            request.method,
+            request.path,
+            status,
+            elapsed * 1000,
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "request_id": request_id,
+                "user": identity.username if identity else None,
+                "client": client_address(request, settings.trusted_networks),
+            },
+        )
 
 
 def _render_http_exception(exc: web.HTTPException) -> web.Response:

@@ -1,0 +1,96 @@
+"""Prometheus metrics, one registry per application (no globals: tests run many apps).
+
+Label values are bounded: route templates (not raw paths), known command names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from mmc.brokers.pool import BrokerPool
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class _PoolCollector(Collector):
+    """Link states are read from the pool at scrape time, so they can never drift."""
+
+    def __init__(self) -> None:
+        self.pool: BrokerPool | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        links = GaugeMetricFamily("mmc_broker_links", "Broker links by state", labels=["state"])
+        up = down = 0
+        for link in self.pool or ():
+            if link.connected:
+                up += 1
+            else:
+                down += 1
+        links.add_metric(["up"], up)
+        links.add_metric(["down"], down)
+        yield links
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "mmc_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "mmc_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.link_changes = Counter(
+            "mmc_broker_link_changes", "Broker link state changes", ["state"], registry=r
+        )
+        self.reconnects = Counter(
+            "mmc_broker_reconnect_attempts", "Broker reconnection attempts", registry=r
+        )
+        self.control_requests = Counter(
+            "mmc_control_requests", "$CONTROL requests", ["api", "command", "outcome"], registry=r
+        )
+        self.control_latency = Histogram(
+            "mmc_control_request_duration_seconds",
+            "$CONTROL request latency",
+            ["api", "command"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "mmc_event_loop_lag_seconds",
+            "How late the event loop runs a timer",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self._pool = _PoolCollector()
+        r.register(self._pool)
+
+    def watch_pool(self, pool: BrokerPool) -> None:
+        self._pool.pool = pool
+
+    def observe_control(self, api: str, command: str, outcome: str, seconds: float) -> None:
+        self.control_requests.labels(api, command, outcome).inc()
+        self.control_latency.labels(api, command).observe(seconds)
+
+    def observe_link(self, connected: bool) -> None:
+        self.link_changes.labels("up" if connected else "down").inc()
+
+    def observe_reconnect(self) -> None:
+        self.reconnects.inc()
+
+    async def measure_loop_lag(self, interval: float = 0.5) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.loop_lag.observe(max(0.0, loop.time() - expected))
