@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from mmc.api import connections as connections_api
+from mmc.api import dynsec as dynsec_api
 from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
@@ -83,4 +84,5 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     app.cleanup_ctx.extend([executor_ctx, store_ctx, connections_ctx])
     app.router.add_routes(connections_api.routes)
+    app.router.add_routes(dynsec_api.routes)
     return app
