@@ -48,13 +48,16 @@ async def call(
     return json.loads(text) if text else None
 
 
-async def can_login(broker: MosquittoBroker, username: str, password: str) -> bool:
+async def can_login(
+    broker: MosquittoBroker, username: str, password: str, client_id: str | None = None
+) -> bool:
     try:
         async with aiomqtt.Client(
             broker.host,
             broker.port,
             username=username,
             password=password,
+            identifier=client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             timeout=3,
         ):

@@ -7,8 +7,10 @@ Plugin detection: mosquitto 2.0 silently drops a ``$CONTROL`` publish nobody han
 broker without the plugin only shows as silence. ``plugin_enabled`` sends one cheap probe
 (``getDefaultACLAccess``) with a short timeout the first time a link is used and remembers a
 broker that answered; a request that later times out forgets that and probes again, so a
-broker restarted without the plugin answers 404 too. mosquitto 2.1's "endpoint not available"
-reply is taken as "not enabled" at once.
+broker restarted without the plugin answers 404 too. A broker that did not answer is
+remembered for ``ABSENT_TTL`` seconds, so repeated requests answer 404 at once rather than
+after a probe each (a broker restarted with the plugin is seen after that delay).
+mosquitto 2.1's "endpoint not available" reply is taken as "not enabled" at once.
 
 Two guards keep old brokers alive: mosquitto 2.0.11 frees a role still referenced by a client
 or group (use after free) and crashes when the anonymous group is deleted, so ``deleteRole``
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,9 +38,12 @@ API = "dynamic-security"
 NOT_ENABLED = "dynamic-security plugin not enabled on this broker"
 ANONYMOUS_GROUP_FORBIDDEN = "Deleting the anonymous group is forbidden"
 PROBE_TIMEOUT = 1.0
+ABSENT_TTL = 30.0
 
-# Channels whose broker has answered a dynsec command (forgotten on a timeout).
+# Channels whose broker has answered a dynsec command (forgotten on a timeout), and
+# those whose broker did not answer the probe, with when to probe again.
 _answering: weakref.WeakSet[ControlChannel] = weakref.WeakSet()
+_absent: weakref.WeakKeyDictionary[ControlChannel, float] = weakref.WeakKeyDictionary()
 
 
 async def plugin_enabled(channel: ControlChannel) -> bool:
@@ -47,12 +53,16 @@ async def plugin_enabled(channel: ControlChannel) -> bool:
     """
     if channel in _answering:
         return True
+    if _absent.get(channel, 0.0) > time.monotonic():
+        return False
     try:
         await channel.send(
             API, {"command": "getDefaultACLAccess"}, timeout=min(PROBE_TIMEOUT, channel.timeout)
         )
     except (BrokerTimeout, ControlNotFound):
+        _absent[channel] = time.monotonic() + ABSENT_TTL
         return False
+    _absent.pop(channel, None)
     _answering.add(channel)
     return True
 
