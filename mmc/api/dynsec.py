@@ -62,7 +62,7 @@ def broker_link(request: web.Request) -> BrokerLink:
     return pool.require_connected(broker_id)
 
 
-async def _read(request: web.Request, schema: Schema) -> dict[str, Any]:
+async def _body_or_query(request: web.Request, schema: Schema) -> dict[str, Any]:
     """A JSON body, or the query string when there is no body (DELETE without a body)."""
     if request.body_exists:
         return load(schema, await read_json(request))
@@ -195,9 +195,12 @@ CLIENT_ACTIONS: dict[str, tuple[Schema | None, Change]] = {
 
 
 def _change_handler(
-    kind: Kind, schema: Schema | None, change: Change, *, source: str = "body"
+    kind: Kind, schema: Schema | None, change: Change, *, or_query: bool = False
 ) -> Handler:
-    """Validate, apply ``change`` to the named resource, answer the resource afterwards."""
+    """Validate, apply ``change`` to the named resource, answer the resource afterwards.
+
+    ``or_query``: without a body, the fields may come in the query string (DELETE).
+    """
 
     async def handler(request: web.Request) -> web.Response:
         link = broker_link(request)
@@ -205,7 +208,7 @@ def _change_handler(
         data: dict[str, Any] = {}
         if schema is not None:
             data = await (
-                _read(request, schema) if source == "either" else read_valid(request, schema)
+                _body_or_query(request, schema) if or_query else read_valid(request, schema)
             )
         ds = await Dynsec.of(link)
         await change(ds, name, data)
@@ -252,7 +255,7 @@ def _add_kind_routes(kind: Kind) -> None:
             path = f"{item}/{members.segment}"
             routes.post(path)(_change_handler(kind, members.add_schema, members.add))
             routes.delete(path)(
-                _change_handler(kind, members.remove_schema, members.remove, source="either")
+                _change_handler(kind, members.remove_schema, members.remove, or_query=True)
             )
 
 
