@@ -12,6 +12,7 @@ from aiohttp import web
 
 from mmc.api import auth as auth_api
 from mmc.api import connections as connections_api
+from mmc.api import dynsec as dynsec_api
 from mmc.api import health as health_api
 from mmc.api import tokens as tokens_api
 from mmc.api import users as users_api
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> web.Application:
         users_api.routes,
         tokens_api.routes,
         connections_api.routes,
+        dynsec_api.routes,
     ):
         add_routes(app, routes, settings.base_path)
     return app

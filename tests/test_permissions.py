@@ -19,6 +19,7 @@ ALL = frozenset(Role)
 READERS = ALL - {Role.MONITORING_VIEWER}
 CONNECTION_WRITERS = frozenset({Role.ADMIN, Role.CONNECTION_MANAGER})
 ADMINS = frozenset({Role.ADMIN})
+CONTROLLERS = frozenset({Role.ADMIN, Role.EDITOR})
 
 EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/profile"): ALL,
@@ -36,7 +37,35 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/tokens"): ADMINS,
     ("POST", "/api/tokens"): ADMINS,
     ("DELETE", "/api/tokens/{tokenId}"): ADMINS,
+    ("POST", "/api/dynamic-security/{brokerId}/command"): CONTROLLERS,
+    ("POST", "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security"): CONTROLLERS,
+    ("POST", "/api/projects/{projectId}/dynsec/apply"): CONTROLLERS,
 }
+
+# Dynamic security on one broker: every read for readers, every change for controllers.
+_DYNSEC = "/api/projects/{projectId}/brokers/{brokerId}/dynsec"
+for _kind in ("clients", "groups", "roles"):
+    EXPECTED[("GET", f"{_DYNSEC}/{_kind}")] = READERS
+    EXPECTED[("POST", f"{_DYNSEC}/{_kind}")] = CONTROLLERS
+    EXPECTED[("GET", f"{_DYNSEC}/{_kind}/{{name}}")] = READERS
+    EXPECTED[("PATCH", f"{_DYNSEC}/{_kind}/{{name}}")] = CONTROLLERS
+    EXPECTED[("DELETE", f"{_DYNSEC}/{_kind}/{{name}}")] = CONTROLLERS
+for _sub in (
+    "clients/{name}/roles",
+    "clients/{name}/groups",
+    "groups/{name}/clients",
+    "groups/{name}/roles",
+    "roles/{name}/acls",
+):
+    EXPECTED[("POST", f"{_DYNSEC}/{_sub}")] = CONTROLLERS
+    EXPECTED[("DELETE", f"{_DYNSEC}/{_sub}")] = CONTROLLERS
+for _action in ("enable", "disable", "password", "clientid"):
+    EXPECTED[("PUT", f"{_DYNSEC}/clients/{{name}}/{_action}")] = CONTROLLERS
+for _single in ("default-acl", "anonymous-group"):
+    EXPECTED[("GET", f"{_DYNSEC}/{_single}")] = READERS
+    EXPECTED[("PUT", f"{_DYNSEC}/{_single}")] = CONTROLLERS
+EXPECTED[("GET", f"{_DYNSEC}/export")] = READERS
+EXPECTED[("POST", f"{_DYNSEC}/import")] = CONTROLLERS
 
 
 def _registered(app: web.Application) -> set[tuple[str, str]]:

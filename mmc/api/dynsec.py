@@ -1,0 +1,393 @@
+"""Dynamic security over REST: one broker's clients, groups, roles and ACLs, the plugin's
+protocol passed through, export/import, and the same applied to every broker of a project.
+
+Under ``/api/projects/{projectId}/brokers/{brokerId}/dynsec``:
+
+- ``clients``, ``groups``, ``roles``: GET (``offset``, ``count``, ``verbose``) and POST;
+  ``{kind}/{name}``: GET, PATCH, DELETE; membership collections (``clients/{u}/roles``,
+  ``clients/{u}/groups``, ``groups/{g}/clients``, ``groups/{g}/roles``, ``roles/{r}/acls``):
+  POST adds, DELETE removes (key in the JSON body or the query string);
+  ``clients/{u}/enable|disable|password|clientid``: PUT.
+- ``default-acl`` and ``anonymous-group``: GET and PUT.
+- ``export`` (GET) and ``import`` (POST, ``?dryRun=true``).
+
+Every change answers the resource as it is afterwards (201 on create); DELETE of a resource
+answers 204. Bodies are validated before anything is sent to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema, fields
+
+from mmc.brokers.control import error_for
+from mmc.brokers.dynsec import Dynsec
+from mmc.brokers.link import BrokerLink
+from mmc.errors import BrokerUnavailable, MmcError, NotFound
+from mmc.keys import connections_key
+from mmc.schemas import dynsec as schemas
+from mmc.web.body import load, read_json, read_valid
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+BROKER = "/api/projects/{projectId}/brokers/{brokerId}"
+BASE = f"{BROKER}/dynsec"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Change = Callable[[Dynsec, str, dict[str, Any]], Awaitable[None]]
+
+_dry_run_schema = Schema.from_dict({"dryRun": fields.Boolean(load_default=False)})()
+
+
+def broker_link(request: web.Request) -> BrokerLink:
+    """The connected link of the path's broker, which must belong to the path's project.
+
+    Until projects have their own store, a project is the ``projectId`` of its connections.
+    """
+    pool = request.app[connections_key].pool
+    broker_id = request.match_info["brokerId"]
+    project_id = request.match_info.get("projectId")
+    link = pool.get(broker_id)
+    if link is None or (project_id is not None and link.record.project_id != project_id):
+        where = f" in project {project_id}" if project_id is not None else ""
+        raise NotFound(f"Broker {broker_id} not found{where}")
+    return pool.require_connected(broker_id)
+
+
+async def _body_or_query(request: web.Request, schema: Schema) -> dict[str, Any]:
+    """A JSON body, or the query string when there is no body (DELETE without a body)."""
+    if request.body_exists:
+        return load(schema, await read_json(request))
+    return load(schema, dict(request.query))
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+# ------------------------------------------------------- clients, groups, roles
+
+
+@dataclass(frozen=True)
+class Kind:
+    plural: str
+    key: str
+    create_schema: Schema
+    modify_schema: Schema
+    list: Callable[..., Awaitable[dict[str, Any]]]
+    get: Callable[[Dynsec, str], Awaitable[dict[str, Any]]]
+    create: Callable[..., Awaitable[None]]
+    modify: Callable[..., Awaitable[None]]
+    delete: Callable[[Dynsec, str], Awaitable[None]]
+
+
+CLIENTS = Kind(
+    "clients",
+    "username",
+    schemas.ClientCreateSchema(),
+    schemas.ClientModifySchema(),
+    Dynsec.list_clients,
+    Dynsec.get_client,
+    Dynsec.create_client,
+    Dynsec.modify_client,
+    Dynsec.delete_client,
+)
+GROUPS = Kind(
+    "groups",
+    "groupname",
+    schemas.GroupCreateSchema(),
+    schemas.GroupModifySchema(),
+    Dynsec.list_groups,
+    Dynsec.get_group,
+    Dynsec.create_group,
+    Dynsec.modify_group,
+    Dynsec.delete_group,
+)
+ROLES = Kind(
+    "roles",
+    "rolename",
+    schemas.RoleCreateSchema(),
+    schemas.RoleModifySchema(),
+    Dynsec.list_roles,
+    Dynsec.get_role,
+    Dynsec.create_role,
+    Dynsec.modify_role,
+    Dynsec.delete_role,
+)
+
+
+@dataclass(frozen=True)
+class Members:
+    """A collection under a resource that POST adds to and DELETE removes from."""
+
+    owner: Kind
+    segment: str
+    add_schema: Schema
+    remove_schema: Schema
+    add: Change
+    remove: Change
+
+
+MEMBERS = (
+    Members(
+        CLIENTS,
+        "roles",
+        schemas.RoleRefSchema(),
+        schemas.RoleRefSchema(),
+        lambda ds, user, b: ds.add_client_role(user, b["rolename"], b.get("priority")),
+        lambda ds, user, b: ds.remove_client_role(user, b["rolename"]),
+    ),
+    Members(
+        CLIENTS,
+        "groups",
+        schemas.GroupRefSchema(),
+        schemas.GroupRefSchema(),
+        lambda ds, user, b: ds.add_group_client(b["groupname"], user, b.get("priority")),
+        lambda ds, user, b: ds.remove_group_client(b["groupname"], user),
+    ),
+    Members(
+        GROUPS,
+        "clients",
+        schemas.ClientRefSchema(),
+        schemas.ClientRefSchema(),
+        lambda ds, group, b: ds.add_group_client(group, b["username"], b.get("priority")),
+        lambda ds, group, b: ds.remove_group_client(group, b["username"]),
+    ),
+    Members(
+        GROUPS,
+        "roles",
+        schemas.RoleRefSchema(),
+        schemas.RoleRefSchema(),
+        lambda ds, group, b: ds.add_group_role(group, b["rolename"], b.get("priority")),
+        lambda ds, group, b: ds.remove_group_role(group, b["rolename"]),
+    ),
+    Members(
+        ROLES,
+        "acls",
+        schemas.AclSchema(),
+        schemas.AclKeySchema(),
+        lambda ds, role, b: ds.add_role_acl(role, **b),
+        lambda ds, role, b: ds.remove_role_acl(role, **b),
+    ),
+)
+
+# PUT clients/{username}/<action>: the body schema (None: no body) and the change.
+CLIENT_ACTIONS: dict[str, tuple[Schema | None, Change]] = {
+    "enable": (None, lambda ds, user, _: ds.enable_client(user)),
+    "disable": (None, lambda ds, user, _: ds.disable_client(user)),
+    "password": (
+        schemas.PasswordSchema(),
+        lambda ds, user, b: ds.set_client_password(user, b["password"]),
+    ),
+    "clientid": (
+        schemas.ClientIdSchema(),
+        lambda ds, user, b: ds.set_client_id(user, b["clientid"]),
+    ),
+}
+
+
+def _change_handler(
+    kind: Kind, schema: Schema | None, change: Change, *, or_query: bool = False
+) -> Handler:
+    """Validate, apply ``change`` to the named resource, answer the resource afterwards.
+
+    ``or_query``: without a body, the fields may come in the query string (DELETE).
+    """
+
+    async def handler(request: web.Request) -> web.Response:
+        link = broker_link(request)
+        name = request.match_info["name"]
+        data: dict[str, Any] = {}
+        if schema is not None:
+            data = await (
+                _body_or_query(request, schema) if or_query else read_valid(request, schema)
+            )
+        ds = await Dynsec.of(link)
+        await change(ds, name, data)
+        return _json(await kind.get(ds, name))
+
+    return handler
+
+
+def _add_kind_routes(kind: Kind) -> None:
+    collection = f"{BASE}/{kind.plural}"
+    item = f"{collection}/{{name}}"
+
+    @routes.get(collection)
+    async def list_(request: web.Request) -> web.Response:
+        link = broker_link(request)
+        query = load(schemas.list_query_schema, dict(request.query))
+        return _json(await kind.list(await Dynsec.of(link), **query))
+
+    @routes.post(collection)
+    async def create(request: web.Request) -> web.Response:
+        link = broker_link(request)
+        data = await read_valid(request, kind.create_schema)
+        ds = await Dynsec.of(link)
+        await kind.create(ds, **data)
+        return _json(await kind.get(ds, data[kind.key]), status=201)
+
+    @routes.get(item)
+    async def get(request: web.Request) -> web.Response:
+        link = broker_link(request)
+        return _json(await kind.get(await Dynsec.of(link), request.match_info["name"]))
+
+    @routes.delete(item)
+    async def delete(request: web.Request) -> web.Response:
+        link = broker_link(request)
+        await kind.delete(await Dynsec.of(link), request.match_info["name"])
+        return web.Response(status=204)
+
+    async def modify(ds: Dynsec, name: str, data: dict[str, Any]) -> None:
+        await kind.modify(ds, name, **data)
+
+    routes.patch(item)(_change_handler(kind, kind.modify_schema, modify))
+    for members in MEMBERS:
+        if members.owner is kind:
+            path = f"{item}/{members.segment}"
+            routes.post(path)(_change_handler(kind, members.add_schema, members.add))
+            routes.delete(path)(
+                _change_handler(kind, members.remove_schema, members.remove, or_query=True)
+            )
+
+
+for _kind in (CLIENTS, GROUPS, ROLES):
+    _add_kind_routes(_kind)
+for _action, (_schema, _change) in CLIENT_ACTIONS.items():
+    routes.put(f"{BASE}/clients/{{name}}/{_action}")(_change_handler(CLIENTS, _schema, _change))
+
+
+# ------------------------------------------------------------ broker-wide settings
+
+
+@routes.get(f"{BASE}/default-acl")
+async def get_default_acl(request: web.Request) -> web.Response:
+    ds = await Dynsec.of(broker_link(request))
+    return _json({"acls": await ds.get_default_acl_access()})
+
+
+@routes.put(f"{BASE}/default-acl")
+async def put_default_acl(request: web.Request) -> web.Response:
+    link = broker_link(request)
+    data = await read_valid(request, schemas.DefaultAclAccessSchema())
+    ds = await Dynsec.of(link)
+    await ds.set_default_acl_access(data["acls"])
+    return _json({"acls": await ds.get_default_acl_access()})
+
+
+@routes.get(f"{BASE}/anonymous-group")
+async def get_anonymous_group(request: web.Request) -> web.Response:
+    ds = await Dynsec.of(broker_link(request))
+    return _json({"groupname": await ds.get_anonymous_group()})
+
+
+@routes.put(f"{BASE}/anonymous-group")
+async def put_anonymous_group(request: web.Request) -> web.Response:
+    link = broker_link(request)
+    data = await read_valid(request, schemas.AnonymousGroupSchema())
+    ds = await Dynsec.of(link)
+    await ds.set_anonymous_group(data["groupname"])
+    return _json({"groupname": await ds.get_anonymous_group()})
+
+
+# ------------------------------------------------------------------ export/import
+
+
+@routes.get(f"{BASE}/export")
+async def export(request: web.Request) -> web.Response:
+    ds = await Dynsec.of(broker_link(request))
+    return _json(await ds.export())
+
+
+@routes.post(f"{BASE}/import")
+async def import_(request: web.Request) -> web.Response:
+    link = broker_link(request)
+    dry_run = load(_dry_run_schema, dict(request.query))["dryRun"]
+    document = await read_valid(request, schemas.document_schema)
+    ds = await Dynsec.of(link)
+    report = await ds.import_document(
+        document, dry_run=dry_run, protected_client=link.record.username
+    )
+    return _json(report)
+
+
+# --------------------------------------------------------------------- passthrough
+
+
+def _answer(entry: Mapping[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:
+    """The plugin's entry with the caller's correlationData (ours is an internal detail)."""
+    out = {k: v for k, v in entry.items() if k != "correlationData"}
+    if "correlationData" in sent:
+        out["correlationData"] = sent["correlationData"]
+    return out
+
+
+async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    entries = await ds.run(commands)
+    return [_answer(e, c) for e, c in zip(entries, commands, strict=True)]
+
+
+@routes.post("/api/dynamic-security/{brokerId}/command")
+async def command(request: web.Request) -> web.Response:
+    """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
+    link = broker_link(request)
+    sent = await read_valid(request, schemas.CommandSchema())
+    [entry] = await _run(await Dynsec.of(link), [sent])
+    if "error" in entry:
+        raise error_for(sent["command"], str(entry["error"]))
+    return _json(entry)
+
+
+@routes.post(f"{BROKER}/dynamic-security")
+async def commands(request: web.Request) -> web.Response:
+    """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
+    link = broker_link(request)
+    data = await read_valid(request, schemas.CommandsSchema())
+    return _json({"responses": await _run(await Dynsec.of(link), data["commands"])})
+
+
+# ---------------------------------------------------------------------- project
+
+
+async def _apply_to(link: BrokerLink, body: Mapping[str, Any]) -> dict[str, Any]:
+    if not link.connected:
+        raise BrokerUnavailable(f"Broker {link.id} is not connected")
+    ds = await Dynsec.of(link)
+    if "commands" in body:
+        return {"responses": await _run(ds, body["commands"])}
+    return await ds.import_document(
+        body["document"], dry_run=body["dry_run"], protected_client=link.record.username
+    )
+
+
+async def _apply_one(link: BrokerLink, body: Mapping[str, Any]) -> dict[str, Any]:
+    """One broker's entry of the multi-status answer: its own failure never spreads."""
+    try:
+        return {"status": 200, **await _apply_to(link, body)}
+    except MmcError as exc:
+        return exc.to_dict()
+    except Exception:
+        log.exception("dynsec apply on broker %s failed", link.id)
+        return MmcError().to_dict()
+
+
+@routes.post("/api/projects/{projectId}/dynsec/apply")
+async def apply(request: web.Request) -> web.Response:
+    """Run the same commands, or the same import, on every broker of the project (207)."""
+    project_id = request.match_info["projectId"]
+    body = await read_valid(request, schemas.ApplySchema())
+    links = [
+        link for link in request.app[connections_key].pool if link.record.project_id == project_id
+    ]
+    if not links:
+        raise NotFound(f"Project {project_id} has no brokers")
+    results = await asyncio.gather(*(_apply_one(link, body) for link in links))
+    return _json({link.id: result for link, result in zip(links, results, strict=True)}, 207)

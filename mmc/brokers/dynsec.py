@@ -1,0 +1,347 @@
+"""Typed wrapper of mosquitto's dynamic-security plugin (``$CONTROL/dynamic-security/v1``).
+
+One method per plugin command, all through the link's ControlChannel (so commands issued
+together travel in one MQTT message), plus export/import of the whole state.
+
+Plugin detection: mosquitto 2.0 silently drops a ``$CONTROL`` publish nobody handles, so a
+broker without the plugin only shows as silence. ``plugin_enabled`` sends one cheap probe
+(``getDefaultACLAccess``) with a short timeout the first time a link is used and remembers a
+broker that answered; a request that later times out forgets that and probes again, so a
+broker restarted without the plugin answers 404 too. A broker that did not answer is
+remembered for ``ABSENT_TTL`` seconds, so repeated requests answer 404 at once rather than
+after a probe each (a broker restarted with the plugin is seen after that delay).
+mosquitto 2.1's "endpoint not available" reply is taken as "not enabled" at once.
+
+Two guards keep old brokers alive: mosquitto 2.0.11 frees a role still referenced by a client
+or group (use after free) and crashes when the anonymous group is deleted, so ``deleteRole``
+first removes the role from every client and group, and ``deleteGroup`` of the anonymous
+group is refused with the message newer plugins answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mmc.brokers.control import ControlChannel, error_for
+from mmc.brokers.dynsec_plan import Plan, PlanError, document_from, plan_import, summarize
+from mmc.brokers.link import BrokerLink
+from mmc.errors import BrokerTimeout, ControlNotFound, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+API = "dynamic-security"
+NOT_ENABLED = "dynamic-security plugin not enabled on this broker"
+ANONYMOUS_GROUP_FORBIDDEN = "Deleting the anonymous group is forbidden"
+PROBE_TIMEOUT = 1.0
+ABSENT_TTL = 30.0
+
+# Channels whose broker has answered a dynsec command (forgotten on a timeout), and
+# those whose broker did not answer the probe, with when to probe again.
+_answering: weakref.WeakSet[ControlChannel] = weakref.WeakSet()
+_absent: weakref.WeakKeyDictionary[ControlChannel, float] = weakref.WeakKeyDictionary()
+
+
+async def plugin_enabled(channel: ControlChannel) -> bool:
+    """Whether the broker behind ``channel`` runs the dynamic-security plugin.
+
+    The one place that decides it: switch to the link's detected capabilities when they exist.
+    """
+    if channel in _answering:
+        return True
+    if _absent.get(channel, 0.0) > time.monotonic():
+        return False
+    try:
+        await channel.send(
+            API, {"command": "getDefaultACLAccess"}, timeout=min(PROBE_TIMEOUT, channel.timeout)
+        )
+    except (BrokerTimeout, ControlNotFound):
+        _absent[channel] = time.monotonic() + ABSENT_TTL
+        return False
+    _absent.pop(channel, None)
+    _answering.add(channel)
+    return True
+
+
+def _present(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _lower(command: Mapping[str, Any]) -> str:
+    return str(command.get("command", "")).lower()
+
+
+class Dynsec:
+    def __init__(self, channel: ControlChannel) -> None:
+        self.channel = channel
+
+    @classmethod
+    async def of(cls, link: BrokerLink) -> Dynsec:
+        """The wrapper for a connected link; NotFound when the broker has no dynsec plugin."""
+        if not await plugin_enabled(link.control):
+            raise NotFound(NOT_ENABLED)
+        return cls(link.control)
+
+    # ------------------------------------------------------------ transport
+
+    async def send(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        """Send one command and return the plugin's raw response entry, error or not."""
+        name = _lower(command)
+        if name == "deleterole" and isinstance(command.get("rolename"), str):
+            await self._detach_role(command["rolename"])
+        elif (
+            name == "deletegroup"
+            and command.get("groupname")
+            and command["groupname"] == await self.get_anonymous_group()
+        ):
+            return {"command": command["command"], "error": ANONYMOUS_GROUP_FORBIDDEN}
+        try:
+            entry = await self.channel.send(API, command)
+        except BrokerTimeout:
+            _answering.discard(self.channel)
+            if not await plugin_enabled(self.channel):
+                raise NotFound(NOT_ENABLED) from None
+            raise
+        _answering.add(self.channel)
+        return entry
+
+    async def run(self, commands: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Send commands in order, as the plugin would run them from one message.
+
+        Consecutive commands go out together (one MQTT message); a guarded delete waits for
+        what precedes it, since its guard must see their effect.
+        """
+        entries: list[dict[str, Any]] = []
+        batch: list[Mapping[str, Any]] = []
+        for command in commands:
+            if _lower(command) in ("deleterole", "deletegroup"):
+                entries += await asyncio.gather(*(self.send(c) for c in batch))
+                batch = []
+                entries.append(await self.send(command))
+            else:
+                batch.append(command)
+        entries += await asyncio.gather(*(self.send(c) for c in batch))
+        return entries
+
+    async def call(self, command: str, **params: Any) -> dict[str, Any]:
+        """Run one command; its ``data`` (``{}`` for commands that only change something)."""
+        entry = await self.send({"command": command, **_present(params)})
+        if "error" in entry:
+            raise error_for(command, str(entry["error"]))
+        data = entry.get("data")
+        return data if isinstance(data, dict) else {}
+
+    async def _detach_role(self, rolename: str) -> None:
+        clients, groups = await asyncio.gather(
+            self.list_clients(verbose=True), self.list_groups(verbose=True)
+        )
+
+        def holds(entry: Mapping[str, Any]) -> bool:
+            return any(r.get("rolename") == rolename for r in entry.get("roles", []))
+
+        await asyncio.gather(
+            *(
+                self.remove_client_role(c["username"], rolename)
+                for c in clients["clients"]
+                if holds(c)
+            ),
+            *(
+                self.remove_group_role(g["groupname"], rolename)
+                for g in groups["groups"]
+                if holds(g)
+            ),
+        )
+
+    # -------------------------------------------------------- default ACL
+
+    async def set_default_acl_access(self, acls: list[dict[str, Any]]) -> None:
+        await self.call("setDefaultACLAccess", acls=acls)
+
+    async def get_default_acl_access(self) -> list[dict[str, Any]]:
+        acls: list[dict[str, Any]] = (await self.call("getDefaultACLAccess"))["acls"]
+        return acls
+
+    # ------------------------------------------------------------ clients
+
+    async def list_clients(
+        self, *, verbose: bool = False, count: int = -1, offset: int = 0
+    ) -> dict[str, Any]:
+        return await self.call("listClients", verbose=verbose, count=count, offset=offset)
+
+    async def get_client(self, username: str) -> dict[str, Any]:
+        client: dict[str, Any] = (await self.call("getClient", username=username))["client"]
+        return client
+
+    async def create_client(self, username: str, password: str, **options: Any) -> None:
+        await self.call("createClient", username=username, password=password, **options)
+
+    async def modify_client(self, username: str, **changes: Any) -> None:
+        await self.call("modifyClient", username=username, **changes)
+
+    async def delete_client(self, username: str) -> None:
+        await self.call("deleteClient", username=username)
+
+    async def enable_client(self, username: str) -> None:
+        await self.call("enableClient", username=username)
+
+    async def disable_client(self, username: str) -> None:
+        await self.call("disableClient", username=username)
+
+    async def set_client_id(self, username: str, clientid: str | None) -> None:
+        await self.call("setClientId", username=username, clientid=clientid or None)
+
+    async def set_client_password(self, username: str, password: str) -> None:
+        await self.call("setClientPassword", username=username, password=password)
+
+    async def add_client_role(
+        self, username: str, rolename: str, priority: int | None = None
+    ) -> None:
+        await self.call("addClientRole", username=username, rolename=rolename, priority=priority)
+
+    async def remove_client_role(self, username: str, rolename: str) -> None:
+        await self.call("removeClientRole", username=username, rolename=rolename)
+
+    # ------------------------------------------------------------- groups
+
+    async def list_groups(
+        self, *, verbose: bool = False, count: int = -1, offset: int = 0
+    ) -> dict[str, Any]:
+        return await self.call("listGroups", verbose=verbose, count=count, offset=offset)
+
+    async def get_group(self, groupname: str) -> dict[str, Any]:
+        group: dict[str, Any] = (await self.call("getGroup", groupname=groupname))["group"]
+        return group
+
+    async def create_group(self, groupname: str, **options: Any) -> None:
+        await self.call("createGroup", groupname=groupname, **options)
+
+    async def modify_group(self, groupname: str, **changes: Any) -> None:
+        await self.call("modifyGroup", groupname=groupname, **changes)
+
+    async def delete_group(self, groupname: str) -> None:
+        await self.call("deleteGroup", groupname=groupname)
+
+    async def add_group_client(
+        self, groupname: str, username: str, priority: int | None = None
+    ) -> None:
+        await self.call("addGroupClient", groupname=groupname, username=username, priority=priority)
+
+    async def remove_group_client(self, groupname: str, username: str) -> None:
+        await self.call("removeGroupClient", groupname=groupname, username=username)
+
+    async def add_group_role(
+        self, groupname: str, rolename: str, priority: int | None = None
+    ) -> None:
+        await self.call("addGroupRole", groupname=groupname, rolename=rolename, priority=priority)
+
+    async def remove_group_role(self, groupname: str, rolename: str) -> None:
+        await self.call("removeGroupRole", groupname=groupname, rolename=rolename)
+
+    async def get_anonymous_group(self) -> str:
+        group = (await self.call("getAnonymousGroup"))["group"]
+        return str(group.get("groupname") or "")
+
+    async def set_anonymous_group(self, groupname: str) -> None:
+        await self.call("setAnonymousGroup", groupname=groupname)
+
+    # -------------------------------------------------------------- roles
+
+    async def list_roles(
+        self, *, verbose: bool = False, count: int = -1, offset: int = 0
+    ) -> dict[str, Any]:
+        return await self.call("listRoles", verbose=verbose, count=count, offset=offset)
+
+    async def get_role(self, rolename: str) -> dict[str, Any]:
+        role: dict[str, Any] = (await self.call("getRole", rolename=rolename))["role"]
+        return role
+
+    async def create_role(self, rolename: str, **options: Any) -> None:
+        await self.call("createRole", rolename=rolename, **options)
+
+    async def modify_role(self, rolename: str, **changes: Any) -> None:
+        await self.call("modifyRole", rolename=rolename, **changes)
+
+    async def delete_role(self, rolename: str) -> None:
+        await self.call("deleteRole", rolename=rolename)
+
+    async def add_role_acl(
+        self, rolename: str, acltype: str, topic: str, *, allow: bool, priority: int | None = None
+    ) -> None:
+        await self.call(
+            "addRoleACL",
+            rolename=rolename,
+            acltype=acltype,
+            topic=topic,
+            allow=allow,
+            priority=priority,
+        )
+
+    async def remove_role_acl(self, rolename: str, acltype: str, topic: str) -> None:
+        await self.call("removeRoleACL", rolename=rolename, acltype=acltype, topic=topic)
+
+    # ------------------------------------------------------- export/import
+
+    async def export(self) -> dict[str, Any]:
+        """The whole dynsec state as one document (five commands, one message)."""
+        clients, groups, roles, default_acls, anonymous = await asyncio.gather(
+            self.list_clients(verbose=True),
+            self.list_groups(verbose=True),
+            self.list_roles(verbose=True),
+            self.get_default_acl_access(),
+            self.get_anonymous_group(),
+        )
+        return document_from(
+            clients=clients["clients"],
+            groups=groups["groups"],
+            roles=roles["roles"],
+            default_acls=default_acls,
+            anonymous_group=anonymous,
+        )
+
+    async def plan(self, document: Mapping[str, Any], *, protected_client: str | None) -> Plan:
+        try:
+            return plan_import(await self.export(), document, protected_client=protected_client)
+        except PlanError as exc:
+            raise InvalidInput(str(exc), info=exc.problems) from None
+
+    async def import_document(
+        self,
+        document: Mapping[str, Any],
+        *,
+        dry_run: bool = False,
+        protected_client: str | None = None,
+    ) -> dict[str, Any]:
+        """Make the broker match ``document``; what changed (or would, with ``dry_run``)."""
+        plan = await self.plan(document, protected_client=protected_client)
+        report: dict[str, Any] = {
+            "changed": False,
+            "dryRun": dry_run,
+            "commands": [],
+            "errors": [],
+            "skipped": plan.skipped,
+        }
+        if dry_run:
+            report["commands"] = [summarize(c) for c in plan.commands]
+            report["changed"] = bool(plan.commands)
+            return report
+        for phase in plan.phases:
+            if not phase:
+                continue
+            entries = await asyncio.gather(*(self.send(c) for c in phase))
+            for command, entry in zip(phase, entries, strict=True):
+                if "error" in entry:
+                    report["errors"].append({**summarize(command), "error": entry["error"]})
+                else:
+                    report["commands"].append(summarize(command))
+        report["changed"] = bool(report["commands"])
+        log.info(
+            "dynsec import on broker %s: %d commands applied, %d failed",
+            self.channel.broker_id,
+            len(report["commands"]),
+            len(report["errors"]),
+        )
+        return report

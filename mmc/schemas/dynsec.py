@@ -1,0 +1,276 @@
+"""Bodies of the dynamic-security API, validated before anything is sent to a broker.
+
+Field names are the plugin's own (``username``, ``rolename``, ``acltype``, ``textname``...)
+so a body can be copied from, or into, a plugin command.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+# ACL types a role may hold, and the ones of the default ACL access.
+ROLE_ACL_TYPES = (
+    "publishClientSend",
+    "publishClientReceive",
+    "subscribeLiteral",
+    "subscribePattern",
+    "unsubscribeLiteral",
+    "unsubscribePattern",
+)
+DEFAULT_ACL_TYPES = ("publishClientSend", "publishClientReceive", "subscribe", "unsubscribe")
+
+MAX_STRING = 65535  # an MQTT string, and what the plugin stores
+MAX_COMMANDS = 1000
+
+
+def _utf8(value: str) -> None:
+    """JSON allows lone surrogates ("\\ud800"), which are no UTF-8; C strings end at NUL."""
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Not valid UTF-8.") from None
+    if b"\x00" in encoded:
+        raise ValidationError("Must not contain NUL characters.")
+    if len(encoded) > MAX_STRING:
+        raise ValidationError(f"Longer than {MAX_STRING} bytes.")
+
+
+def _topic_filter(value: str) -> None:
+    """What mosquitto_sub_topic_check accepts: '+' and '#' only as whole levels, '#' last."""
+    levels = value.split("/")
+    for i, level in enumerate(levels):
+        if "+" in level and level != "+":
+            raise ValidationError("'+' must be a whole topic level.")
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValidationError("'#' must be the whole last topic level.")
+
+
+def name_field(**kwargs: Any) -> fields.String:
+    return fields.String(validate=[validate.Length(min=1), _utf8], **kwargs)
+
+
+def text_field() -> fields.String:
+    return fields.String(validate=_utf8)
+
+
+def priority_field() -> fields.Integer:
+    return fields.Integer(strict=True, validate=validate.Range(-(2**31), 2**31 - 1))
+
+
+def password_field(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=[validate.Length(min=1, error="Empty password is not allowed."), _utf8], **kwargs
+    )
+
+
+class RoleRefSchema(Schema):
+    rolename = name_field(required=True)
+    priority = priority_field()
+
+
+class GroupRefSchema(Schema):
+    groupname = name_field(required=True)
+    priority = priority_field()
+
+
+class ClientRefSchema(Schema):
+    username = name_field(required=True)
+    priority = priority_field()
+
+
+class AclKeySchema(Schema):
+    acltype = fields.String(required=True, validate=validate.OneOf(ROLE_ACL_TYPES))
+    topic = fields.String(required=True, validate=[validate.Length(min=1), _utf8, _topic_filter])
+
+
+class AclSchema(AclKeySchema):
+    priority = priority_field()
+    allow = fields.Boolean(load_default=False)
+
+
+class DefaultAclSchema(Schema):
+    acltype = fields.String(required=True, validate=validate.OneOf(DEFAULT_ACL_TYPES))
+    allow = fields.Boolean(required=True)
+
+
+def _unique(entries: list[dict[str, Any]], key: str) -> None:
+    seen: set[str] = set()
+    for entry in entries:
+        if entry[key] in seen:
+            raise ValidationError(f"{key} {entry[key]!r} appears more than once.")
+        seen.add(entry[key])
+
+
+def _refs(schema: type[Schema], key: str) -> fields.List[Any]:
+    return fields.List(fields.Nested(schema), validate=lambda v: _unique(v, key))
+
+
+class DefaultAclAccessSchema(Schema):
+    acls = fields.List(
+        fields.Nested(DefaultAclSchema),
+        required=True,
+        validate=[validate.Length(min=1), lambda v: _unique(v, "acltype")],
+    )
+
+
+class _Changes(Schema):
+    """A PATCH body: at least one field."""
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError(f"Give at least one of: {', '.join(sorted(self.fields))}.")
+
+
+class ClientModifySchema(_Changes):
+    clientid = text_field()
+    password = password_field()
+    textname = text_field()
+    textdescription = text_field()
+    roles = _refs(RoleRefSchema, "rolename")
+    groups = _refs(GroupRefSchema, "groupname")
+
+
+class ClientCreateSchema(Schema):
+    username = name_field(required=True)
+    password = password_field(required=True)
+    clientid = text_field()
+    textname = text_field()
+    textdescription = text_field()
+    roles = _refs(RoleRefSchema, "rolename")
+    groups = _refs(GroupRefSchema, "groupname")
+
+
+class GroupModifySchema(_Changes):
+    textname = text_field()
+    textdescription = text_field()
+    roles = _refs(RoleRefSchema, "rolename")
+    clients = _refs(ClientRefSchema, "username")
+
+
+class GroupCreateSchema(Schema):
+    groupname = name_field(required=True)
+    textname = text_field()
+    textdescription = text_field()
+    roles = _refs(RoleRefSchema, "rolename")
+
+
+def _acls() -> fields.List[Any]:
+    return fields.List(
+        fields.Nested(AclSchema),
+        validate=lambda v: _unique([{"k": (a["acltype"], a["topic"])} for a in v], "k"),
+    )
+
+
+class RoleModifySchema(_Changes):
+    textname = text_field()
+    textdescription = text_field()
+    acls = _acls()
+
+
+class RoleCreateSchema(Schema):
+    rolename = name_field(required=True)
+    textname = text_field()
+    textdescription = text_field()
+    acls = _acls()
+
+
+class PasswordSchema(Schema):
+    password = password_field(required=True)
+
+
+class ClientIdSchema(Schema):
+    """``null``, ``""`` or a missing clientid removes it."""
+
+    clientid = fields.String(allow_none=True, load_default=None, validate=_utf8)
+
+
+class AnonymousGroupSchema(Schema):
+    groupname = name_field(required=True)
+
+
+class ListQuerySchema(Schema):
+    verbose = fields.Boolean(load_default=False)
+    count = fields.Integer(load_default=-1, validate=validate.Range(min=-1))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+# ------------------------------------------------------------ passthrough
+
+
+class CommandSchema(Schema):
+    """One plugin command; parameters other than ``command`` are the plugin's business."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    command = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class CommandsSchema(Schema):
+    commands = fields.List(
+        fields.Nested(CommandSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_COMMANDS),
+    )
+
+
+# ------------------------------------------------------------ document
+
+
+class DocumentClientSchema(Schema):
+    username = name_field(required=True)
+    password = password_field()
+    clientid = text_field()
+    textname = text_field()
+    textdescription = text_field()
+    disabled = fields.Boolean(load_default=False)
+    roles = _refs(RoleRefSchema, "rolename")
+    groups = _refs(GroupRefSchema, "groupname")
+
+
+class DocumentGroupSchema(Schema):
+    groupname = name_field(required=True)
+    textname = text_field()
+    textdescription = text_field()
+    roles = _refs(RoleRefSchema, "rolename")
+
+
+class DocumentSchema(Schema):
+    """What GET .../dynsec/export answers and POST .../dynsec/import takes."""
+
+    # Named as on the wire (the plugin's and mosquitto's dynsec.json spelling).
+    defaultACLAccess = fields.List(
+        fields.Nested(DefaultAclSchema), validate=lambda v: _unique(v, "acltype")
+    )
+    anonymousGroup = fields.String(allow_none=True, validate=_utf8)
+    roles = fields.List(fields.Nested(RoleCreateSchema), validate=lambda v: _unique(v, "rolename"))
+    groups = fields.List(
+        fields.Nested(DocumentGroupSchema), validate=lambda v: _unique(v, "groupname")
+    )
+    clients = fields.List(
+        fields.Nested(DocumentClientSchema), validate=lambda v: _unique(v, "username")
+    )
+
+
+class ApplySchema(Schema):
+    """POST /api/projects/{projectId}/dynsec/apply: commands, or a document to import."""
+
+    commands = fields.List(
+        fields.Nested(CommandSchema), validate=validate.Length(min=1, max=MAX_COMMANDS)
+    )
+    document = fields.Nested(DocumentSchema, data_key="import")
+    dry_run = fields.Boolean(data_key="dryRun", load_default=False)
+
+    @validates_schema
+    def _one_of(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("commands" in data) == ("document" in data):
+            raise ValidationError("Give either 'commands' or 'import'.")
+        if "commands" in data and data["dry_run"]:
+            raise ValidationError("dryRun only applies to 'import'.", "dryRun")
+
+
+list_query_schema = ListQuerySchema()
+document_schema = DocumentSchema()

@@ -1,0 +1,280 @@
+"""Fleet operations: export, import (diff, dry run, idempotence) and project-wide apply."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from mmc.keys import connections_key
+from tests.brokers import MosquittoBroker
+from tests.conftest import Client, wait_until
+from tests.dynsec_helpers import call, can_login, connect, dynsec_path
+
+PROJECT = "fleet"
+SRC = dynsec_path("src", PROJECT)
+DST = dynsec_path("dst", PROJECT)
+
+
+async def run(client: Client, broker_id: str, commands: list[dict[str, Any]]) -> None:
+    answer = await call(
+        client,
+        "POST",
+        f"/api/projects/{PROJECT}/brokers/{broker_id}/dynamic-security",
+        {"commands": commands},
+    )
+    errors = [r for r in answer["responses"] if "error" in r]
+    assert errors == [], errors
+
+
+SOURCE_STATE: list[dict[str, Any]] = [
+    {
+        "command": "createRole",
+        "rolename": "sensors",
+        "textname": "Sensors",
+        "acls": [
+            {"acltype": "subscribePattern", "topic": "sensors/#", "priority": 2, "allow": True},
+            {"acltype": "publishClientSend", "topic": "sensors/+/cmd", "allow": False},
+        ],
+    },
+    {"command": "createRole", "rolename": "ops"},
+    {
+        "command": "createGroup",
+        "groupname": "field",
+        "roles": [{"rolename": "sensors", "priority": 3}],
+    },
+    {"command": "createGroup", "groupname": "guests", "roles": [{"rolename": "ops"}]},
+    {
+        "command": "createClient",
+        "username": "dev1",
+        "password": "source-pass",
+        "clientid": "dev1-id",
+        "textname": "Device 1",
+        "roles": [{"rolename": "ops", "priority": 5}],
+        "groups": [{"groupname": "field", "priority": 1}],
+    },
+    {"command": "createClient", "username": "dev2", "password": "source-pass"},
+    {"command": "createClient", "username": "dev3", "password": "source-pass"},
+    {"command": "disableClient", "username": "dev2"},
+    {"command": "setAnonymousGroup", "groupname": "guests"},
+    {"command": "setDefaultACLAccess", "acls": [{"acltype": "subscribe", "allow": True}]},
+]
+
+# What the target has that the source has not (to be deleted) or has differently.
+TARGET_STATE: list[dict[str, Any]] = [
+    {"command": "createRole", "rolename": "extra"},
+    {
+        "command": "createRole",
+        "rolename": "ops",
+        "acls": [{"acltype": "subscribeLiteral", "topic": "x"}],
+    },
+    {"command": "createGroup", "groupname": "extra-g", "roles": [{"rolename": "extra"}]},
+    {
+        "command": "createClient",
+        "username": "extra-u",
+        "password": "p",
+        "roles": [{"rolename": "extra"}],
+        "groups": [{"groupname": "extra-g"}],
+    },
+    {
+        "command": "createClient",
+        "username": "dev1",
+        "password": "target-pass",
+        "textname": "Old name",
+        "roles": [{"rolename": "extra", "priority": 9}],
+    },
+    {"command": "setAnonymousGroup", "groupname": "extra-g"},
+]
+
+
+async def test_export_import_round_trip(
+    client: Client, own_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    with MosquittoBroker(tmp_path / "target") as target:
+        await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+        await connect(client, target, id="dst", name="Target", projectId=PROJECT)
+        await run(client, "src", SOURCE_STATE)
+        await run(client, "dst", TARGET_STATE)
+
+        document = await call(client, "GET", f"{SRC}/export")
+        assert document["anonymousGroup"] == "guests"
+        assert {"acltype": "subscribe", "allow": True} in document["defaultACLAccess"]
+        dev1 = next(c for c in document["clients"] if c["username"] == "dev1")
+        assert dev1 == {
+            "username": "dev1",
+            "clientid": "dev1-id",
+            "textname": "Device 1",
+            "roles": [{"rolename": "ops", "priority": 5}],
+            "groups": [{"groupname": "field", "priority": 1}],
+        }
+        assert "password" not in str(document)
+
+        # New clients need a password; nothing is sent when one is missing.
+        refused = await call(client, "POST", f"{DST}/import", document, status=400)
+        assert set(refused["info"]) == {"clients.dev2", "clients.dev3"}
+        target_before = await call(client, "GET", f"{DST}/export")
+
+        with_passwords = copy.deepcopy(document)
+        for entry in with_passwords["clients"]:
+            if entry["username"] != "admin":
+                entry["password"] = "imported-pass"
+
+        dry = await call(client, "POST", f"{DST}/import?dryRun=true", with_passwords)
+        assert dry["dryRun"] is True
+        assert dry["changed"] is True
+        planned = {
+            (c["command"], c.get("username") or c.get("groupname") or c.get("rolename"))
+            for c in dry["commands"]
+        }
+        assert {
+            ("deleteRole", "extra"),
+            ("deleteGroup", "extra-g"),
+            ("deleteClient", "extra-u"),
+        } <= planned
+        assert ("createClient", "dev3") in planned
+        assert "imported-pass" not in str(dry)
+        assert await call(client, "GET", f"{DST}/export") == target_before
+
+        applied = await call(client, "POST", f"{DST}/import", with_passwords)
+        assert applied["errors"] == []
+        assert applied["skipped"] == []
+        assert applied["changed"] is True
+        assert applied["dryRun"] is False
+        assert len(applied["commands"]) == len(dry["commands"])
+        assert "imported-pass" not in str(applied)
+        assert await call(client, "GET", f"{DST}/export") == document
+        assert target.is_running
+
+        again = await call(client, "POST", f"{DST}/import", with_passwords)
+        assert again == {
+            "changed": False,
+            "dryRun": False,
+            "commands": [],
+            "errors": [],
+            "skipped": [],
+        }
+        # A new client got the document's password; an existing one kept its own.
+        assert await can_login(target, "dev3", "imported-pass")
+        assert await can_login(target, "dev1", "target-pass", client_id="dev1-id")
+        assert not await can_login(target, "dev1", "target-pass")  # the imported client id
+        assert not await can_login(target, "dev2", "imported-pass")  # disabled, as in the source
+
+
+async def test_import_never_touches_the_client_mmc_uses(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+    await run(client, "src", [{"command": "createClient", "username": "other", "password": "p"}])
+    report = await call(client, "POST", f"{SRC}/import", {"clients": [], "roles": []})
+    assert report["commands"] == [{"command": "deleteClient", "username": "other"}]
+    assert report["skipped"] == [
+        {
+            "rolename": "admin",
+            "action": "delete",
+            "reason": "the client mmc connects as depends on it; an import never changes it",
+        },
+        {
+            "username": "admin",
+            "action": "delete",
+            "reason": "mmc connects to the broker as this client; an import never changes it",
+        },
+    ]
+    assert (await call(client, "GET", f"{SRC}/clients"))["clients"] == ["admin"]
+    assert (await call(client, "GET", f"{SRC}/roles"))["roles"] == ["admin"]
+
+
+async def test_import_document_is_validated(client: Client, own_broker: MosquittoBroker) -> None:
+    await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+    refused = await call(
+        client,
+        "POST",
+        f"{SRC}/import",
+        {"roles": [{"rolename": "r", "acls": [{"acltype": "nope", "topic": "t"}]}], "extra": 1},
+        status=400,
+    )
+    assert set(refused["info"]) == {"roles", "extra"}
+    await call(client, "POST", f"{SRC}/import?dryRun=maybe", {"roles": []}, status=400)
+
+
+async def test_project_apply_is_multi_status(
+    client: Client, own_broker: MosquittoBroker, broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    with MosquittoBroker(tmp_path / "live") as live:
+        await connect(client, live, id="live", name="Live", projectId=PROJECT)
+        await connect(client, own_broker, id="down", name="Down", projectId=PROJECT)
+        await connect(client, broker, id="elsewhere", name="Elsewhere", projectId="other")
+        pool = client.app[connections_key].pool
+        own_broker.kill()
+        await wait_until(lambda: not pool.require("down").connected)
+
+        answer = await call(
+            client,
+            "POST",
+            f"/api/projects/{PROJECT}/dynsec/apply",
+            {"commands": [{"command": "createRole", "rolename": "fleet-role"}]},
+            status=207,
+        )
+        assert set(answer) == {"live", "down"}
+        assert answer["live"] == {"status": 200, "responses": [{"command": "createRole"}]}
+        assert answer["down"]["status"] == 503
+        assert answer["down"]["code"] == "BROKER_UNAVAILABLE"
+
+        document = await call(client, "GET", f"{dynsec_path('live', PROJECT)}/export")
+        document["groups"].append(
+            {"groupname": "fleet-group", "roles": [{"rolename": "fleet-role"}]}
+        )
+        dry = await call(
+            client,
+            "POST",
+            f"/api/projects/{PROJECT}/dynsec/apply",
+            {"import": document, "dryRun": True},
+            status=207,
+        )
+        assert dry["live"]["commands"] == [
+            {
+                "command": "createGroup",
+                "groupname": "fleet-group",
+                "roles": [{"rolename": "fleet-role"}],
+            }
+        ]
+        await call(client, "GET", f"{dynsec_path('live', PROJECT)}/groups/fleet-group", status=404)
+
+        applied = await call(
+            client,
+            "POST",
+            f"/api/projects/{PROJECT}/dynsec/apply",
+            {"import": document},
+            status=207,
+        )
+        assert applied["live"]["status"] == 200
+        assert applied["live"]["changed"] is True
+        assert applied["down"]["status"] == 503
+        group = await call(client, "GET", f"{dynsec_path('live', PROJECT)}/groups/fleet-group")
+        assert group["roles"] == [{"rolename": "fleet-role"}]
+        again = await call(
+            client,
+            "POST",
+            f"/api/projects/{PROJECT}/dynsec/apply",
+            {"import": document},
+            status=207,
+        )
+        assert again["live"]["changed"] is False
+
+        # The other project's broker was never asked.
+        roles = await call(client, "GET", f"{dynsec_path('elsewhere', 'other')}/roles")
+        assert "fleet-role" not in roles["roles"]
+
+
+async def test_project_apply_validation(client: Client, broker: MosquittoBroker) -> None:
+    await connect(client, broker)
+    both = {"commands": [{"command": "listRoles"}], "import": {}}
+    await call(client, "POST", "/api/projects/default/dynsec/apply", both, status=400)
+    await call(client, "POST", "/api/projects/default/dynsec/apply", {}, status=400)
+    missing = await call(
+        client,
+        "POST",
+        "/api/projects/nobody/dynsec/apply",
+        {"commands": [{"command": "listRoles"}]},
+        status=404,
+    )
+    assert missing["message"] == "Project nobody has no brokers"
