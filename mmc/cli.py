@@ -107,12 +107,22 @@ async def serve(settings: Settings) -> None:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        url = f"http://{settings.host}:{settings.port}{settings.base_path}"
+        log.info("mmc listening on %s (data in %s)", url, settings.data_dir.resolve())
         log.info(
-            "mmc listening on http://%s:%d%s (data in %s)",
-            settings.host,
-            settings.port,
-            settings.base_path,
-            settings.data_dir.resolve(),
+            "API %s/api/connections | docs %s/api/docs | metrics %s/metrics | "
+            "health %s/healthz, %s/readyz",
+            url,
+            url,
+            url,
+            url,
+            url,
+        )
+        log.info(
+            "log in as %r with MMC_ADMIN_PASSWORD, or with the password generated and logged "
+            "at the first start (POST %s/auth)",
+            settings.admin_username,
+            url,
         )
         await stop.wait()
         log.info("mmc stopping")

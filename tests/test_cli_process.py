@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,3 +208,58 @@ async def _login(port: int, username: str, password: str) -> None:
         ) as resp,
     ):
         assert resp.status == 200
+
+
+async def test_sigterm_finishes_requests_in_flight_and_disconnects_cleanly(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    import asyncio
+
+    # A "broker" that accepts TCP and never answers: a POST to it takes connect_timeout.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    blackhole = await asyncio.start_server(silent, "127.0.0.1", 0)
+    hole_port = blackhole.sockets[0].getsockname()[1]
+    port = free_port()
+    proc = _spawn(tmp_path / "data", port, MMC_CONNECT_TIMEOUT="2", MMC_SHUTDOWN_TIMEOUT="10")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await _wait_http(port, proc)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            login = {"username": "admin", "password": ADMIN_PASSWORD}
+            async with session.post(f"{base}/auth", json=login) as resp:
+                assert resp.status == 200
+            headers = {"Origin": base}
+            body = plain_body(broker, id="steady", name="steady")
+            async with session.post(f"{base}/api/connections", json=body, headers=headers) as resp:
+                assert resp.status == 200
+            slow = plain_body(broker, id="slow", name="slow", url=f"mqtt://127.0.0.1:{hole_port}")
+            in_flight = asyncio.ensure_future(
+                session.post(f"{base}/api/connections", json=slow, headers=headers)
+            )
+            await asyncio.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            # No new requests once shutdown began...
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with aiohttp.ClientSession() as other, other.get(f"{base}/healthz"):
+                    pass
+            # ...but the one in flight gets its full answer.
+            resp = await in_flight
+            assert resp.status == 202
+            assert (await resp.json())["code"] == "ACCEPTED"
+            resp.release()
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    finally:
+        blackhole.close()
+        await blackhole.wait_closed()
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode()
+    assert "mmc stopping" in output
+    # The broker saw an MQTT DISCONNECT, not a dropped socket.
+    client_id = re.search(r"broker steady connected to \S+ as (\S+)", output)
+    assert client_id is not None
+    log = broker.log_text()
+    assert f"Client {client_id.group(1)} disconnected." in log
+    assert f"Client {client_id.group(1)} closed its connection." not in log
