@@ -50,6 +50,12 @@ class Settings:
     reconnect_max_delay: float = 30.0
     max_body_size: int = 1024 * 1024
     shutdown_timeout: float = 10.0
+    # Seconds a capability probe waits: mosquitto 2.0 drops a $CONTROL publish no
+    # plugin handles, so silence for this long means "not there".
+    probe_timeout: float = 1.0
+    # A $SYS snapshot every sys_history_interval seconds, the last sys_history_length kept.
+    sys_history_interval: float = 60.0
+    sys_history_length: int = 60
 
     @property
     def db_path(self) -> Path:
@@ -123,4 +129,8 @@ def load_settings(
         raise ConfigError("max_connections must not be negative")
     if settings.connect_timeout <= 0 or settings.request_timeout <= 0:
         raise ConfigError("timeouts must be positive")
+    if settings.probe_timeout <= 0 or settings.sys_history_interval <= 0:
+        raise ConfigError("probe_timeout and sys_history_interval must be positive")
+    if settings.sys_history_length < 0:
+        raise ConfigError("sys_history_length must not be negative")
     return settings
