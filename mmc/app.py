@@ -10,14 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from mmc.api import connections as connections_api
+from mmc.api import projects as projects_api
 from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_key
-from mmc.keys import connections_key, db_key, secret_box_key, settings_key
+from mmc.keys import connections_key, db_key, projects_key, secret_box_key, settings_key
 from mmc.store.connections import ConnectionRepository
 from mmc.store.db import Database
+from mmc.store.projects import ProjectRepository
 from mmc.web.middlewares import error_middleware, request_id_middleware
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,13 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def projects_ctx(app: web.Application) -> AsyncIterator[None]:
+    projects = ProjectRepository(app[db_key])
+    await projects.ensure_default()
+    app[projects_key] = projects
+    yield
+
+
 async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     options = LinkOptions(
@@ -60,12 +69,16 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         keepalive=settings.keepalive,
         reconnect_min_delay=settings.reconnect_min_delay,
         reconnect_max_delay=settings.reconnect_max_delay,
+        probe_timeout=settings.probe_timeout,
+        sys_history_interval=settings.sys_history_interval,
+        sys_history_length=settings.sys_history_length,
     )
     service = ConnectionService(
         ConnectionRepository(app[db_key], app[secret_box_key]),
         BrokerPool(options),
         max_connections=settings.max_connections,
         connect_timeout=settings.connect_timeout,
+        projects=app[projects_key],
     )
     app[connections_key] = service
     await service.start()
@@ -81,6 +94,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_size,
     )
     app[settings_key] = settings
-    app.cleanup_ctx.extend([executor_ctx, store_ctx, connections_ctx])
+    app.cleanup_ctx.extend([executor_ctx, store_ctx, projects_ctx, connections_ctx])
     app.router.add_routes(connections_api.routes)
+    app.router.add_routes(projects_api.routes)
     return app

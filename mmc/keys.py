@@ -8,10 +8,12 @@ from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import SecretBox
 from mmc.store.db import Database
+from mmc.store.projects import ProjectRepository
 
 settings_key = web.AppKey("settings", Settings)
 db_key = web.AppKey("db", Database)
 secret_box_key = web.AppKey("secret_box", SecretBox)
 connections_key = web.AppKey("connections", ConnectionService)
+projects_key = web.AppKey("projects", ProjectRepository)
 
 request_id_key = web.RequestKey("request_id", str)
