@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from mmc.api import brokers as brokers_api
 from mmc.api import connections as connections_api
 from mmc.api import projects as projects_api
 from mmc.brokers.link import LinkOptions
@@ -97,4 +98,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([executor_ctx, store_ctx, projects_ctx, connections_ctx])
     app.router.add_routes(connections_api.routes)
     app.router.add_routes(projects_api.routes)
+    app.router.add_routes(brokers_api.routes)
     return app
