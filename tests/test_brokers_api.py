@@ -296,3 +296,25 @@ async def test_info_tries_to_connect_at_once(
     assert body["isConnected"] is True
     assert "version" in _broker_sys(body)
     assert time.monotonic() - started < 2.5
+
+
+async def test_features_are_detected_again_after_a_reconnect(
+    make_client: Callable[[Settings], Awaitable[Client]],
+    settings: Settings,
+    own_broker: MosquittoBroker,
+) -> None:
+    client = await make_client(settings.replace(probe_timeout=0.3))
+    await _connect(client, own_broker)
+    link = client.app[connections_key].pool.require("plain")
+
+    async def features() -> Any:
+        return (await _get(client, f"{BASE}/plain"))[1]["features"]
+
+    assert await _poll(features, lambda f: f is not None, timeout=3) == ["dynamicSecurity"]
+    reconnects = link.reconnects
+    own_broker.restart()
+    await _poll(lambda: asyncio.sleep(0, link.reconnects), lambda n: n > reconnects)
+    assert await link.wait_connected(5)
+    # What the last connection learnt is gone; without any request asking, the new
+    # connection learns it again by itself.
+    assert await _poll(features, lambda f: f is not None, timeout=3) == ["dynamicSecurity"]
