@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from mmc.api import auth as auth_api
+from mmc.api import brokers as brokers_api
 from mmc.api import connections as connections_api
 from mmc.api import dynsec as dynsec_api
 from mmc.api import health as health_api
+from mmc.api import projects as projects_api
 from mmc.api import tokens as tokens_api
 from mmc.api import users as users_api
 from mmc.auth.service import AuthService
@@ -22,10 +24,19 @@ from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_key
-from mmc.keys import auth_key, connections_key, db_key, metrics_key, secret_box_key, settings_key
+from mmc.keys import (
+    auth_key,
+    connections_key,
+    db_key,
+    metrics_key,
+    projects_key,
+    secret_box_key,
+    settings_key,
+)
 from mmc.metrics import Metrics
 from mmc.store.connections import ConnectionRepository
 from mmc.store.db import Database
+from mmc.store.projects import ProjectRepository
 from mmc.web.auth import auth_middleware
 from mmc.web.middlewares import error_middleware, observe_middleware
 from mmc.web.routing import add_routes
@@ -80,6 +91,13 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def projects_ctx(app: web.Application) -> AsyncIterator[None]:
+    projects = ProjectRepository(app[db_key])
+    await projects.ensure_default()
+    app[projects_key] = projects
+    yield
+
+
 async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     options = LinkOptions(
@@ -88,6 +106,9 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         keepalive=settings.keepalive,
         reconnect_min_delay=settings.reconnect_min_delay,
         reconnect_max_delay=settings.reconnect_max_delay,
+        probe_timeout=settings.probe_timeout,
+        sys_history_interval=settings.sys_history_interval,
+        sys_history_length=settings.sys_history_length,
     )
     pool = BrokerPool(options, app[metrics_key])
     app[metrics_key].watch_pool(pool)
@@ -96,6 +117,7 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         pool,
         max_connections=settings.max_connections,
         connect_timeout=settings.connect_timeout,
+        projects=app[projects_key],
     )
     app[connections_key] = service
     await service.start()
@@ -113,13 +135,17 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[settings_key] = settings
     app[metrics_key] = Metrics()
-    app.cleanup_ctx.extend([executor_ctx, loop_lag_ctx, store_ctx, auth_ctx, connections_ctx])
+    app.cleanup_ctx.extend(
+        [executor_ctx, loop_lag_ctx, store_ctx, auth_ctx, projects_ctx, connections_ctx]
+    )
     for routes in (
         health_api.routes,
         auth_api.routes,
         users_api.routes,
         tokens_api.routes,
         connections_api.routes,
+        projects_api.routes,
+        brokers_api.routes,
         dynsec_api.routes,
     ):
         add_routes(app, routes, settings.base_path)

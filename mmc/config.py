@@ -76,6 +76,12 @@ class Settings:
     password_hash_cost: int = 15
     # Comma-separated addresses/networks whose X-Forwarded-* headers are believed.
     trusted_proxies: str = ""
+    # Seconds a capability probe waits: mosquitto 2.0 drops a $CONTROL publish no
+    # plugin handles, so silence for this long means "not there".
+    probe_timeout: float = 1.0
+    # A $SYS snapshot every sys_history_interval seconds, the last sys_history_length kept.
+    sys_history_interval: float = 60.0
+    sys_history_length: int = 60
 
     @property
     def db_path(self) -> Path:
@@ -177,4 +183,8 @@ def load_settings(
         settings.trusted_networks  # noqa: B018 - parse now, fail at start
     except ValueError as exc:
         raise ConfigError(f"trusted_proxies: {exc}") from None
+    if settings.probe_timeout <= 0 or settings.sys_history_interval <= 0:
+        raise ConfigError("probe_timeout and sys_history_interval must be positive")
+    if settings.sys_history_length < 0:
+        raise ConfigError("sys_history_length must not be negative")
     return settings

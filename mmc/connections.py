@@ -15,6 +15,7 @@ from mmc.brokers.status import LinkError
 from mmc.brokers.tls import certificate_info, context_from_base64
 from mmc.errors import InvalidInput, NotAllowed, NotFound
 from mmc.store.connections import DUPLICATE_MESSAGE, ConnectionRecord, ConnectionRepository
+from mmc.store.projects import ProjectRepository
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,10 @@ class ConnectionService:
         *,
         max_connections: int,
         connect_timeout: float,
+        projects: ProjectRepository | None = None,
     ) -> None:
         self._repo = repo
+        self._projects = projects
         self._pool = pool
         self._max = max_connections
         self._connect_timeout = connect_timeout
@@ -118,6 +121,11 @@ class ConnectionService:
     @property
     def pool(self) -> BrokerPool:
         return self._pool
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held during every change of connections: hold it to delete what they refer to."""
+        return self._lock
 
     def listing(self) -> list[dict[str, Any]]:
         return [{**self._wire[link.id], "status": link.status.to_wire()} for link in self._pool]
@@ -163,6 +171,7 @@ class ConnectionService:
             elif self._max and await self._repo.count() >= self._max:
                 raise NotAllowed(MAX_CONNECTIONS_MESSAGE)
             record = merge(data, stored)
+            await self._check_project(record.project_id)
             ctx = await self._tls_context(record)
             if stored is None:
                 record = await self._repo.insert(record)
@@ -183,6 +192,7 @@ class ConnectionService:
                 raise NotFound(f"Connection {connection_id} not found")
             self._check_name(data["name"], connection_id)
             record = merge(data, stored)
+            await self._check_project(record.project_id)
             ctx = await self._tls_context(record)
             record = await self._repo.update(record)
             link = await self._open(record, ctx)
@@ -195,6 +205,13 @@ class ConnectionService:
             self._wire.pop(connection_id, None)
             await self._pool.close(connection_id)
         return self.listing()
+
+    async def _check_project(self, project_id: str) -> None:
+        if self._projects is not None and not await self._projects.exists(project_id):
+            raise InvalidInput(
+                f"Project {project_id} does not exist",
+                info={"projectId": [f"Unknown project {project_id!r}: create it first."]},
+            )
 
     def _check_name(self, name: str, connection_id: str) -> None:
         for link in self._pool:

@@ -10,6 +10,7 @@ from mmc.connections import ConnectionService
 from mmc.crypto import SecretBox
 from mmc.metrics import Metrics
 from mmc.store.db import Database
+from mmc.store.projects import ProjectRepository
 
 settings_key = web.AppKey("settings", Settings)
 db_key = web.AppKey("db", Database)
@@ -17,6 +18,7 @@ secret_box_key = web.AppKey("secret_box", SecretBox)
 connections_key = web.AppKey("connections", ConnectionService)
 auth_key = web.AppKey("auth", AuthService)
 metrics_key = web.AppKey("metrics", Metrics)
+projects_key = web.AppKey("projects", ProjectRepository)
 
 request_id_key = web.RequestKey("request_id", str)
 identity_key = web.RequestKey("identity", Identity)

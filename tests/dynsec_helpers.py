@@ -16,8 +16,12 @@ def dynsec_path(broker_id: str = "plain", project: str = "default") -> str:
 
 
 async def connect(client: Client, broker: MosquittoBroker, **overrides: Any) -> str:
-    """Add ``broker`` as a connection and wait until it is connected; its id."""
+    """Add ``broker`` as a connection (creating its project if need be) and wait until it
+    is connected; its id."""
     body = plain_body(broker, **overrides)
+    project = body.get("projectId", "default")
+    resp = await client.post("/api/projects", json={"id": project, "name": project})
+    assert resp.status in (201, 409), await resp.text()
     resp = await client.post("/api/connections", json=body)
     assert resp.status == 200, await resp.text()
     [conn] = [c for c in await resp.json() if c["id"] == body["id"]]

@@ -217,7 +217,10 @@ async def test_sigterm_finishes_requests_in_flight_and_disconnects_cleanly(
 
     # A "broker" that accepts TCP and never answers: a POST to it takes connect_timeout.
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        try:
+            await reader.read()  # until mmc gives up and closes
+        finally:
+            writer.close()
 
     blackhole = await asyncio.start_server(silent, "127.0.0.1", 0)
     hole_port = blackhole.sockets[0].getsockname()[1]
@@ -256,6 +259,7 @@ async def test_sigterm_finishes_requests_in_flight_and_disconnects_cleanly(
         await blackhole.wait_closed()
     assert proc.stdout is not None
     output = proc.stdout.read().decode()
+    proc.stdout.close()
     assert "mmc stopping" in output
     # The broker saw an MQTT DISCONNECT, not a dropped socket.
     client_id = re.search(r"broker steady connected to \S+ as (\S+)", output)

@@ -50,6 +50,9 @@ def test_mmc_config_names_the_file(tmp_path: Path) -> None:
         ("", {"MMC_PORT": "70000"}, "out of range"),
         ("", {"MMC_MAX_CONNECTIONS": "many"}, "max_connections"),
         ("", {"MMC_REQUEST_TIMEOUT": "0"}, "positive"),
+        ("[mmc]\nprobe_timeout = 0\n", {}, "probe_timeout"),
+        ("[mmc]\nsys_history_interval = -1\n", {}, "sys_history_interval"),
+        ("[mmc]\nsys_history_length = -1\n", {}, "sys_history_length"),
     ],
 )
 def test_bad_values_are_reported(

@@ -40,6 +40,21 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/api/dynamic-security/{brokerId}/command"): CONTROLLERS,
     ("POST", "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security"): CONTROLLERS,
     ("POST", "/api/projects/{projectId}/dynsec/apply"): CONTROLLERS,
+    ("GET", "/api/projects"): READERS,
+    ("POST", "/api/projects"): CONNECTION_WRITERS,
+    ("GET", "/api/projects/{projectId}"): READERS,
+    ("PUT", "/api/projects/{projectId}"): CONNECTION_WRITERS,
+    ("DELETE", "/api/projects/{projectId}"): CONNECTION_WRITERS,
+    ("GET", "/api/projects/{projectId}/brokers"): ALL,
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}"): ALL,
+    ("DELETE", "/api/projects/{projectId}/brokers/{brokerId}"): CONNECTION_WRITERS,
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/info"): ALL,
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/license"): READERS,
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/listeners"): READERS,
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/bridges"): READERS,
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/status"): READERS,
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/config"): READERS,
+    ("PUT", "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/config"): CONTROLLERS,
 }
 
 # Dynamic security on one broker: every read for readers, every change for controllers.

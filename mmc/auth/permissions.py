@@ -64,6 +64,21 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
     "/api/user-management/roles": {"GET": _A},
     "/api/tokens": {"GET": _A, "POST": _A},
     "/api/tokens/{tokenId}": {"DELETE": _A},
+    "/api/projects": {"GET": _R, "POST": _C},
+    "/api/projects/{projectId}": {"GET": _R, "PUT": _C, "DELETE": _C},
+    # Monitoring: the broker list, one broker, its $SYS info.
+    "/api/projects/{projectId}/brokers": {"GET": _M},
+    "/api/projects/{projectId}/brokers/{brokerId}": {"GET": _M, "DELETE": _C},
+    "/api/projects/{projectId}/brokers/{brokerId}/info": {"GET": _M},
+    "/api/projects/{projectId}/brokers/{brokerId}/license": {"GET": _R},
+    "/api/projects/{projectId}/brokers/{brokerId}/listeners": {"GET": _R},
+    "/api/projects/{projectId}/brokers/{brokerId}/bridges": {"GET": _R},
+    "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/status": {"GET": _R},
+    # Changing a bridge changes what the broker does: the same right as dynsec changes.
+    "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/config": {
+        "GET": _R,
+        "PUT": _X,
+    },
 }
 
 

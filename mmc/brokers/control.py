@@ -39,6 +39,10 @@ KNOWN_APIS: tuple[str, ...] = (
     "cedalo/client-control",
     "cedalo/license",
     "cedalo/inspect",
+    # Pro bridge plugins (Mosquitto 3.1 docs).
+    "cedalo/azure-eventhubs-bridge",
+    "cedalo/influxdb-bridge",
+    "cedalo/mongodb-bridge",
 )
 
 
@@ -51,6 +55,14 @@ def response_topic(api: str) -> str:
 
 
 RESPONSE_TOPICS: dict[str, str] = {response_topic(api): api for api in KNOWN_APIS}
+# The bridge docs print these response topics instead of "<request topic>/response";
+# which is right is unconfirmed, so listen on both.
+RESPONSE_TOPICS.update(
+    {
+        "$CONTROL/cedalo/influx-db/v1/response": "cedalo/influxdb-bridge",
+        "$CONTROL/cedalo/mongo-db/v1/response": "cedalo/mongodb-bridge",
+    }
+)
 
 
 # Command names used as metric labels; anything else (passthrough) is counted as "other".

@@ -3,14 +3,9 @@
 One method per plugin command, all through the link's ControlChannel (so commands issued
 together travel in one MQTT message), plus export/import of the whole state.
 
-Plugin detection: mosquitto 2.0 silently drops a ``$CONTROL`` publish nobody handles, so a
-broker without the plugin only shows as silence. ``plugin_enabled`` sends one cheap probe
-(``getDefaultACLAccess``) with a short timeout the first time a link is used and remembers a
-broker that answered; a request that later times out forgets that and probes again, so a
-broker restarted without the plugin answers 404 too. A broker that did not answer is
-remembered for ``ABSENT_TTL`` seconds, so repeated requests answer 404 at once rather than
-after a probe each (a broker restarted with the plugin is seen after that delay).
-mosquitto 2.1's "endpoint not available" reply is taken as "not enabled" at once.
+Whether the broker has the plugin is the link's capability detection (run on every
+(re)connect, bounded by the probe timeout): a broker without it answers 404 "dynamic-security
+plugin not enabled on this broker" quickly, never after a request timeout.
 
 Two guards keep old brokers alive: mosquitto 2.0.11 frees a role still referenced by a client
 or group (use after free) and crashes when the anonymous group is deleted, so ``deleteRole``
@@ -22,49 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mmc.brokers.control import ControlChannel, error_for
 from mmc.brokers.dynsec_plan import Plan, PlanError, document_from, plan_import, summarize
 from mmc.brokers.link import BrokerLink
-from mmc.errors import BrokerTimeout, ControlNotFound, InvalidInput, NotFound
+from mmc.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
 API = "dynamic-security"
-NOT_ENABLED = "dynamic-security plugin not enabled on this broker"
 ANONYMOUS_GROUP_FORBIDDEN = "Deleting the anonymous group is forbidden"
-PROBE_TIMEOUT = 1.0
-ABSENT_TTL = 30.0
-
-# Channels whose broker has answered a dynsec command (forgotten on a timeout), and
-# those whose broker did not answer the probe, with when to probe again.
-_answering: weakref.WeakSet[ControlChannel] = weakref.WeakSet()
-_absent: weakref.WeakKeyDictionary[ControlChannel, float] = weakref.WeakKeyDictionary()
-
-
-async def plugin_enabled(channel: ControlChannel) -> bool:
-    """Whether the broker behind ``channel`` runs the dynamic-security plugin.
-
-    The one place that decides it: switch to the link's detected capabilities when they exist.
-    """
-    if channel in _answering:
-        return True
-    if _absent.get(channel, 0.0) > time.monotonic():
-        return False
-    try:
-        await channel.send(
-            API, {"command": "getDefaultACLAccess"}, timeout=min(PROBE_TIMEOUT, channel.timeout)
-        )
-    except (BrokerTimeout, ControlNotFound):
-        _absent[channel] = time.monotonic() + ABSENT_TTL
-        return False
-    _absent.pop(channel, None)
-    _answering.add(channel)
-    return True
 
 
 def _present(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,8 +46,7 @@ class Dynsec:
     @classmethod
     async def of(cls, link: BrokerLink) -> Dynsec:
         """The wrapper for a connected link; NotFound when the broker has no dynsec plugin."""
-        if not await plugin_enabled(link.control):
-            raise NotFound(NOT_ENABLED)
+        await link.require_feature("dynamicSecurity")
         return cls(link.control)
 
     # ------------------------------------------------------------ transport
@@ -99,15 +62,7 @@ class Dynsec:
             and command["groupname"] == await self.get_anonymous_group()
         ):
             return {"command": command["command"], "error": ANONYMOUS_GROUP_FORBIDDEN}
-        try:
-            entry = await self.channel.send(API, command)
-        except BrokerTimeout:
-            _answering.discard(self.channel)
-            if not await plugin_enabled(self.channel):
-                raise NotFound(NOT_ENABLED) from None
-            raise
-        _answering.add(self.channel)
-        return entry
+        return await self.channel.send(API, command)
 
     async def run(self, commands: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Send commands in order, as the plugin would run them from one message.

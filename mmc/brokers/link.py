@@ -3,6 +3,10 @@
 The link connects, subscribes to the $CONTROL response topics and ``$SYS/broker/#``,
 routes replies to its ControlChannel, and on any failure records why, fails the
 waiting requests at once and reconnects with capped exponential backoff and jitter.
+
+After every (re)connect it learns in the background what the broker offers
+(mmc.brokers.capabilities; the link is marked connected first), and while connected
+it keeps a snapshot of ``$SYS`` every ``sys_history_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from mmc.brokers.capabilities import Capabilities, detect, label
 from mmc.brokers.client import MqttClient
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
 from mmc.brokers.status import LinkError, LinkStatus, describe_error
+from mmc.brokers.sys_tree import SysHistory
+from mmc.errors import BrokerUnavailable, MmcError, NotFound
 from mmc.store.connections import ConnectionRecord
 from mmc.store.db import now_ms
 
@@ -66,6 +73,9 @@ class LinkOptions:
     keepalive: int = 30
     reconnect_min_delay: float = 0.5
     reconnect_max_delay: float = 30.0
+    probe_timeout: float = 1.0
+    sys_history_interval: float = 60.0
+    sys_history_length: int = 60
 
 
 class LinkObserver(ControlObserver, Protocol):
@@ -90,6 +100,16 @@ class BrokerLink:
         self.control = ControlChannel(record.id, timeout=options.request_timeout, observer=observer)
         # Latest value of every $SYS/broker/... topic, as the broker published it.
         self.sys_values: dict[str, str] = {}
+        # When a $SYS value was last seen changing live (not replayed as retained), in ms.
+        self.sys_changed_at: dict[str, int] = {}
+        self.sys_updated_at: int | None = None
+        self.sys_history = SysHistory(options.sys_history_length)
+        # What the broker offers; None until detection after a (re)connect has finished.
+        self.capabilities: Capabilities | None = None
+        self._detection: asyncio.Task[Capabilities] | None = None
+        self._wake = asyncio.Event()
+        self._up = asyncio.Event()
+        self._sys_seen = asyncio.Event()
         self.client_id = record.client_id or f"mmc-{record.id}-{secrets.token_hex(4)}"
         self._status = LinkStatus(connected=False, timestamp=now_ms())
         self._first_attempt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -108,6 +128,82 @@ class BrokerLink:
     @property
     def connected(self) -> bool:
         return self._status.connected
+
+    @property
+    def features(self) -> frozenset[str] | None:
+        return self.capabilities.features if self.capabilities is not None else None
+
+    def reconnect_now(self) -> bool:
+        """Cut the current backoff sleep short. False if the link is not running at all
+        (stopped, or never started because its stored TLS material is unusable)."""
+        if self._task is None or self._task.done():
+            return False
+        self._wake.set()
+        return True
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """True once connected, False if that did not happen within ``timeout``."""
+        if self.connected:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        except TimeoutError:
+            return False
+        return self.connected
+
+    async def wait_sys_values(self, timeout: float) -> bool:
+        """True once this connection has received a $SYS value, False after ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._sys_seen.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def ensure_capabilities(self) -> Capabilities:
+        """What the broker offers: known, or detected now (bounded by the probe timeout)."""
+        if self.capabilities is not None:
+            return self.capabilities
+        if not self.connected:
+            raise BrokerUnavailable(f"Broker {self.id} is not connected")
+        task = self._detection
+        if task is None or task.done():
+            task = self._start_detection()
+        return await asyncio.shield(task)
+
+    async def require_feature(self, feature: str) -> Capabilities:
+        """The capabilities, or NotFound "<feature> plugin not enabled on this broker"
+        within the probe time (never a request timeout)."""
+        capabilities = await self.ensure_capabilities()
+        if feature not in capabilities.features:
+            raise NotFound(
+                f"{label(feature)} plugin not enabled on this broker", info={"feature": feature}
+            )
+        return capabilities
+
+    def _start_detection(self) -> asyncio.Task[Capabilities]:
+        task = asyncio.get_running_loop().create_task(self._detect(), name=f"mmc-detect-{self.id}")
+        task.add_done_callback(self._detection_done)
+        self._detection = task
+        return task
+
+    async def _detect(self) -> Capabilities:
+        capabilities = await detect(self.control, self._options.probe_timeout)
+        self.capabilities = capabilities
+        log.info("broker %s offers %s", self.id, ", ".join(sorted(capabilities.features)) or "-")
+        return capabilities
+
+    def _detection_done(self, task: asyncio.Task[Capabilities]) -> None:
+        # Detection must never take the link down; a failure leaves features unknown
+        # and the next request that needs them tries again.
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, MmcError):
+            log.debug("broker %s: capability detection stopped: %s", self.id, exc)
+        elif exc is not None:
+            log.error("broker %s: capability detection failed", self.id, exc_info=exc)
 
     def start(self) -> None:
         if self._task is None:
@@ -160,6 +256,10 @@ class BrokerLink:
                 )
             elif error is not None:
                 log.warning("broker %s not connected (%s): %s", self.id, error.code, error.message)
+        if connected:
+            self._up.set()
+        else:
+            self._up.clear()
         if self._observer is not None and old.connected != connected:
             self._observer.observe_link(connected)
 
@@ -192,6 +292,13 @@ class BrokerLink:
             try:
                 async with client:
                     failures = 0
+                    self._wake.clear()
+                    # A broker that restarted republishes its retained $SYS values:
+                    # what the last connection saw must not linger as if current.
+                    self.sys_values.clear()
+                    self._sys_seen.clear()
+                    self.sys_changed_at.clear()
+                    self.capabilities = None
                     await client.subscribe(
                         [(topic, 0) for topic in RESPONSE_TOPICS] + [("$SYS/broker/#", 0)],
                         timeout=self._options.request_timeout,
@@ -199,6 +306,7 @@ class BrokerLink:
                     self.control.attach(_Publisher(client))
                     self._set_status(True)
                     self._settle_first_attempt()
+                    self._start_detection()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 self._set_status(False, describe_error(exc, self.endpoint.host, self.endpoint.port))
@@ -218,19 +326,31 @@ class BrokerLink:
                 self._options.reconnect_max_delay,
                 self._options.reconnect_min_delay * 2 ** min(failures - 1, 16),
             ) * _random.uniform(0.5, 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            await self._backoff(delay)
         self._set_status(False, self._status.error)
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if stop() or reconnect_now() is called."""
+        loop = asyncio.get_running_loop()
+        waiters = {loop.create_task(self._stop.wait()), loop.create_task(self._wake.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self._wake.clear()
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Route messages until the connection drops (raises MqttError) or stop() is called."""
         loop = asyncio.get_running_loop()
         consume = loop.create_task(self._consume(client))
         stop = loop.create_task(self._stop.wait())
+        history = loop.create_task(self._record_history())
         try:
             done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            history.cancel()
             if not consume.done():
                 consume.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -246,7 +366,22 @@ class BrokerLink:
             if api is not None:
                 self.control.handle_response(api, payload)
             elif topic.startswith("$SYS/"):
-                self.sys_values[topic] = payload.decode("utf-8", errors="replace")
+                value = payload.decode("utf-8", errors="replace")
+                now = now_ms()
+                if message.retain:
+                    # Replayed on subscribe: we do not know since when it holds.
+                    self.sys_changed_at.pop(topic, None)
+                elif self.sys_values.get(topic) != value:
+                    self.sys_changed_at[topic] = now
+                self.sys_values[topic] = value
+                self.sys_updated_at = now
+                self._sys_seen.set()
+
+    async def _record_history(self) -> None:
+        """A $SYS snapshot every sys_history_interval seconds while connected."""
+        while True:
+            await asyncio.sleep(self._options.sys_history_interval)
+            self.sys_history.record(self.sys_values, now_ms())
 
     def _settle_first_attempt(self) -> None:
         if not self._first_attempt.done():

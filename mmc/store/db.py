@@ -80,6 +80,21 @@ MIGRATIONS: tuple[str, ...] = (
         locked_until BIGINT NOT NULL
     )
     """,
+    # Projects group connections (a broker is a connection seen through its project).
+    """
+    CREATE TABLE projects (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        description TEXT,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )
+    """,
+    # Connections stored before projects existed keep their project: create it.
+    """
+    INSERT INTO projects (id, name, description, created_at, updated_at)
+    SELECT DISTINCT project_id, project_id, NULL, 0, 0 FROM connections
+    """,
 )
 
 

@@ -1,0 +1,244 @@
+"""The Brokers API of the Cedalo Platform: a broker is a connection seen through its project.
+
+    /api/projects/{projectId}/brokers                                   GET
+    /api/projects/{projectId}/brokers/{brokerId}                        GET DELETE
+    /api/projects/{projectId}/brokers/{brokerId}/info                   GET
+    /api/projects/{projectId}/brokers/{brokerId}/license                GET
+    /api/projects/{projectId}/brokers/{brokerId}/listeners              GET
+    /api/projects/{projectId}/brokers/{brokerId}/bridges                GET
+    /api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/status   GET
+    /api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/config   GET PUT
+
+A feature the broker lacks answers 404 "<feature> plugin not enabled on this broker"
+within the probe timeout (see mmc.brokers.capabilities).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from mmc.brokers import mappings
+from mmc.brokers.link import BrokerLink
+from mmc.brokers.sys_tree import snapshot
+from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
+from mmc.keys import connections_key, projects_key, settings_key
+from mmc.store.db import now_ms
+from mmc.web.body import read_json
+
+routes = web.RouteTableDef()
+
+BASE = "/api/projects/{projectId}/brokers"
+LICENSE_API = "cedalo/license"
+BROKER_API = "broker"
+
+
+def broker_wire(link: BrokerLink) -> dict[str, Any]:
+    features = link.features
+    return {
+        "id": link.id,
+        "name": link.record.name,
+        "url": link.record.url,
+        "project_id": link.record.project_id,
+        "isConnected": link.connected,
+        "status": link.status.to_wire(),
+        "features": sorted(features) if features is not None else None,
+    }
+
+
+async def _require_project(request: web.Request, project_id: str) -> None:
+    if not await request.app[projects_key].exists(project_id):
+        raise NotFound(f"Project {project_id} not found")
+
+
+async def fetch_license(link: BrokerLink) -> dict[str, Any]:
+    await link.require_feature("license")
+    response = await link.control.request(LICENSE_API, {"command": "getLicenseInformation"})
+    data = response.get("data")
+    return mappings.license_info(data if isinstance(data, dict) else {})
+
+
+@routes.view(BASE)
+class BrokersView(web.View):
+    async def get(self) -> web.Response:
+        project_id = self.request.match_info["projectId"]
+        await _require_project(self.request, project_id)
+        pool = self.request.app[connections_key].pool
+        return web.json_response(
+            [broker_wire(link) for link in pool if link.record.project_id == project_id]
+        )
+
+
+class _BrokerView(web.View):
+    """A view of one broker of one project."""
+
+    @property
+    def project_id(self) -> str:
+        return self.request.match_info["projectId"]
+
+    @property
+    def broker_id(self) -> str:
+        return self.request.match_info["brokerId"]
+
+    async def link(self) -> BrokerLink:
+        link = self.request.app[connections_key].pool.get(self.broker_id)
+        if link is not None and link.record.project_id == self.project_id:
+            return link
+        await _require_project(self.request, self.project_id)
+        raise NotFound(f"Broker {self.broker_id} not found in project {self.project_id}")
+
+
+@routes.view(BASE + "/{brokerId}")
+class BrokerView(_BrokerView):
+    async def get(self) -> web.Response:
+        return web.json_response(broker_wire(await self.link()))
+
+    async def delete(self) -> web.Response:
+        link = await self.link()
+        # Through the service: the record goes and the link is closed.
+        await self.request.app[connections_key].delete(link.id)
+        return web.Response(status=204)
+
+
+@routes.view(BASE + "/{brokerId}/info")
+class BrokerInfoView(_BrokerView):
+    async def get(self) -> web.Response:
+        link = await self.link()
+        settings = self.request.app[settings_key]
+        # "Tries to connect": a link that is down skips its backoff and gets a bounded
+        # time; once up, its retained $SYS values are on their way: give them a moment.
+        if (
+            not link.connected
+            and link.reconnect_now()
+            and await link.wait_connected(settings.connect_timeout)
+        ):
+            await link.wait_sys_values(settings.probe_timeout)
+        body: dict[str, Any] = {
+            "id": link.id,
+            "url": link.record.url,
+            "name": link.record.name,
+            "project_id": link.record.project_id,
+            "sysTopics": snapshot(link.sys_values, link.sys_updated_at or now_ms()),
+            "sysTopicsHistory": link.sys_history.entries(),
+            "isConnected": link.connected,
+            "status": link.status.to_wire(),
+        }
+        if link.connected:
+            # No license plugin, or it did not answer: licenseInfo is optional.
+            with contextlib.suppress(MmcError):
+                body["licenseInfo"] = await fetch_license(link)
+        return web.json_response(body)
+
+
+@routes.view(BASE + "/{brokerId}/license")
+class BrokerLicenseView(_BrokerView):
+    async def get(self) -> web.Response:
+        return web.json_response(await fetch_license(await self.link()))
+
+
+@routes.view(BASE + "/{brokerId}/listeners")
+class BrokerListenersView(_BrokerView):
+    async def get(self) -> web.Response:
+        link = await self.link()
+        await link.require_feature("brokerControl")
+        response = await link.control.request(BROKER_API, {"command": "listListeners"})
+        data = response.get("data")
+        return web.json_response(mappings.listeners(data if isinstance(data, dict) else {}))
+
+
+@routes.view(BASE + "/{brokerId}/bridges")
+class BridgesView(_BrokerView):
+    async def get(self) -> web.Response:
+        link = await self.link()
+        capabilities = link.capabilities
+        licensed: list[str] | None = None
+        if link.connected:
+            try:
+                capabilities = await link.ensure_capabilities()
+                if "license" in capabilities.features:
+                    licensed = (await fetch_license(link))["features"]
+            except MmcError:
+                pass  # the bridges of mosquitto.conf are still known from $SYS
+        bridge_apis = capabilities.bridge_apis if capabilities is not None else ()
+        return web.json_response(mappings.bridge_listing(link.sys_values, bridge_apis, licensed))
+
+
+@dataclass(frozen=True)
+class Bridge:
+    id: str
+    # Remote client id of a mosquitto.conf bridge, or None for a plugin.
+    client_id: str | None = None
+    # $CONTROL API of a bridge plugin, or None for a mosquitto.conf bridge.
+    api: str | None = None
+
+
+class _BridgeView(_BrokerView):
+    @property
+    def bridge_id(self) -> str:
+        return self.request.match_info["bridgeId"]
+
+    async def bridge(self, link: BrokerLink) -> Bridge:
+        """The bridge by its id; a mosquitto.conf bridge also by its connection name."""
+        configured = mappings.conf_bridges(link.sys_values)
+        if self.bridge_id in configured:
+            return Bridge(self.bridge_id, client_id=self.bridge_id)
+        by_name = [c for c in configured if mappings.bridge_name(c) == self.bridge_id]
+        if len(by_name) == 1:
+            return Bridge(by_name[0], client_id=by_name[0])
+        if link.connected:
+            capabilities = await link.ensure_capabilities()
+            api = mappings.plugin_bridge_api(self.bridge_id)
+            if api in capabilities.bridge_apis:
+                return Bridge(self.bridge_id, api=api)
+        raise NotFound(f"Bridge {self.bridge_id} not found on broker {link.id}")
+
+    async def plugin_api(self, link: BrokerLink) -> tuple[Bridge, str]:
+        bridge = await self.bridge(link)
+        if bridge.api is None:
+            raise NotFound(
+                f"Bridge {bridge.id} is configured in mosquitto.conf, which has no "
+                "configuration API: change the broker's mosquitto.conf instead",
+                info={"bridge": bridge.id, "source": "config"},
+            )
+        return bridge, bridge.api
+
+
+@routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/status")
+class BridgeStatusView(_BridgeView):
+    async def get(self) -> web.Response:
+        link = await self.link()
+        bridge = await self.bridge(link)
+        if not link.connected:
+            raise BrokerUnavailable(f"Broker {link.id} is not connected")
+        if bridge.client_id is not None:
+            topic = f"$SYS/broker/connection/{bridge.client_id}/state"
+            state = link.sys_values.get(topic, "0")
+            since = link.sys_changed_at.get(topic)
+            return web.json_response(mappings.conf_bridge_status(bridge.id, state, since))
+        assert bridge.api is not None
+        response = await link.control.request(bridge.api, {"command": "getStatus"})
+        data = response.get("data")
+        return web.json_response(
+            mappings.plugin_bridge_status(bridge.id, data if isinstance(data, dict) else {})
+        )
+
+
+@routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/config")
+class BridgeConfigView(_BridgeView):
+    async def get(self) -> web.Response:
+        link = await self.link()
+        _, api = await self.plugin_api(link)
+        response = await link.control.request(api, {"command": "getConfig"})
+        return web.json_response(response.get("data", {}))
+
+    async def put(self) -> web.Response:
+        link = await self.link()
+        _, api = await self.plugin_api(link)
+        body = await read_json(self.request)
+        if not isinstance(body, dict):
+            raise InvalidInput("The bridge configuration must be a JSON object")
+        await link.control.request(api, {"command": "updateConfig", "configChange": body})
+        return web.Response(status=204)
