@@ -49,6 +49,15 @@ def broker_wire(link: BrokerLink) -> dict[str, Any]:
     }
 
 
+def project_broker(request: web.Request) -> BrokerLink | None:
+    """The link of the path's ``brokerId`` when it belongs to the path's ``projectId``."""
+    link = request.app[connections_key].pool.get(request.match_info["brokerId"])
+    project_id = request.match_info.get("projectId")
+    if link is None or (project_id is not None and link.record.project_id != project_id):
+        return None
+    return link
+
+
 async def _require_project(request: web.Request, project_id: str) -> None:
     if not await request.app[projects_key].exists(project_id):
         raise NotFound(f"Project {project_id} not found")
@@ -84,8 +93,8 @@ class _BrokerView(web.View):
         return self.request.match_info["brokerId"]
 
     async def link(self) -> BrokerLink:
-        link = self.request.app[connections_key].pool.get(self.broker_id)
-        if link is not None and link.record.project_id == self.project_id:
+        link = project_broker(self.request)
+        if link is not None:
             return link
         await _require_project(self.request, self.project_id)
         raise NotFound(f"Broker {self.broker_id} not found in project {self.project_id}")

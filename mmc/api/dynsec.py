@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields
 
+from mmc.api.brokers import project_broker
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
@@ -48,18 +49,13 @@ _dry_run_schema = Schema.from_dict({"dryRun": fields.Boolean(load_default=False)
 
 
 def broker_link(request: web.Request) -> BrokerLink:
-    """The connected link of the path's broker, which must belong to the path's project.
-
-    Until projects have their own store, a project is the ``projectId`` of its connections.
-    """
-    pool = request.app[connections_key].pool
-    broker_id = request.match_info["brokerId"]
-    project_id = request.match_info.get("projectId")
-    link = pool.get(broker_id)
-    if link is None or (project_id is not None and link.record.project_id != project_id):
+    """The connected link of the path's broker, which must belong to the path's project."""
+    link = project_broker(request)
+    if link is None:
+        project_id = request.match_info.get("projectId")
         where = f" in project {project_id}" if project_id is not None else ""
-        raise NotFound(f"Broker {broker_id} not found{where}")
-    return pool.require_connected(broker_id)
+        raise NotFound(f"Broker {request.match_info['brokerId']} not found{where}")
+    return request.app[connections_key].pool.require_connected(link.id)
 
 
 async def _body_or_query(request: web.Request, schema: Schema) -> dict[str, Any]:
