@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run test lint fmt check-system clean
+.PHONY: help run test lint fmt check-system clean plugin plugin-memcheck
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,20 +24,46 @@ $(VENV)/.test-deps: setup.cfg | $(BIN)/python
 run: $(VENV)/.run-deps  ## start mmc on 127.0.0.1:8088 with its store in ./data
 	$(BIN)/mmc serve
 
-# The tests start real mosquitto brokers: install Debian's package when it is missing.
+# The tests start real mosquitto brokers and build the client-control plugin:
+# install Debian's packages when they are missing.
+SYSTEM_PACKAGES := mosquitto gcc mosquitto-dev libmosquitto-dev libcjson-dev
 check-system:
 	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_ctrl >/dev/null \
-	    || [ ! -e /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so ]; then \
+	    || [ ! -e /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so ] \
+	    || ! command -v $(CC) >/dev/null || [ ! -e /usr/include/mosquitto_broker.h ] \
+	    || [ ! -e /usr/include/mosquitto.h ] || [ ! -e /usr/include/cjson/cJSON.h ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing mosquitto from Debian's packages"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
+	    echo "installing $(SYSTEM_PACKAGES) from Debian's packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	  else \
-	    echo "mosquitto (with mosquitto_ctrl and the dynamic-security plugin) is required:"; \
-	    echo "  sudo apt-get update && sudo apt-get install -y mosquitto"; exit 1; \
+	    echo "mosquitto (with mosquitto_ctrl and the dynamic-security plugin), a C compiler and"; \
+	    echo "the mosquitto and cJSON headers are required:"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y $(SYSTEM_PACKAGES)"; exit 1; \
 	  fi; \
 	fi
 
-test: $(VENV)/.test-deps check-system  ## run the whole test suite against real brokers
+# The companion mosquitto plugin (plugin/README.md). Override CC or PLUGIN_CFLAGS as needed.
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+PLUGIN_CFLAGS ?= -O2 -g -Wall -Wextra -Wshadow -Wformat=2 -Werror
+PLUGIN_SO     := plugin/mmc_client_control.so
+
+plugin: $(PLUGIN_SO)  ## build the client-control mosquitto plugin
+
+$(PLUGIN_SO): plugin/mmc_client_control.c
+	$(CC) $(PLUGIN_CFLAGS) -fPIC -shared -o $@ $< -lcjson
+
+# Opt-in: the client-control tests with every broker under valgrind; fails on any
+# memory error or definite leak (logs in build/memcheck/).
+plugin-memcheck: $(VENV)/.test-deps check-system plugin
+	rm -rf build/memcheck && mkdir -p build/memcheck
+	MMC_TEST_MOSQUITTO_WRAPPER="valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99 --log-file=$(CURDIR)/build/memcheck/vg-%p.log" \
+	  $(BIN)/python -m pytest -p no:cacheprovider tests/test_client_control.py
+	@grep -H "ERROR SUMMARY" build/memcheck/vg-*.log
+	@! grep -L "ERROR SUMMARY: 0 errors" build/memcheck/vg-*.log | grep .
+
+test: $(VENV)/.test-deps check-system plugin  ## run the whole test suite against real brokers
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.test-deps  ## ruff and mypy
@@ -50,4 +76,4 @@ fmt: $(VENV)/.test-deps
 	$(BIN)/ruff format mmc tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info plugin/*.so plugin/*.o
