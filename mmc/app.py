@@ -10,17 +10,26 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from mmc.api import auth as auth_api
+from mmc.api import client_control as client_control_api
 from mmc.api import connections as connections_api
 from mmc.api import health as health_api
 from mmc.api import tokens as tokens_api
 from mmc.api import users as users_api
 from mmc.auth.service import AuthService
+from mmc.brokers.client_control import ClientControl
 from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_key
-from mmc.keys import auth_key, connections_key, db_key, secret_box_key, settings_key
+from mmc.keys import (
+    auth_key,
+    client_control_key,
+    connections_key,
+    db_key,
+    secret_box_key,
+    settings_key,
+)
 from mmc.store.connections import ConnectionRepository
 from mmc.store.db import Database
 from mmc.web.auth import auth_middleware
@@ -95,10 +104,12 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_size,
     )
     app[settings_key] = settings
+    app[client_control_key] = ClientControl(settings.client_control_probe_timeout)
     app.cleanup_ctx.extend([executor_ctx, store_ctx, auth_ctx, connections_ctx])
     app.router.add_routes(health_api.routes)
     app.router.add_routes(auth_api.routes)
     app.router.add_routes(users_api.routes)
     app.router.add_routes(tokens_api.routes)
     app.router.add_routes(connections_api.routes)
+    app.router.add_routes(client_control_api.routes)
     return app

@@ -30,6 +30,7 @@ ENV_NAMES: dict[str, str] = {
     "MMC_ADMIN_PASSWORD": "admin_password",
     "MMC_TRUSTED_PROXIES": "trusted_proxies",
     "MMC_SESSION_IDLE_TIMEOUT": "session_idle_timeout",
+    "MMC_CLIENT_CONTROL_PROBE_TIMEOUT": "client_control_probe_timeout",
 }
 
 
@@ -50,6 +51,9 @@ class Settings:
     connect_timeout: float = 5.0
     # Seconds a $CONTROL request waits for its reply before answering 504.
     request_timeout: float = 5.0
+    # Seconds to wait for any answer on the client-control topic before a broker counts
+    # as one without the plugin (open-source mosquitto 2.0 drops unhandled $CONTROL).
+    client_control_probe_timeout: float = 1.0
     keepalive: int = 30
     reconnect_min_delay: float = 0.5
     reconnect_max_delay: float = 30.0
@@ -148,7 +152,11 @@ def load_settings(
         raise ConfigError(f"port {settings.port} is out of range")
     if settings.max_connections < 0:
         raise ConfigError("max_connections must not be negative")
-    if settings.connect_timeout <= 0 or settings.request_timeout <= 0:
+    if (
+        settings.connect_timeout <= 0
+        or settings.request_timeout <= 0
+        or settings.client_control_probe_timeout <= 0
+    ):
         raise ConfigError("timeouts must be positive")
     if not 10 <= settings.password_hash_cost <= 20:
         raise ConfigError("password_hash_cost must be between 10 and 20")

@@ -19,6 +19,8 @@ ALL = frozenset(Role)
 READERS = ALL - {Role.MONITORING_VIEWER}
 CONNECTION_WRITERS = frozenset({Role.ADMIN, Role.CONNECTION_MANAGER})
 ADMINS = frozenset({Role.ADMIN})
+CONTROLLERS = frozenset({Role.ADMIN, Role.EDITOR})
+CLIENT_CONTROL = "/api/projects/{projectId}/brokers/{brokerId}/client-control"
 
 EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/profile"): ALL,
@@ -36,6 +38,9 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/tokens"): ADMINS,
     ("POST", "/api/tokens"): ADMINS,
     ("DELETE", "/api/tokens/{tokenId}"): ADMINS,
+    ("PUT", f"{CLIENT_CONTROL}/disconnect"): CONTROLLERS,
+    ("PUT", f"{CLIENT_CONTROL}/subscribe"): CONTROLLERS,
+    ("PUT", f"{CLIENT_CONTROL}/unsubscribe"): CONTROLLERS,
 }
 
 

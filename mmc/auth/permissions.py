@@ -64,6 +64,9 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
     "/api/user-management/roles": {"GET": _A},
     "/api/tokens": {"GET": _A, "POST": _A},
     "/api/tokens/{tokenId}": {"DELETE": _A},
+    "/api/projects/{projectId}/brokers/{brokerId}/client-control/disconnect": {"PUT": _X},
+    "/api/projects/{projectId}/brokers/{brokerId}/client-control/subscribe": {"PUT": _X},
+    "/api/projects/{projectId}/brokers/{brokerId}/client-control/unsubscribe": {"PUT": _X},
 }
 
 
