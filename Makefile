@@ -60,8 +60,10 @@ plugin-memcheck: $(VENV)/.test-deps check-system plugin
 	rm -rf build/memcheck && mkdir -p build/memcheck
 	MMC_TEST_MOSQUITTO_WRAPPER="valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99 --log-file=$(CURDIR)/build/memcheck/vg-%p.log" \
 	  $(BIN)/python -m pytest -p no:cacheprovider tests/test_client_control.py
+	@# Brokers a test SIGKILLs on purpose leave no summary; every other one must be clean.
 	@grep -H "ERROR SUMMARY" build/memcheck/vg-*.log
-	@! grep -L "ERROR SUMMARY: 0 errors" build/memcheck/vg-*.log | grep .
+	@grep -L "ERROR SUMMARY" build/memcheck/vg-*.log | sed 's/$$/: killed by its test, not checked/'
+	@! grep -h "ERROR SUMMARY" build/memcheck/vg-*.log | grep -v "ERROR SUMMARY: 0 errors"
 
 test: $(VENV)/.test-deps check-system plugin  ## run the whole test suite against real brokers
 	$(BIN)/python -m pytest

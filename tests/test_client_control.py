@@ -244,6 +244,42 @@ async def test_subscriptions_end_when_the_client_disconnects(
             await _nothing(target)
 
 
+async def test_on_mosquitto_2_0_a_subscription_waits_for_its_client(
+    cc_client: Client, cc_broker: MosquittoBroker
+) -> None:
+    # 2.0 gives a plugin no way to look a client up: it keeps the subscription for
+    # the id, and the client gets the messages once it connects (plugin/README.md).
+    uid = _uid()
+    for name in ("later", "never"):
+        body = {"clientid": f"{name}-{uid}", "topic": f"cc/{uid}/t", "qos": 0}
+        assert await _put(cc_client, "subscribe", body) == (204, None)
+    async with (
+        _mqtt(cc_broker, f"later-{uid}") as later,
+        _mqtt(cc_broker, f"pub-{uid}") as publisher,
+    ):
+        await publisher.publish(f"cc/{uid}/t", b"hello")
+        assert (await _next(later)).payload == b"hello"
+
+
+async def test_max_subscriptions_option(
+    client: Client, tmp_path: Path, client_control_plugin: Path
+) -> None:
+    with MosquittoBroker(
+        tmp_path / "b",
+        extra_plugins=[client_control_plugin],
+        extra_conf="plugin_opt_max_subscriptions 1",
+    ) as own:
+        resp = await client.post("/api/connections", json=plain_body(own))
+        assert resp.status == 200, await resp.text()
+        body = {"clientid": "c", "topic": "a", "qos": 0}
+        assert await _put(client, "subscribe", body) == (204, None)
+        assert await _put(client, "subscribe", {**body, "qos": 1}) == (204, None)
+        status, answer = await _put(client, "subscribe", {**body, "topic": "b"})
+        assert (status, answer["message"]) == (400, "Too many subscriptions")
+        assert await _put(client, "unsubscribe", {"clientid": "c", "topic": "a"}) == (204, None)
+        assert await _put(client, "subscribe", {**body, "topic": "b"}) == (204, None)
+
+
 async def test_plugin_errors_keep_their_message(cc_client: Client) -> None:
     body = {"clientid": "someone", "topic": "$share/group/cc/x", "qos": 0}
     status, answer = await _put(cc_client, "subscribe", body)
