@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,8 +19,9 @@ import pytest
 
 from mmc.brokers.client_control import NOT_ENABLED
 from mmc.config import Settings
+from mmc.keys import connections_key
 from tests.brokers import MOSQUITTO_CTRL_BIN, MosquittoBroker
-from tests.conftest import Client, MakeClient, plain_body
+from tests.conftest import Client, MakeClient, plain_body, wait_until
 
 REQUEST_TOPIC = "$CONTROL/cedalo/client-control/v1"
 RESPONSE_TOPIC = f"{REQUEST_TOPIC}/response"
@@ -373,9 +376,27 @@ async def test_link_down_is_503(
         assert status == 404
         assert answer["message"] == "Client not found"
         own.kill()
-        await asyncio.sleep(0.2)
+        link = client.app[connections_key].pool.require("plain")
+        await wait_until(lambda: not link.connected)
         status, answer = await _put(client, "disconnect", {"clientid": "nobody"})
         assert (status, answer["code"]) == (503, "BROKER_UNAVAILABLE")
+
+
+async def test_no_answer_in_time_is_504(
+    make_client: MakeClient, settings: Settings, tmp_path: Path, client_control_plugin: Path
+) -> None:
+    client = await make_client(settings.replace(request_timeout=0.5))
+    with MosquittoBroker(tmp_path / "b", extra_plugins=[client_control_plugin]) as own:
+        resp = await client.post("/api/connections", json=plain_body(own))
+        assert resp.status == 200, await resp.text()
+        assert (await _put(client, "disconnect", {"clientid": "nobody"}))[0] == 404
+        assert own.pid is not None
+        os.kill(own.pid, signal.SIGSTOP)  # the plugin is known; now the broker hangs
+        try:
+            status, answer = await _put(client, "disconnect", {"clientid": "nobody"})
+        finally:
+            os.kill(own.pid, signal.SIGCONT)
+        assert (status, answer["code"]) == (504, "TIMEOUT")
 
 
 # ------------------------------------------------------ the plugin on the wire
