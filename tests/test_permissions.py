@@ -20,6 +20,7 @@ READERS = ALL - {Role.MONITORING_VIEWER}
 CONNECTION_WRITERS = frozenset({Role.ADMIN, Role.CONNECTION_MANAGER})
 ADMINS = frozenset({Role.ADMIN})
 CONTROLLERS = frozenset({Role.ADMIN, Role.EDITOR})
+CLIENT_CONTROL = "/api/projects/{projectId}/brokers/{brokerId}/client-control"
 
 EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/profile"): ALL,
@@ -57,6 +58,9 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/status"): READERS,
     ("GET", "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/config"): READERS,
     ("PUT", "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/config"): CONTROLLERS,
+    ("PUT", f"{CLIENT_CONTROL}/disconnect"): CONTROLLERS,
+    ("PUT", f"{CLIENT_CONTROL}/subscribe"): CONTROLLERS,
+    ("PUT", f"{CLIENT_CONTROL}/unsubscribe"): CONTROLLERS,
 }
 
 # Dynamic security on one broker: every read for readers, every change for controllers.

@@ -83,6 +83,9 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
         "GET": _R,
         "PUT": _X,
     },
+    "/api/projects/{projectId}/brokers/{brokerId}/client-control/disconnect": {"PUT": _X},
+    "/api/projects/{projectId}/brokers/{brokerId}/client-control/subscribe": {"PUT": _X},
+    "/api/projects/{projectId}/brokers/{brokerId}/client-control/unsubscribe": {"PUT": _X},
 }
 
 
