@@ -1,11 +1,18 @@
-"""aiomqtt.Client with the two things a management link needs that it lacks."""
+"""aiomqtt.Client with the three things a management link needs that it lacks."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 
 class ConnectionLost(aiomqtt.MqttError):
@@ -33,11 +40,35 @@ class _PahoLog(logging.Logger):
 
 class MqttClient(aiomqtt.Client):
     """aiomqtt ignores a connection that dies before CONNACK (a TLS 1.3 client-certificate
-    alert, a reset) and waits out its timeout; fail the attempt at once with the reason."""
+    alert, a reset) and waits out its timeout; fail the attempt at once with the reason.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    With ``on_message``, every message goes straight from paho's read callback to that
+    function, in order: aiomqtt's ``messages`` iterator costs a queue hop and a new task
+    per message, which under a reply or ``$SYS`` flood is most of the receive path.
+    """
+
+    def __init__(self, *args: Any, on_message: MessageHandler | None = None, **kwargs: Any) -> None:
         self.paho_log = _PahoLog()
+        self._handler = on_message
         super().__init__(*args, logger=self.paho_log, **kwargs)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._handler is None:
+            super()._on_message(client, userdata, message)
+            return
+        try:
+            self._handler(message)
+        except Exception:
+            # Never into paho: an exception there would take the connection down.
+            log.exception("error handling a message on %s", message.topic)
+
+    async def wait_disconnected(self) -> None:
+        """Wait until the connection ends; raises MqttError, as the messages iterator does."""
+        try:
+            await asyncio.shield(self._disconnected)
+        except Exception as exc:
+            raise aiomqtt.MqttError("Disconnected during message iteration") from exc
+        raise aiomqtt.MqttError("Disconnected during message iteration")
 
     def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
         if not self._connected.done():

@@ -21,6 +21,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from mmc.brokers.capabilities import Capabilities, detect, label
 from mmc.brokers.client import MqttClient
@@ -280,6 +281,7 @@ class BrokerLink:
             keepalive=self._options.keepalive,
             timeout=self._options.connect_timeout,
             clean_start=True,
+            on_message=self._handle_message,
         )
         # paho's own socket/TLS-handshake timeout (default 5 s) bounds the attempt too.
         client._client.connect_timeout = self._options.connect_timeout
@@ -340,42 +342,42 @@ class BrokerLink:
                 waiter.cancel()
         self._wake.clear()
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        """Route messages until the connection drops (raises MqttError) or stop() is called."""
+    async def _serve(self, client: MqttClient) -> None:
+        """Wait until the connection drops (raises MqttError) or stop() is called; messages
+        reach ``_handle_message`` meanwhile, straight from the client's read callback."""
         loop = asyncio.get_running_loop()
-        consume = loop.create_task(self._consume(client))
+        dropped = loop.create_task(client.wait_disconnected())
         stop = loop.create_task(self._stop.wait())
         history = loop.create_task(self._record_history())
         try:
-            done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({dropped, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
             history.cancel()
-            if not consume.done():
-                consume.cancel()
+            if not dropped.done():
+                dropped.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await consume
-        if consume in done:
-            consume.result()
+                    await dropped
+        if dropped in done:
+            dropped.result()
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            topic = message.topic.value
-            api = RESPONSE_TOPICS.get(topic)
-            payload = bytes(message.payload)
-            if api is not None:
-                self.control.handle_response(api, payload)
-            elif topic.startswith("$SYS/"):
-                value = payload.decode("utf-8", errors="replace")
-                now = now_ms()
-                if message.retain:
-                    # Replayed on subscribe: we do not know since when it holds.
-                    self.sys_changed_at.pop(topic, None)
-                elif self.sys_values.get(topic) != value:
-                    self.sys_changed_at[topic] = now
-                self.sys_values[topic] = value
-                self.sys_updated_at = now
-                self._sys_seen.set()
+    def _handle_message(self, message: mqtt.MQTTMessage) -> None:
+        topic = message.topic
+        payload = message.payload
+        api = RESPONSE_TOPICS.get(topic)
+        if api is not None:
+            self.control.handle_response(api, payload)
+        elif topic.startswith("$SYS/"):
+            value = payload.decode("utf-8", errors="replace")
+            now = now_ms()
+            if message.retain:
+                # Replayed on subscribe: we do not know since when it holds.
+                self.sys_changed_at.pop(topic, None)
+            elif self.sys_values.get(topic) != value:
+                self.sys_changed_at[topic] = now
+            self.sys_values[topic] = value
+            self.sys_updated_at = now
+            self._sys_seen.set()
 
     async def _record_history(self) -> None:
         """A $SYS snapshot every sys_history_interval seconds while connected."""
@@ -389,10 +391,17 @@ class BrokerLink:
 
 
 class _Publisher:
-    """The ControlChannel's view of the client: QoS 0 publishes, nothing else."""
+    """The ControlChannel's view of the client: QoS 0 publishes, nothing else.
+
+    Straight to paho, which queues the packet and has it written when the socket is
+    writable: aiomqtt's ``publish`` would add an event and a wake-up per message only
+    to learn that a QoS 0 packet was written.
+    """
 
     def __init__(self, client: aiomqtt.Client) -> None:
-        self._client = client
+        self._paho = client._client
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        await self._client.publish(topic, payload, qos=0)
+    def publish(self, topic: str, payload: bytes) -> None:
+        info = self._paho.publish(topic, payload, qos=0)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
