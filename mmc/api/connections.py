@@ -28,7 +28,10 @@ def _answer(outcome: Outcome) -> web.Response:
 @routes.view("/api/connections")
 class ConnectionsView(web.View):
     async def get(self) -> web.Response:
-        return web.json_response(self.request.app[connections_key].listing())
+        # The listing is polled (dashboards, probes): its JSON is cached per entry.
+        return web.Response(
+            text=self.request.app[connections_key].listing_json(), content_type="application/json"
+        )
 
     async def post(self) -> web.Response:
         data = await read_valid(self.request, connection_schema)
