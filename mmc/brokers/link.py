@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 import paho.mqtt.client as mqtt
 
-from mmc.brokers.capabilities import Capabilities, detect, label
+from mmc.brokers.capabilities import Capabilities, SharedDetection, detect, label
 from mmc.brokers.client import MqttClient
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
 from mmc.brokers.status import LinkError, LinkStatus, describe_error
@@ -92,6 +92,7 @@ class BrokerLink:
         ssl_context: ssl.SSLContext | None,
         options: LinkOptions,
         observer: LinkObserver | None = None,
+        shared_detection: SharedDetection | None = None,
     ) -> None:
         self.record = record
         self.endpoint = Endpoint.from_url(record.url)
@@ -108,6 +109,9 @@ class BrokerLink:
         # What the broker offers; None until detection after a (re)connect has finished.
         self.capabilities: Capabilities | None = None
         self._detection: asyncio.Task[Capabilities] | None = None
+        self._shared_detection = shared_detection
+        # loop.time() of the current connection's start.
+        self._connected_at = 0.0
         self._wake = asyncio.Event()
         self._up = asyncio.Event()
         self._sys_seen = asyncio.Event()
@@ -190,7 +194,18 @@ class BrokerLink:
         return task
 
     async def _detect(self) -> Capabilities:
-        capabilities = await detect(self.control, self._options.probe_timeout)
+        if self._shared_detection is None:
+            capabilities = await detect(self.control, self._options.probe_timeout)
+        else:
+            # The same broker, reached as the same user (TLS client certificate included).
+            ep = self.endpoint
+            record = self.record
+            key = (ep.host, ep.port, ep.tls, ep.websocket_path, record.username, record.cert)
+            capabilities = await self._shared_detection.detect(
+                key,
+                self._connected_at,
+                lambda: detect(self.control, self._options.probe_timeout),
+            )
         self.capabilities = capabilities
         log.info("broker %s offers %s", self.id, ", ".join(sorted(capabilities.features)) or "-")
         return capabilities
@@ -306,6 +321,7 @@ class BrokerLink:
                         timeout=self._options.request_timeout,
                     )
                     self.control.attach(_Publisher(client))
+                    self._connected_at = asyncio.get_running_loop().time()
                     self._set_status(True)
                     self._settle_first_attempt()
                     self._start_detection()
