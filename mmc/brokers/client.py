@@ -62,16 +62,25 @@ class MqttClient(aiomqtt.Client):
             # Never into paho: an exception there would take the connection down.
             log.exception("error handling a message on %s", message.topic)
 
-    async def wait_disconnected(self) -> None:
-        """Wait until the connection ends; raises MqttError, as the messages iterator does."""
-        try:
-            await asyncio.shield(self._disconnected)
-        except Exception as exc:
-            raise aiomqtt.MqttError("Disconnected during message iteration") from exc
-        raise aiomqtt.MqttError("Disconnected during message iteration")
-
     def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
         if not self._connected.done():
             self._connected.set_exception(ConnectionLost(self.paho_log.last_error))
             return
         super()._on_disconnect(*args, **kwargs)
+
+    def disconnected_future(self) -> asyncio.Future[None]:
+        """Done when the connection has ended (with an exception if it dropped)."""
+        return self._disconnected
+
+    def raise_disconnected(self) -> None:
+        """Raise MqttError for the ended connection, as the messages iterator does."""
+        exc = self._disconnected.exception() if self._disconnected.done() else None
+        raise aiomqtt.MqttError("Disconnected during message iteration") from exc
+
+    async def _misc_loop(self) -> None:
+        # paho's housekeeping (keepalive PINGREQ, its timeouts): aiomqtt runs it every
+        # second per client; a quarter of the keepalive is enough and, with a thousand
+        # clients, makes far fewer short-lived timers for the garbage collector.
+        interval = max(1.0, min(5.0, self._client.keepalive / 4))
+        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110
+            await asyncio.sleep(interval)

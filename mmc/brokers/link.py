@@ -119,6 +119,9 @@ class BrokerLink:
         self._status = LinkStatus(connected=False, timestamp=now_ms())
         self._first_attempt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stop = asyncio.Event()
+        # While connected: resolved by stop(); and the next $SYS snapshot.
+        self._serving: asyncio.Future[None] | None = None
+        self._history: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
 
@@ -235,6 +238,8 @@ class BrokerLink:
     async def stop(self) -> None:
         """Disconnect cleanly; bounded by the connect timeout of an attempt in flight."""
         self._stop.set()
+        if self._serving is not None and not self._serving.done():
+            self._serving.set_result(None)
         task = self._task
         if task is None or task.done():
             return
@@ -360,22 +365,36 @@ class BrokerLink:
 
     async def _serve(self, client: MqttClient) -> None:
         """Wait until the connection drops (raises MqttError) or stop() is called; messages
-        reach ``_handle_message`` meanwhile, straight from the client's read callback."""
+        reach ``_handle_message`` meanwhile, straight from the client's read callback.
+
+        One future and one timer, no task: with a thousand links, every task and coroutine
+        per link is thousands more objects for the garbage collector to walk.
+        """
         loop = asyncio.get_running_loop()
-        dropped = loop.create_task(client.wait_disconnected())
-        stop = loop.create_task(self._stop.wait())
-        history = loop.create_task(self._record_history())
+        self._serving = ended = loop.create_future()
+
+        def end(done: asyncio.Future[None]) -> None:
+            if not done.cancelled():
+                done.exception()  # retrieved here, raised below
+            if not ended.done():
+                ended.set_result(None)
+
+        dropped = client.disconnected_future()
+        dropped.add_done_callback(end)
+        history = loop.call_later(self._options.sys_history_interval, self._record_history)
         try:
-            done, _ = await asyncio.wait({dropped, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if self._stop.is_set():
+                return
+            await ended
         finally:
-            stop.cancel()
+            self._serving = None
             history.cancel()
-            if not dropped.done():
-                dropped.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await dropped
-        if dropped in done:
-            dropped.result()
+            dropped.remove_done_callback(end)
+            if self._history is not None:
+                self._history.cancel()
+                self._history = None
+        if dropped.done():
+            client.raise_disconnected()
 
     def _handle_message(self, message: mqtt.MQTTMessage) -> None:
         topic = message.topic
@@ -395,11 +414,12 @@ class BrokerLink:
             self.sys_updated_at = now
             self._sys_seen.set()
 
-    async def _record_history(self) -> None:
+    def _record_history(self) -> None:
         """A $SYS snapshot every sys_history_interval seconds while connected."""
-        while True:
-            await asyncio.sleep(self._options.sys_history_interval)
-            self.sys_history.record(self.sys_values, now_ms())
+        self.sys_history.record(self.sys_values, now_ms())
+        self._history = asyncio.get_running_loop().call_later(
+            self._options.sys_history_interval, self._record_history
+        )
 
     def _settle_first_attempt(self) -> None:
         if not self._first_attempt.done():
