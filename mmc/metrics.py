@@ -112,7 +112,7 @@ class Metrics:
     def observe_reconnect(self) -> None:
         self.reconnects.inc()
 
-    async def measure_loop_lag(self, interval: float = 0.5) -> None:
+    async def measure_loop_lag(self, interval: float = 0.1) -> None:
         loop = asyncio.get_running_loop()
         while True:
             expected = loop.time() + interval
