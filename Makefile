@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help run test lint fmt check-system clean plugin plugin-memcheck
+.PHONY: help run test lint fmt check-system clean plugin plugin-memcheck bench bench-fleet
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -72,13 +72,21 @@ test: $(VENV)/.test-deps check-system plugin  ## run the whole test suite agains
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.test-deps  ## ruff and mypy
-	$(BIN)/ruff check mmc tests
-	$(BIN)/ruff format --check mmc tests
+	$(BIN)/ruff check mmc tests bench
+	$(BIN)/ruff format --check mmc tests bench
 	$(BIN)/mypy
 
 fmt: $(VENV)/.test-deps
-	$(BIN)/ruff check --fix mmc tests
-	$(BIN)/ruff format mmc tests
+	$(BIN)/ruff check --fix mmc tests bench
+	$(BIN)/ruff format mmc tests bench
+
+# Both start their own mosquitto brokers and mmc on 127.0.0.1, print a table with the
+# targets as pass/fail and write JSON to bench/results/. About 2 to 3 minutes each.
+bench: $(VENV)/.test-deps check-system  ## API latency/throughput vs bare MQTT and mosquitto_ctrl
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-fleet: $(VENV)/.test-deps check-system  ## 1,000 links in one mmc: start, memory, broker restart
+	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn); $(BIN)/python -m bench.fleet $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info plugin/*.so plugin/*.o

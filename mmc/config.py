@@ -33,6 +33,7 @@ ENV_NAMES: dict[str, str] = {
     "MMC_BASE_PATH": "base_path",
     "MMC_LOG_FORMAT": "log_format",
     "MMC_SHUTDOWN_TIMEOUT": "shutdown_timeout",
+    "MMC_TOKEN_CACHE_SECONDS": "token_cache_seconds",
 }
 
 
@@ -65,6 +66,10 @@ class Settings:
     # The first admin, created only when the user table is empty.
     admin_username: str = "admin"
     admin_password: str | None = field(default=None, repr=False)
+    # Seconds a Bearer token found in the store is believed without asking it again.
+    # A revocation through this process takes effect at once; one made through another
+    # replica sharing the store, within this time. 0: ask the store on every request.
+    token_cache_seconds: float = 1.0
     # Seconds without a request after which a browser session ends; and at the most.
     session_idle_timeout: float = 3600.0
     session_max_age: float = 7 * 24 * 3600.0
@@ -185,6 +190,8 @@ def load_settings(
         raise ConfigError(f"trusted_proxies: {exc}") from None
     if settings.probe_timeout <= 0 or settings.sys_history_interval <= 0:
         raise ConfigError("probe_timeout and sys_history_interval must be positive")
+    if not 0 <= settings.token_cache_seconds <= 60:
+        raise ConfigError("token_cache_seconds must be between 0 and 60")
     if settings.sys_history_length < 0:
         raise ConfigError("sys_history_length must not be negative")
     return settings

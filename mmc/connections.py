@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from typing import Any
 
 from mmc.brokers.link import BrokerLink, Endpoint
 from mmc.brokers.pool import BrokerPool
-from mmc.brokers.status import LinkError
+from mmc.brokers.status import LinkError, LinkStatus
 from mmc.brokers.tls import certificate_info, context_from_base64
 from mmc.errors import InvalidInput, NotAllowed, NotFound
 from mmc.store.connections import DUPLICATE_MESSAGE, ConnectionRecord, ConnectionRepository
@@ -115,6 +116,9 @@ class ConnectionService:
         self._max = max_connections
         self._connect_timeout = connect_timeout
         self._wire: dict[str, dict[str, Any]] = {}
+        # Each entry of the listing as JSON, with the wire dict and status it was made of:
+        # both are replaced, never changed in place, so identity tells when it is stale.
+        self._entry_json: dict[str, tuple[dict[str, Any], LinkStatus, str]] = {}
         # One change at a time: checks (duplicates, limit) and writes must not interleave.
         self._lock = asyncio.Lock()
 
@@ -129,6 +133,20 @@ class ConnectionService:
 
     def listing(self) -> list[dict[str, Any]]:
         return [{**self._wire[link.id], "status": link.status.to_wire()} for link in self._pool]
+
+    def listing_json(self) -> str:
+        """``json.dumps(self.listing())``, made from entries encoded once per change."""
+        parts: list[str] = []
+        cache = self._entry_json
+        for link in self._pool:
+            wire = self._wire[link.id]
+            status = link.status
+            cached = cache.get(link.id)
+            if cached is None or cached[0] is not wire or cached[1] is not status:
+                cached = (wire, status, json.dumps({**wire, "status": status.to_wire()}))
+                cache[link.id] = cached
+            parts.append(cached[2])
+        return "[" + ", ".join(parts) + "]"
 
     def get(self, connection_id: str) -> dict[str, Any]:
         link = self._pool.get(connection_id)
@@ -203,6 +221,7 @@ class ConnectionService:
             if not await self._repo.delete(connection_id):
                 raise NotFound(f"Connection {connection_id} not found")
             self._wire.pop(connection_id, None)
+            self._entry_json.pop(connection_id, None)
             await self._pool.close(connection_id)
         return self.listing()
 

@@ -74,13 +74,37 @@ class Metrics:
         )
         self._pool = _PoolCollector()
         r.register(self._pool)
+        # Children by label values (bounded: route templates, methods, statuses, commands):
+        # labels() validates and locks on every call, and these run on every request.
+        self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._control: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def watch_pool(self, pool: BrokerPool) -> None:
         self._pool.pool = pool
 
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._http.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_latency.labels(route, method),
+            )
+            self._http[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     def observe_control(self, api: str, command: str, outcome: str, seconds: float) -> None:
-        self.control_requests.labels(api, command, outcome).inc()
-        self.control_latency.labels(api, command).observe(seconds)
+        key = (api, command, outcome)
+        children = self._control.get(key)
+        if children is None:
+            children = (
+                self.control_requests.labels(api, command, outcome),
+                self.control_latency.labels(api, command),
+            )
+            self._control[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_link(self, connected: bool) -> None:
         self.link_changes.labels("up" if connected else "down").inc()
@@ -88,7 +112,7 @@ class Metrics:
     def observe_reconnect(self) -> None:
         self.reconnects.inc()
 
-    async def measure_loop_lag(self, interval: float = 0.5) -> None:
+    async def measure_loop_lag(self, interval: float = 0.1) -> None:
         loop = asyncio.get_running_loop()
         while True:
             expected = loop.time() + interval

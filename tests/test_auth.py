@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import re
+import time
 
 import pytest
 
@@ -168,13 +169,31 @@ async def test_tokens(client: Client, make_client: MakeClient, settings: Setting
     assert (await script.get("/api/connections", headers=bearer)).status == 200
     assert (await script.post("/api/connections", headers=bearer, json={})).status == 403
 
+    # The process that revokes forgets the token at once, though it has just used it...
+    assert (await client.get("/api/profile", headers=bearer)).status == 200
     assert (await client.delete(f"/api/tokens/{created['id']}")).status == 204
-    assert (await script.get("/api/connections", headers=bearer)).status == 401
+    assert (await client.get("/api/profile", headers=bearer)).status == 401
+    # ...another one sharing the store (``script`` is a second app) within the token cache time.
+    started = time.monotonic()
+    while (await script.get("/api/connections", headers=bearer)).status != 401:
+        assert time.monotonic() - started < settings.token_cache_seconds + 0.5
+        await asyncio.sleep(0.05)
     assert (await client.delete(f"/api/tokens/{created['id']}")).status == 404
 
     for header in (f"Bearer {token}x", "Bearer ", "Basic YWRtaW46YWRtaW4=", "Bearer mmc_nope"):
         resp = await script.get("/api/connections", headers={"Authorization": header})
         assert resp.status == 401, header
+
+
+async def test_without_token_cache_other_replicas_see_a_revocation_at_once(
+    client: Client, make_client: MakeClient, settings: Settings
+) -> None:
+    created = await (await client.post("/api/tokens", json={"name": "ci", "role": "viewer"})).json()
+    bearer = {"Authorization": f"Bearer {created['token']}"}
+    replica = await make_client(settings.replace(token_cache_seconds=0), authenticated=False)
+    assert (await replica.get("/api/connections", headers=bearer)).status == 200
+    assert (await client.delete(f"/api/tokens/{created['id']}")).status == 204
+    assert (await replica.get("/api/connections", headers=bearer)).status == 401
 
 
 async def test_token_expiry(client: Client, anon_client: Client) -> None:

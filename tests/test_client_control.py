@@ -96,7 +96,8 @@ async def _mqtt(
         yield mqtt
 
 
-_MMC_CORRELATION = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# mmc's correlationData: a random 64-bit prefix per channel and a counter.
+_MMC_CORRELATION = re.compile(r"^[0-9a-f]{16}-[0-9]+$")
 
 
 def _from_mmc(message: aiomqtt.Message) -> bool:

@@ -31,7 +31,10 @@ def _answer(outcome: Outcome) -> web.Response:
 class ConnectionsView(web.View):
     @doc("All connections with their live status", responses={200: ConnectionOutSchema(many=True)})
     async def get(self) -> web.Response:
-        return web.json_response(self.request.app[connections_key].listing())
+        # The listing is polled (dashboards, probes): its JSON is cached per entry.
+        return web.Response(
+            text=self.request.app[connections_key].listing_json(), content_type="application/json"
+        )
 
     @doc(
         "Create a connection and try to connect",

@@ -8,6 +8,7 @@ import hmac
 import logging
 import math
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +28,8 @@ TOKEN_PREFIX = "mmc_"  # noqa: S105 - a marker, not a secret
 MIN_PASSWORD_LENGTH = 8
 # A session's last_seen is written at most this often.
 TOUCH_INTERVAL_MS = 60_000
+# Tokens believed from memory (settings.token_cache_seconds) at most; then it starts over.
+TOKEN_CACHE_SIZE = 1024
 
 
 def digest(secret: str) -> str:
@@ -59,6 +62,11 @@ class AuthService:
         self._settings = settings
         # scrypt takes ~32 MiB a hash: a login flood must not take all memory and threads.
         self._hashing = asyncio.Semaphore(4)
+        # Token hash -> (when it was read, the record), for settings.token_cache_seconds.
+        # Only tokens that exist are kept; a revocation here clears them and bumps the
+        # generation, so that a lookup still in flight cannot put a revoked one back.
+        self._token_cache: dict[str, tuple[float, TokenRecord]] = {}
+        self._token_generation = 0
 
     # -- passwords --------------------------------------------------------------
 
@@ -150,8 +158,8 @@ class AuthService:
         await self._sessions.delete(digest(session_id))
 
     async def from_session(self, session_id: str) -> Identity | None:
-        # Looked up on every request (no cache), so that a logout, a revoked token or a
-        # changed role takes effect at once, on every replica sharing the store.
+        # Looked up on every request (no cache), so that a logout or a changed role takes
+        # effect at once, on every replica sharing the store. (Tokens: see _token_by_hash.)
         now = now_ms()
         session = await self._sessions.get(digest(session_id))
         if session is None:
@@ -197,15 +205,41 @@ class AuthService:
         return await self._tokens.list()
 
     async def revoke_token(self, token_id: str) -> None:
-        if not await self._tokens.delete(token_id):
-            raise NotFound(f"Token {token_id} not found")
+        try:
+            if not await self._tokens.delete(token_id):
+                raise NotFound(f"Token {token_id} not found")
+        finally:
+            self._forget_tokens()
         log.info("token %s revoked", token_id)
+
+    def _forget_tokens(self) -> None:
+        self._token_generation += 1
+        self._token_cache.clear()
+
+    async def _token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        """The stored token, from memory if it was read less than token_cache_seconds ago."""
+        ttl = self._settings.token_cache_seconds
+        if ttl <= 0:
+            return await self._tokens.by_hash(token_hash)
+        now = time.monotonic()
+        cached = self._token_cache.get(token_hash)
+        if cached is not None and now - cached[0] < ttl:
+            return cached[1]
+        generation = self._token_generation
+        record = await self._tokens.by_hash(token_hash)
+        if record is None:
+            self._token_cache.pop(token_hash, None)
+        elif generation == self._token_generation:
+            if len(self._token_cache) >= TOKEN_CACHE_SIZE:
+                self._token_cache.clear()
+            self._token_cache[token_hash] = (now, record)
+        return record
 
     async def from_bearer(self, token: str) -> Identity | None:
         if not token.startswith(TOKEN_PREFIX):
             return None
         token_hash = digest(token)
-        record = await self._tokens.by_hash(token_hash)
+        record = await self._token_by_hash(token_hash)
         # The lookup is by hash; compare again in constant time all the same.
         if record is None or not hmac.compare_digest(record.token_hash, token_hash):
             return None

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmc.brokers.control import ControlChannel
-from mmc.errors import BrokerTimeout, BrokerUnavailable, ControlNotFound
+from mmc.errors import BrokerTimeout, BrokerUnavailable, ControlNotFound, MmcError
 
 # Feature name -> its $CONTROL API (request topic $CONTROL/<api>/v1).
 FEATURE_APIS: dict[str, str] = {
@@ -140,3 +140,44 @@ async def detect(control: ControlChannel, timeout: float) -> Capabilities:
             announced, bridges = from_plugins(plugins)
             features |= announced
     return Capabilities(frozenset(features), tuple(bridges), tuple(plugins))
+
+
+class SharedDetection:
+    """Links that reach the same broker as the same user share one detection.
+
+    mosquitto 2.0 sends every ``$CONTROL`` reply to every client subscribed to the
+    response topic: N links to one broker detecting at once (all of them, after that
+    broker restarts) would cost N² messages. A link that connected before a detection for
+    its broker started waits for that one instead of probing itself; a detection that
+    started before the link connected (perhaps to the broker before a restart) is not
+    trusted, nor a shared one that failed (the link then probes itself).
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, tuple[float, asyncio.Task[Capabilities]]] = {}
+
+    async def detect(
+        self, key: Hashable, connected_at: float, run: Callable[[], Awaitable[Capabilities]]
+    ) -> Capabilities:
+        running = self._running.get(key)
+        if running is not None and running[0] >= connected_at and not running[1].done():
+            try:
+                return await asyncio.shield(running[1])
+            except MmcError:
+                pass
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(_wrap(run))
+        self._running[key] = (loop.time(), task)
+        task.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(task)
+
+    def _forget(self, key: Hashable, task: asyncio.Task[Capabilities]) -> None:
+        running = self._running.get(key)
+        if running is not None and running[1] is task:
+            del self._running[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: whoever awaited it has reported it
+
+
+async def _wrap(run: Callable[[], Awaitable[Capabilities]]) -> Capabilities:
+    return await run()

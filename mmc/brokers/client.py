@@ -1,11 +1,18 @@
-"""aiomqtt.Client with the two things a management link needs that it lacks."""
+"""aiomqtt.Client with the three things a management link needs that it lacks."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 
 class ConnectionLost(aiomqtt.MqttError):
@@ -33,10 +40,16 @@ class _PahoLog(logging.Logger):
 
 class MqttClient(aiomqtt.Client):
     """aiomqtt ignores a connection that dies before CONNACK (a TLS 1.3 client-certificate
-    alert, a reset) and waits out its timeout; fail the attempt at once with the reason."""
+    alert, a reset) and waits out its timeout; fail the attempt at once with the reason.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    With ``on_message``, every message goes straight from paho's read callback to that
+    function, in order: aiomqtt's ``messages`` iterator costs a queue hop and a new task
+    per message, which under a reply or ``$SYS`` flood is most of the receive path.
+    """
+
+    def __init__(self, *args: Any, on_message: MessageHandler | None = None, **kwargs: Any) -> None:
         self.paho_log = _PahoLog()
+        self._handler = on_message
         super().__init__(*args, logger=self.paho_log, **kwargs)
 
     def forget_disconnect_error(self) -> None:
@@ -46,8 +59,35 @@ class MqttClient(aiomqtt.Client):
         if done.done() and not done.cancelled():
             done.exception()
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._handler is None:
+            super()._on_message(client, userdata, message)
+            return
+        try:
+            self._handler(message)
+        except Exception:
+            # Never into paho: an exception there would take the connection down.
+            log.exception("error handling a message on %s", message.topic)
+
     def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
         if not self._connected.done():
             self._connected.set_exception(ConnectionLost(self.paho_log.last_error))
             return
         super()._on_disconnect(*args, **kwargs)
+
+    def disconnected_future(self) -> asyncio.Future[None]:
+        """Done when the connection has ended (with an exception if it dropped)."""
+        return self._disconnected
+
+    def raise_disconnected(self) -> None:
+        """Raise MqttError for the ended connection, as the messages iterator does."""
+        exc = self._disconnected.exception() if self._disconnected.done() else None
+        raise aiomqtt.MqttError("Disconnected during message iteration") from exc
+
+    async def _misc_loop(self) -> None:
+        # paho's housekeeping (keepalive PINGREQ, its timeouts): aiomqtt runs it every
+        # second per client; a quarter of the keepalive is enough and, with a thousand
+        # clients, makes far fewer short-lived timers for the garbage collector.
+        interval = max(1.0, min(5.0, self._client.keepalive / 4))
+        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110
+            await asyncio.sleep(interval)

@@ -12,10 +12,11 @@ one message (up to ``MAX_BATCH``): under load this turns N round trips into one.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -115,7 +116,8 @@ KNOWN_COMMANDS = frozenset(
 
 
 class Publisher(Protocol):
-    async def publish(self, topic: str, payload: bytes) -> None: ...
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Queue one QoS 0 message for sending, or raise (the link is down)."""
 
 
 class ControlObserver(Protocol):
@@ -143,7 +145,10 @@ class ControlChannel:
         # correlationData -> (api, future of the response entry)
         self._pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._batches: dict[str, list[dict[str, Any]]] = {}
-        self._flushes: set[asyncio.Task[None]] = set()
+        # correlationData: unique per channel and process; random, so that two processes
+        # (or two channels) sharing a broker never take each other's replies.
+        self._correlation_prefix = secrets.token_hex(8) + "-"
+        self._correlations = itertools.count()
 
     @property
     def available(self) -> bool:
@@ -201,15 +206,15 @@ class ControlChannel:
     ) -> dict[str, Any]:
         if self._publisher is None:
             raise BrokerUnavailable(f"Broker {self.broker_id} is not connected")
-        correlation = str(uuid.uuid4())
+        correlation = f"{self._correlation_prefix}{next(self._correlations)}"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[correlation] = (api, fut)
         batch = self._batches.setdefault(api, [])
         batch.append({**command, "correlationData": correlation})
         if len(batch) == 1:
-            asyncio.get_running_loop().call_soon(self._schedule_flush, api)
+            asyncio.get_running_loop().call_soon(self._flush, api)
         elif len(batch) >= MAX_BATCH:
-            self._schedule_flush(api)
+            self._flush(api)
         try:
             async with asyncio.timeout(timeout or self.timeout):
                 return await fut
@@ -221,21 +226,18 @@ class ControlChannel:
         finally:
             self._pending.pop(correlation, None)
 
-    def _schedule_flush(self, api: str) -> None:
+    def _flush(self, api: str) -> None:
+        """Send the commands gathered for ``api`` as one message (no task, no wait: a
+        QoS 0 publish is queued on the socket at once)."""
         batch = self._batches.pop(api, None)
         if not batch:
             return
-        task = asyncio.get_running_loop().create_task(self._flush(api, batch))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _flush(self, api: str, batch: list[dict[str, Any]]) -> None:
         publisher = self._publisher
-        payload = json.dumps({"commands": batch}, separators=(",", ":")).encode()
         try:
             if publisher is None:
                 raise BrokerUnavailable(f"Broker {self.broker_id} is not connected")
-            await publisher.publish(request_topic(api), payload)
+            payload = json.dumps({"commands": batch}, separators=(",", ":")).encode()
+            publisher.publish(request_topic(api), payload)
         except Exception as exc:  # noqa: BLE001 - every failure must reach the waiting callers
             error = (
                 exc
@@ -249,7 +251,7 @@ class ControlChannel:
                 if pending is not None and not pending[1].done():
                     pending[1].set_exception(error)
 
-    def handle_response(self, api: str, payload: bytes) -> None:
+    def handle_response(self, api: str, payload: bytes | bytearray) -> None:
         """Route one message from ``$CONTROL/<api>/v1/response`` to the waiting requests."""
         try:
             body = json.loads(payload)

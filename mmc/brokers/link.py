@@ -21,8 +21,9 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
-from mmc.brokers.capabilities import Capabilities, detect, label
+from mmc.brokers.capabilities import Capabilities, SharedDetection, detect, label
 from mmc.brokers.client import MqttClient
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
 from mmc.brokers.status import LinkError, LinkStatus, describe_error
@@ -91,6 +92,7 @@ class BrokerLink:
         ssl_context: ssl.SSLContext | None,
         options: LinkOptions,
         observer: LinkObserver | None = None,
+        shared_detection: SharedDetection | None = None,
     ) -> None:
         self.record = record
         self.endpoint = Endpoint.from_url(record.url)
@@ -107,6 +109,9 @@ class BrokerLink:
         # What the broker offers; None until detection after a (re)connect has finished.
         self.capabilities: Capabilities | None = None
         self._detection: asyncio.Task[Capabilities] | None = None
+        self._shared_detection = shared_detection
+        # loop.time() of the current connection's start.
+        self._connected_at = 0.0
         self._wake = asyncio.Event()
         self._up = asyncio.Event()
         self._sys_seen = asyncio.Event()
@@ -114,6 +119,9 @@ class BrokerLink:
         self._status = LinkStatus(connected=False, timestamp=now_ms())
         self._first_attempt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stop = asyncio.Event()
+        # While connected: resolved by stop(); and the next $SYS snapshot.
+        self._serving: asyncio.Future[None] | None = None
+        self._history: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
 
@@ -189,7 +197,18 @@ class BrokerLink:
         return task
 
     async def _detect(self) -> Capabilities:
-        capabilities = await detect(self.control, self._options.probe_timeout)
+        if self._shared_detection is None:
+            capabilities = await detect(self.control, self._options.probe_timeout)
+        else:
+            # The same broker, reached as the same user (TLS client certificate included).
+            ep = self.endpoint
+            record = self.record
+            key = (ep.host, ep.port, ep.tls, ep.websocket_path, record.username, record.cert)
+            capabilities = await self._shared_detection.detect(
+                key,
+                self._connected_at,
+                lambda: detect(self.control, self._options.probe_timeout),
+            )
         self.capabilities = capabilities
         log.info("broker %s offers %s", self.id, ", ".join(sorted(capabilities.features)) or "-")
         return capabilities
@@ -219,6 +238,8 @@ class BrokerLink:
     async def stop(self) -> None:
         """Disconnect cleanly; bounded by the connect timeout of an attempt in flight."""
         self._stop.set()
+        if self._serving is not None and not self._serving.done():
+            self._serving.set_result(None)
         task = self._task
         if task is None or task.done():
             return
@@ -280,6 +301,7 @@ class BrokerLink:
             keepalive=self._options.keepalive,
             timeout=self._options.connect_timeout,
             clean_start=True,
+            on_message=self._handle_message,
         )
         # paho's own socket/TLS-handshake timeout (default 5 s) bounds the attempt too.
         client._client.connect_timeout = self._options.connect_timeout
@@ -304,6 +326,7 @@ class BrokerLink:
                         timeout=self._options.request_timeout,
                     )
                     self.control.attach(_Publisher(client))
+                    self._connected_at = asyncio.get_running_loop().time()
                     self._set_status(True)
                     self._settle_first_attempt()
                     self._start_detection()
@@ -341,48 +364,63 @@ class BrokerLink:
                 waiter.cancel()
         self._wake.clear()
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        """Route messages until the connection drops (raises MqttError) or stop() is called."""
+    async def _serve(self, client: MqttClient) -> None:
+        """Wait until the connection drops (raises MqttError) or stop() is called; messages
+        reach ``_handle_message`` meanwhile, straight from the client's read callback.
+
+        One future and one timer, no task: with a thousand links, every task and coroutine
+        per link is thousands more objects for the garbage collector to walk.
+        """
         loop = asyncio.get_running_loop()
-        consume = loop.create_task(self._consume(client))
-        stop = loop.create_task(self._stop.wait())
-        history = loop.create_task(self._record_history())
+        self._serving = ended = loop.create_future()
+
+        def end(done: asyncio.Future[None]) -> None:
+            if not done.cancelled():
+                done.exception()  # retrieved here, raised below
+            if not ended.done():
+                ended.set_result(None)
+
+        dropped = client.disconnected_future()
+        dropped.add_done_callback(end)
+        history = loop.call_later(self._options.sys_history_interval, self._record_history)
         try:
-            done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if self._stop.is_set():
+                return
+            await ended
         finally:
-            stop.cancel()
+            self._serving = None
             history.cancel()
-            if not consume.done():
-                consume.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consume
-        if consume in done:
-            consume.result()
+            dropped.remove_done_callback(end)
+            if self._history is not None:
+                self._history.cancel()
+                self._history = None
+        if dropped.done():
+            client.raise_disconnected()
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            topic = message.topic.value
-            api = RESPONSE_TOPICS.get(topic)
-            payload = bytes(message.payload)
-            if api is not None:
-                self.control.handle_response(api, payload)
-            elif topic.startswith("$SYS/"):
-                value = payload.decode("utf-8", errors="replace")
-                now = now_ms()
-                if message.retain:
-                    # Replayed on subscribe: we do not know since when it holds.
-                    self.sys_changed_at.pop(topic, None)
-                elif self.sys_values.get(topic) != value:
-                    self.sys_changed_at[topic] = now
-                self.sys_values[topic] = value
-                self.sys_updated_at = now
-                self._sys_seen.set()
+    def _handle_message(self, message: mqtt.MQTTMessage) -> None:
+        topic = message.topic
+        payload = message.payload
+        api = RESPONSE_TOPICS.get(topic)
+        if api is not None:
+            self.control.handle_response(api, payload)
+        elif topic.startswith("$SYS/"):
+            value = payload.decode("utf-8", errors="replace")
+            now = now_ms()
+            if message.retain:
+                # Replayed on subscribe: we do not know since when it holds.
+                self.sys_changed_at.pop(topic, None)
+            elif self.sys_values.get(topic) != value:
+                self.sys_changed_at[topic] = now
+            self.sys_values[topic] = value
+            self.sys_updated_at = now
+            self._sys_seen.set()
 
-    async def _record_history(self) -> None:
+    def _record_history(self) -> None:
         """A $SYS snapshot every sys_history_interval seconds while connected."""
-        while True:
-            await asyncio.sleep(self._options.sys_history_interval)
-            self.sys_history.record(self.sys_values, now_ms())
+        self.sys_history.record(self.sys_values, now_ms())
+        self._history = asyncio.get_running_loop().call_later(
+            self._options.sys_history_interval, self._record_history
+        )
 
     def _settle_first_attempt(self) -> None:
         if not self._first_attempt.done():
@@ -390,10 +428,17 @@ class BrokerLink:
 
 
 class _Publisher:
-    """The ControlChannel's view of the client: QoS 0 publishes, nothing else."""
+    """The ControlChannel's view of the client: QoS 0 publishes, nothing else.
+
+    Straight to paho, which queues the packet and has it written when the socket is
+    writable: aiomqtt's ``publish`` would add an event and a wake-up per message only
+    to learn that a QoS 0 packet was written.
+    """
 
     def __init__(self, client: aiomqtt.Client) -> None:
-        self._client = client
+        self._paho = client._client
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        await self._client.publish(topic, payload, qos=0)
+    def publish(self, topic: str, payload: bytes) -> None:
+        info = self._paho.publish(topic, payload, qos=0)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")

@@ -7,6 +7,7 @@ import logging
 import ssl
 from collections.abc import Iterator
 
+from mmc.brokers.capabilities import SharedDetection
 from mmc.brokers.link import BrokerLink, LinkObserver, LinkOptions
 from mmc.errors import BrokerUnavailable, NotFound
 from mmc.store.connections import ConnectionRecord
@@ -19,6 +20,7 @@ class BrokerPool:
         self.options = options
         self._observer = observer
         self._links: dict[str, BrokerLink] = {}
+        self._detection = SharedDetection()
 
     def __iter__(self) -> Iterator[BrokerLink]:
         return iter(list(self._links.values()))
@@ -48,7 +50,7 @@ class BrokerPool:
         old = self._links.get(record.id)
         if old is not None:
             await old.stop()
-        link = BrokerLink(record, ssl_context, self.options, self._observer)
+        link = BrokerLink(record, ssl_context, self.options, self._observer, self._detection)
         # Assigning over the old entry keeps the connection's place in the listing.
         self._links[record.id] = link
         if start:

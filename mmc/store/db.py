@@ -158,13 +158,17 @@ class Database:
                 raise StoreUnavailable(f"The data store cannot be written: {exc}") from exc
             raise
 
+    # One trip to aiosqlite's thread per query (execute + fetch + close would be three,
+    # each a wake-up of the event loop): this runs on every authenticated request.
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._conn.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+        return list(await self._conn.execute_fetchall(sql, tuple(params)))
 
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self._conn.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+        """The first row of a query that returns at most a few (by key, or an aggregate)."""
+        rows = await self._conn.execute_fetchall(sql, tuple(params))
+        for row in rows:
+            return row
+        return None
 
     async def get_meta(self, name: str) -> str | None:
         row = await self.fetch_one("SELECT value FROM meta WHERE name = ?", (name,))

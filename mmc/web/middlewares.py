@@ -57,9 +57,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         elapsed = time.perf_counter() - started
         route = route_template(request) or "unmatched"
-        metrics = request.app[metrics_key]
-        metrics.http_requests.labels(route, request.method, str(status)).inc()
-        metrics.http_latency.labels(route, request.method).observe(elapsed)
+        request.app[metrics_key].observe_http(route, request.method, status, elapsed)
         identity = request.get(identity_key)
         settings = request.app[settings_key]
         access_log.info(

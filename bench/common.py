@@ -1,0 +1,450 @@
+"""What both benchmarks share: an mmc process, its admin token, load generators, statistics.
+
+Everything stays on 127.0.0.1, every load is bounded in requests and in time, and the
+processes started here are signalled by their pid only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import platform
+import random
+import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+
+from tests.brokers import HOST, MOSQUITTO_BIN, MOSQUITTO_CTRL_BIN, MosquittoBroker, free_port
+
+__all__ = [
+    "HOST",
+    "BareControl",
+    "MmcServer",
+    "MosquittoBroker",
+    "Stats",
+    "http_load",
+    "machine",
+    "mosquitto_ctrl_times",
+    "percentile",
+    "raise_open_files",
+    "run_load",
+    "summarize",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+DYNSEC_API = "dynamic-security"
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (0 < q <= 100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Stats:
+    case: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    rps: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(
+    case: str, concurrency: int, latencies: list[float], errors: int, seconds: float
+) -> Stats:
+    done = len(latencies)
+    return Stats(
+        case=case,
+        concurrency=concurrency,
+        requests=done,
+        errors=errors,
+        seconds=round(seconds, 3),
+        p50_ms=round(percentile(latencies, 50) * 1000, 3),
+        p99_ms=round(percentile(latencies, 99) * 1000, 3),
+        rps=round(done / seconds, 1) if seconds > 0 else 0.0,
+    )
+
+
+async def run_load(
+    case: str,
+    request: Callable[[], Awaitable[bool]],
+    *,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    warmup: int = 20,
+) -> Stats:
+    """``concurrency`` workers call ``request`` in a loop until ``max_requests`` were started
+    or ``max_seconds`` passed. A request that returns False or raises counts as an error."""
+    for _ in range(min(warmup, max_requests)):
+        await request()
+    latencies: list[float] = []
+    errors = 0
+    started = 0
+    t0 = time.perf_counter()
+    deadline = t0 + max_seconds
+
+    async def worker() -> None:
+        nonlocal started, errors
+        clock = time.perf_counter
+        while started < max_requests and clock() < deadline:
+            started += 1
+            begin = clock()
+            try:
+                ok = await request()
+            except Exception:  # noqa: BLE001 - a failed request is a data point
+                ok = False
+            if ok:
+                latencies.append(clock() - begin)
+            else:
+                errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summarize(case, concurrency, latencies, errors, time.perf_counter() - t0)
+
+
+async def http_load(
+    case: str,
+    base_url: str,
+    token: str,
+    method: str,
+    path: str | Callable[[], str],
+    *,
+    body: Callable[[], Any] | None = None,
+    expect: int = 200,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    warmup: int = 20,
+) -> Stats:
+    """HTTP load with keep-alive connections, one per worker, Bearer-authenticated."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(base_url, connector=connector, headers=headers) as session:
+
+        async def one() -> bool:
+            url = path() if callable(path) else path
+            data = json.dumps(body()).encode() if body is not None else None
+            async with session.request(
+                method,
+                url,
+                data=data,
+                headers={"Content-Type": "application/json"} if data is not None else None,
+            ) as resp:
+                await resp.read()
+                return resp.status == expect
+
+        return await run_load(
+            case,
+            one,
+            concurrency=concurrency,
+            max_requests=max_requests,
+            max_seconds=max_seconds,
+            warmup=warmup,
+        )
+
+
+# ------------------------------------------------------------------- references
+
+
+# aiomqtt warns about "pending publish calls" above 10 in flight: that is the load itself.
+_QUIET = logging.getLogger("bench.bare")
+_QUIET.setLevel(logging.ERROR)
+
+
+class BareControl:
+    """What a good hand-written client does: one persistent aiomqtt connection (MQTT v5),
+    QoS 0 requests, one message per command, replies matched by correlationData by a
+    dispatcher task."""
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self._client = aiomqtt.Client(
+            HOST,
+            broker.port,
+            username=broker.admin_username,
+            password=broker.admin_password,
+            identifier=f"bench-bare-{secrets.token_hex(4)}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            logger=_QUIET,
+        )
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> BareControl:
+        await self._client.__aenter__()
+        await self._client.subscribe(f"$CONTROL/{DYNSEC_API}/v1/response", qos=0)
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        await self._client.__aexit__(None, None, None)
+
+    async def _dispatch(self) -> None:
+        async for message in self._client.messages:
+            assert isinstance(message.payload, bytes)
+            body = json.loads(message.payload)
+            for entry in body.get("responses", ()):
+                fut = self._pending.pop(entry.get("correlationData"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(entry)
+
+    async def request(self, command: Mapping[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        correlation = uuid.uuid4().hex
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[correlation] = fut
+        payload = json.dumps({"commands": [{**command, "correlationData": correlation}]})
+        try:
+            await self._client.publish(f"$CONTROL/{DYNSEC_API}/v1", payload, qos=0)
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self._pending.pop(correlation, None)
+
+
+def mosquitto_ctrl_times(broker: MosquittoBroker, args: list[str], runs: int) -> list[float]:
+    """Seconds per ``mosquitto_ctrl -h -p -u -P dynsec <args>`` run, one after the other."""
+    argv = [
+        MOSQUITTO_CTRL_BIN,
+        "-h",
+        HOST,
+        "-p",
+        str(broker.port),
+        "-u",
+        broker.admin_username,
+        "-P",
+        broker.admin_password,
+        "dynsec",
+        *args,
+    ]
+    times: list[float] = []
+    for _ in range(runs):
+        begin = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+        elapsed = time.perf_counter() - begin
+        if done.returncode != 0:
+            raise RuntimeError(f"mosquitto_ctrl failed: {done.stdout!r} {done.stderr!r}")
+        times.append(elapsed)
+    return times
+
+
+# ------------------------------------------------------------------------- mmc
+
+
+def listen_port() -> int:
+    """A free port below the ephemeral range: mmc opens its broker connections before it
+    binds its HTTP port, and with a thousand of them one could take an ephemeral one."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()  # noqa: S311 - a port number, not a secret
+    for _ in range(200):
+        port = rng.randrange(max(1025, low // 2), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
+class MmcServer:
+    """``python -m mmc serve`` in its own process, with its store in ``workdir/data``."""
+
+    def __init__(self, workdir: Path, *, env: Mapping[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.port = listen_port()
+        self.password = secrets.token_urlsafe(16)
+        self.base_url = f"http://{HOST}:{self.port}"
+        self.log_path = workdir / "mmc.log"
+        self.extra_env = dict(env or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MMC_") or k.startswith("MMC_TEST")
+        }
+        env.update(
+            {
+                "MMC_HOST": HOST,
+                "MMC_PORT": str(self.port),
+                "MMC_DATA_DIR": str(self.workdir / "data"),
+                "MMC_ADMIN_PASSWORD": self.password,
+                "PYTHONPATH": str(REPO),
+            }
+        )
+        env.update(self.extra_env)
+        self.started_at = time.monotonic()
+        with self.log_path.open("ab") as out:
+            # cwd: the work directory, so that no config/mmc.toml is picked up by accident.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "mmc", "serve"],
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise RuntimeError(f"mmc exited:\n{self.log_tail()}")
+                try:
+                    async with session.get(f"{self.base_url}/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mmc not ready within {timeout} s:\n{self.log_tail()}")
+                await asyncio.sleep(0.05)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._proc = None
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def admin_token(self) -> str:
+        """Log in as the admin (cookie) and create an admin application token."""
+        jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP address
+        async with aiohttp.ClientSession(self.base_url, cookie_jar=jar) as session:
+            async with session.post(
+                "/auth", json={"username": "admin", "password": self.password}
+            ) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"login failed: {resp.status} {await resp.text()}")
+            async with session.post(
+                "/api/tokens",
+                json={"name": f"bench-{secrets.token_hex(3)}", "role": "admin"},
+                headers={"Origin": self.base_url},
+            ) as resp:
+                if resp.status != 201:
+                    raise RuntimeError(f"token failed: {resp.status} {await resp.text()}")
+                token: str = (await resp.json())["token"]
+                return token
+
+    async def metrics(self, session: aiohttp.ClientSession) -> str:
+        async with session.get(f"{self.base_url}/metrics") as resp:
+            return await resp.text()
+
+
+def connection_body(
+    connection_id: str, broker: MosquittoBroker, *, name: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": connection_id,
+        "name": name or connection_id,
+        "url": f"mqtt://{HOST}:{broker.port}",
+        "credentials": {"username": broker.admin_username, "password": broker.admin_password},
+    }
+
+
+async def create_connection(
+    session: aiohttp.ClientSession, body: Mapping[str, Any], *, connected: bool = True
+) -> None:
+    async with session.post("/api/connections", json=body) as resp:
+        await resp.read()
+        if resp.status != 200 and (connected or resp.status != 202):
+            raise RuntimeError(f"creating {body['id']}: {resp.status} {await resp.text()}")
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise this process's soft open-files limit (children inherit it); the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mosquitto = "unknown"
+    try:
+        out = subprocess.run(
+            [MOSQUITTO_BIN, "-h"], capture_output=True, timeout=5, check=False
+        ).stdout.decode(errors="replace")
+        mosquitto = out.splitlines()[0] if out else mosquitto
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "mosquitto": mosquitto,
+        "kernel": platform.release(),
+    }

@@ -1,0 +1,52 @@
+"""The benchmarks' code keeps working: both run end to end at tiny sizes (no timing checks)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from bench import fleet
+from bench import run as api
+from bench.common import percentile
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert percentile([], 50) == 0.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+
+
+def test_lag_p99_from_histogram_readings() -> None:
+    before = {0.001: 10.0, 0.05: 10.0, 0.1: 10.0, float("inf"): 10.0}
+    after = {0.001: 100.0, 0.05: 109.0, 0.1: 110.0, float("inf"): 110.0}
+    assert fleet.lag_p99(before, after) == (0.05, 100)
+    assert fleet.lag_p99(after, after) == (0.0, 0)
+
+
+async def test_api_benchmark_runs(tmp_path: Path) -> None:
+    sizes = replace(
+        api.QUICK,
+        concurrencies=(1, 2),
+        max_requests=5,
+        max_seconds=1.0,
+        ctrl_runs=1,
+        connections=3,
+        listing_concurrency=2,
+    )
+    outcome = await api.run(sizes, tmp_path, log=lambda _: None)
+    cases = {(r["case"], r["concurrency"]) for r in outcome["results"]}
+    assert ("REST getClient", 2) in cases
+    assert ("bare getClient", 2) in cases
+    assert ("GET /api/connections", 2) in cases
+    assert all(r["errors"] == 0 for r in outcome["results"])
+    assert len(outcome["targets"]) == 4
+    assert "| REST getClient | 1 |" in api.report(outcome)
+    api.write_json(outcome, tmp_path / "bench.json", "bench")
+
+
+async def test_fleet_benchmark_runs(tmp_path: Path) -> None:
+    outcome = await fleet.run(fleet.TINY, tmp_path, log=lambda _: None)
+    assert outcome["restart"]["reconnect_attempts"] >= fleet.TINY.big_share
+    assert outcome["listing"]["errors"] == 0
+    assert outcome["rss_mb"] > 0
+    assert "| all 6 connected" in fleet.report(outcome)
