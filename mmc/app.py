@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from mmc.api import audit as audit_api
 from mmc.api import auth as auth_api
 from mmc.api import brokers as brokers_api
 from mmc.api import connections as connections_api
@@ -25,6 +26,7 @@ from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_key
 from mmc.keys import (
+    audit_key,
     auth_key,
     connections_key,
     db_key,
@@ -34,9 +36,11 @@ from mmc.keys import (
     settings_key,
 )
 from mmc.metrics import Metrics
+from mmc.store.audit import AuditRepository
 from mmc.store.connections import ConnectionRepository
 from mmc.store.db import Database
 from mmc.store.projects import ProjectRepository
+from mmc.web.audit import audit_middleware
 from mmc.web.auth import auth_middleware
 from mmc.web.middlewares import error_middleware, observe_middleware
 from mmc.web.routing import add_routes
@@ -54,6 +58,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[metrics_key].watch_loop(asyncio.get_running_loop())
     task = asyncio.get_running_loop().create_task(
         app[metrics_key].measure_loop_lag(), name="mmc-loop-lag"
     )
@@ -80,6 +85,11 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             check_token_matches(box, token)
         app[db_key] = db
         app[secret_box_key] = box
+        app[audit_key] = AuditRepository(
+            db,
+            max_rows=settings.audit_max_rows,
+            retention_days=settings.audit_retention_days,
+        )
         yield
 
 
@@ -130,7 +140,7 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware, auth_middleware],
+        middlewares=[observe_middleware, audit_middleware, error_middleware, auth_middleware],
         client_max_size=settings.max_body_size,
     )
     app[settings_key] = settings
@@ -143,6 +153,7 @@ def create_app(settings: Settings) -> web.Application:
         auth_api.routes,
         users_api.routes,
         tokens_api.routes,
+        audit_api.routes,
         connections_api.routes,
         projects_api.routes,
         brokers_api.routes,

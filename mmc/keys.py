@@ -9,6 +9,7 @@ from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import SecretBox
 from mmc.metrics import Metrics
+from mmc.store.audit import AuditRepository
 from mmc.store.db import Database
 from mmc.store.projects import ProjectRepository
 
@@ -19,6 +20,11 @@ connections_key = web.AppKey("connections", ConnectionService)
 auth_key = web.AppKey("auth", AuthService)
 metrics_key = web.AppKey("metrics", Metrics)
 projects_key = web.AppKey("projects", ProjectRepository)
+audit_key = web.AppKey("audit", AuditRepository)
 
 request_id_key = web.RequestKey("request_id", str)
 identity_key = web.RequestKey("identity", Identity)
+# The error code of a non-2xx answer, for the audit trail.
+error_code_key = web.RequestKey("error_code", str)
+# Who tried to log in (POST /auth has no identity yet), for the audit trail.
+audit_user_key = web.RequestKey("audit_user", str)

@@ -96,6 +96,25 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO projects (id, name, description, created_at, updated_at)
     SELECT DISTINCT project_id, project_id, NULL, 0, 0 FROM connections
     """,
+    # The audit trail: one row per state-changing request (mmc.web.audit). Never bodies.
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        username TEXT,
+        auth_method TEXT,
+        client TEXT NOT NULL,
+        method TEXT NOT NULL,
+        route TEXT NOT NULL,
+        target TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        error_code TEXT,
+        duration_ms INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX audit_at ON audit (at)",
 )
 
 
