@@ -24,7 +24,7 @@ from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
 from mmc.connections import ConnectionService
-from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_key
+from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_keys
 from mmc.keys import (
     audit_key,
     auth_key,
@@ -73,16 +73,25 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, lambda: settings.data_dir.mkdir(parents=True, exist_ok=True))
     async with Database.open(settings.db_path) as db:
-        key = await loop.run_in_executor(
-            None, load_secret_key, settings.secret_key, settings.data_dir
+        keys = await loop.run_in_executor(
+            None, load_secret_keys, settings.secret_key, settings.data_dir
         )
-        box = SecretBox(key)
+        box = SecretBox(keys)
         # A wrong MMC_SECRET_KEY must stop start-up, not surface later as broken links.
         token = await db.get_meta("key_check")
         if token is None:
             await db.set_meta("key_check", box.encrypt(KEY_CHECK_PLAINTEXT))
         else:
             check_token_matches(box, token)
+            if not box.primary_opens(token):
+                # Started with "new,old" before `mmc secrets rotate`: from now on the store
+                # belongs to the new key (servers that only know the old one stop writing
+                # connections); rotate re-encrypts what the old key still holds.
+                await db.set_meta("key_check", box.rotate(token))
+                log.warning(
+                    "the store's secrets are under an older key of MMC_SECRET_KEY: "
+                    "run `mmc secrets rotate` to re-encrypt them under the first key"
+                )
         app[db_key] = db
         app[secret_box_key] = box
         app[audit_key] = AuditRepository(

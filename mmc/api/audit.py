@@ -31,7 +31,8 @@ _CURSOR_PREFIX = "audit:v1:"
 
 class AuditQuerySchema(Schema):
     user = fields.String(validate=validate.Length(min=1, max=256))
-    method = fields.String(validate=validate.OneOf(sorted(AUDITED_METHODS)))
+    # "CLI": changes made with the mmc command (users, secrets).
+    method = fields.String(validate=validate.OneOf([*sorted(AUDITED_METHODS), "CLI"]))
     route = fields.String(validate=validate.Length(min=1, max=1024))
     status = fields.Integer(validate=validate.Range(min=100, max=599), strict=False)
     outcome = fields.String(validate=validate.OneOf(["success", "denied", "failure"]))
