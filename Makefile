@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help run test lint fmt check-system clean soak
+.PHONY: help run test lint fmt check-system clean soak plugin plugin-memcheck
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,14 +23,18 @@ $(VENV)/.test-deps: setup.cfg | $(BIN)/python
 run: $(VENV)/.run-deps  ## start mmc on 127.0.0.1:8088 with its store in ./data
 	$(BIN)/mmc serve
 
-# The tests start real mosquitto brokers and a real nginx: install Debian's packages
-# when they are missing.
+# The tests start real mosquitto brokers and nginx, and build the client-control plugin:
+# install Debian's packages when they are missing.
 check-system:
 	@missing=""; \
 	{ command -v mosquitto && command -v mosquitto_ctrl \
 	  && [ -e /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so ]; } >/dev/null \
 	  || missing="$$missing mosquitto"; \
 	{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null || missing="$$missing nginx"; \
+	command -v $(CC) >/dev/null || missing="$$missing gcc"; \
+	[ -e /usr/include/mosquitto_broker.h ] || missing="$$missing mosquitto-dev"; \
+	[ -e /usr/include/mosquitto.h ] || missing="$$missing libmosquitto-dev"; \
+	[ -e /usr/include/cjson/cJSON.h ] || missing="$$missing libcjson-dev"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing from Debian's packages:$$missing"; \
@@ -41,7 +45,30 @@ check-system:
 	  fi; \
 	fi
 
-test: $(VENV)/.test-deps check-system  ## run the whole test suite against real brokers
+# The companion mosquitto plugin (plugin/README.md). Override CC or PLUGIN_CFLAGS as needed.
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+PLUGIN_CFLAGS ?= -O2 -g -Wall -Wextra -Wshadow -Wformat=2 -Werror
+PLUGIN_SO     := plugin/mmc_client_control.so
+
+plugin: $(PLUGIN_SO)  ## build the client-control mosquitto plugin
+
+$(PLUGIN_SO): plugin/mmc_client_control.c
+	$(CC) $(PLUGIN_CFLAGS) -fPIC -shared -o $@ $< -lcjson
+
+# Opt-in: the client-control tests with every broker under valgrind; fails on any
+# memory error or definite leak (logs in build/memcheck/).
+plugin-memcheck: $(VENV)/.test-deps check-system plugin
+	rm -rf build/memcheck && mkdir -p build/memcheck
+	MMC_TEST_MOSQUITTO_WRAPPER="valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99 --log-file=$(CURDIR)/build/memcheck/vg-%p.log" \
+	  $(BIN)/python -m pytest -p no:cacheprovider tests/test_client_control.py
+	@# Brokers a test SIGKILLs on purpose leave no summary; every other one must be clean.
+	@grep -H "ERROR SUMMARY" build/memcheck/vg-*.log
+	@grep -L "ERROR SUMMARY" build/memcheck/vg-*.log | sed 's/$$/: killed by its test, not checked/'
+	@! grep -h "ERROR SUMMARY" build/memcheck/vg-*.log | grep -v "ERROR SUMMARY: 0 errors"
+
+test: $(VENV)/.test-deps check-system plugin  ## run the whole test suite against real brokers
 	$(BIN)/python -m pytest
 
 # MINUTES=2 make soak for a shorter run; see bench/soak.py for what it measures.
@@ -58,4 +85,4 @@ fmt: $(VENV)/.test-deps
 	$(BIN)/ruff format mmc tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info plugin/*.so plugin/*.o

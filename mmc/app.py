@@ -13,7 +13,9 @@ from aiohttp import web
 from mmc.api import audit as audit_api
 from mmc.api import auth as auth_api
 from mmc.api import brokers as brokers_api
+from mmc.api import client_control as client_control_api
 from mmc.api import connections as connections_api
+from mmc.api import docs as docs_api
 from mmc.api import dynsec as dynsec_api
 from mmc.api import health as health_api
 from mmc.api import projects as projects_api
@@ -167,6 +169,9 @@ def create_app(settings: Settings) -> web.Application:
         projects_api.routes,
         brokers_api.routes,
         dynsec_api.routes,
+        client_control_api.routes,
+        docs_api.routes,
     ):
         add_routes(app, routes, settings.base_path)
+    docs_api.setup(app, settings.base_path)
     return app

@@ -19,6 +19,8 @@ secret_box_key = web.AppKey("secret_box", SecretBox)
 connections_key = web.AppKey("connections", ConnectionService)
 auth_key = web.AppKey("auth", AuthService)
 metrics_key = web.AppKey("metrics", Metrics)
+# The OpenAPI document as JSON text, built on first request (list: the app is frozen then).
+openapi_key = web.AppKey("openapi", list[str])
 projects_key = web.AppKey("projects", ProjectRepository)
 audit_key = web.AppKey("audit", AuditRepository)
 

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -64,6 +65,8 @@ DYNSEC_PLUGIN = os.environ.get(
     "MMC_TEST_DYNSEC_PLUGIN",
     "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
 )
+# Opt-in command prefix for every broker, e.g. valgrind (see `make plugin-memcheck`).
+MOSQUITTO_WRAPPER = shlex.split(os.environ.get("MMC_TEST_MOSQUITTO_WRAPPER", ""))
 
 
 def mosquitto_available() -> str | None:
@@ -392,6 +395,7 @@ class MosquittoBroker:
         admin_password: str | None = None,
         sys_interval: int = 1,
         extra_conf: str = "",
+        extra_plugins: list[Path] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.tls = tls
@@ -402,6 +406,8 @@ class MosquittoBroker:
         )
         self.sys_interval = sys_interval
         self.extra_conf = extra_conf
+        # Loaded after dynamic-security, each with a "plugin <path>" line.
+        self.extra_plugins = list(extra_plugins or [])
 
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
@@ -529,6 +535,8 @@ class MosquittoBroker:
                 f"plugin {DYNSEC_PLUGIN}",
                 f"plugin_opt_config_file {self.dynsec_path}",
             ]
+        for plugin in self.extra_plugins:
+            lines += ["", f"plugin {plugin}"]
         if self.extra_conf:
             lines += ["", self.extra_conf]
         return "\n".join(lines) + "\n"
@@ -551,7 +559,7 @@ class MosquittoBroker:
             self._prepare()
         with self.output_path.open("ab") as out:
             self._proc = subprocess.Popen(
-                [MOSQUITTO_BIN, "-c", str(self.conf_path)],
+                [*MOSQUITTO_WRAPPER, MOSQUITTO_BIN, "-c", str(self.conf_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

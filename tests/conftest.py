@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -43,6 +44,30 @@ def _require_mosquitto() -> None:
     reason = mosquitto_available()
     if reason is not None:
         pytest.fail(reason)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def client_control_plugin() -> Path:
+    """plugin/mmc_client_control.so, built by ``make plugin``; a failed build fails the tests."""
+    result = subprocess.run(
+        ["make", "--no-print-directory", "plugin"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    path = REPO_ROOT / "plugin" / "mmc_client_control.so"
+    if result.returncode != 0 or not path.is_file():
+        pytest.fail(
+            "`make plugin` could not build the client-control plugin (it needs gcc and "
+            "Debian's mosquitto-dev, libmosquitto-dev and libcjson-dev; `make check-system` "
+            f"installs them):\n{result.stdout}{result.stderr}"
+        )
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,7 @@ def test_mmc_config_names_the_file(tmp_path: Path) -> None:
         ("not toml at all [", {}, "not valid TOML"),
         ("", {"MMC_PORT": "70000"}, "out of range"),
         ("", {"MMC_MAX_CONNECTIONS": "many"}, "max_connections"),
+        ("[mmc]\nmax_connections = 2.5\n", {}, "max_connections"),
         ("", {"MMC_REQUEST_TIMEOUT": "0"}, "positive"),
         ("[mmc]\nprobe_timeout = 0\n", {}, "probe_timeout"),
         ("[mmc]\nsys_history_interval = -1\n", {}, "sys_history_interval"),

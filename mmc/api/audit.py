@@ -19,6 +19,8 @@ from marshmallow import Schema, fields, validate
 
 from mmc.errors import InvalidInput
 from mmc.keys import audit_key
+from mmc.openapi import doc
+from mmc.schemas.responses import AuditPageSchema
 from mmc.store.audit import AuditEntry, AuditQuery
 from mmc.web.audit import AUDITED_METHODS
 from mmc.web.body import load
@@ -90,6 +92,13 @@ def entry_wire(entry: AuditEntry) -> dict[str, Any]:
 
 
 @routes.get("/api/audit")
+@doc(
+    "The audit trail: every change, newest first (admin)",
+    query=_query_schema,
+    responses={200: AuditPageSchema()},
+    description="Filters combine with AND. Page with `limit` and the `nextCursor` of the "
+    "previous answer, sending the same filters again.",
+)
 async def audit(request: web.Request) -> web.Response:
     data = load(_query_schema, dict(request.query))
     limit: int = data["limit"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from mmc.keys import audit_user_key, auth_key, identity_key, settings_key
+from mmc.openapi import doc
+from mmc.schemas.responses import ProfileSchema, SuccessSchema, ValidSessionSchema
 from mmc.schemas.users import login_schema
 from mmc.web.auth import SESSION_COOKIE, identify
 from mmc.web.body import load, read_json
@@ -33,6 +35,13 @@ def _set_cookie(request: web.Request, response: web.Response, value: str) -> Non
 
 
 @routes.post("/auth")
+@doc(
+    "Log in: sets the session cookie",
+    body=login_schema,
+    body_content_types=("application/json", "application/x-www-form-urlencoded"),
+    responses={200: SuccessSchema()},
+    errors=(401, 429),
+)
 async def login(request: web.Request) -> web.Response:
     if request.content_type in FORM_TYPES:
         form = await request.post()
@@ -52,6 +61,7 @@ async def login(request: web.Request) -> web.Response:
     return response
 
 
+@doc("Log out: ends the session", responses={200: SuccessSchema()})
 async def _logout(request: web.Request) -> web.Response:
     session_id = request.cookies.get(SESSION_COOKIE)
     if session_id:
@@ -69,11 +79,13 @@ routes.post("/logout")(_logout)
 
 
 @routes.get("/validate-session")
+@doc("Whether the caller is logged in", responses={200: ValidSessionSchema()})
 async def validate_session(request: web.Request) -> web.Response:
     return web.json_response({"valid": await identify(request) is not None})
 
 
 @routes.get("/api/profile")
+@doc("The caller's own user", responses={200: ProfileSchema()})
 async def profile(request: web.Request) -> web.Response:
     identity = request[identity_key]
     out: dict[str, object] = {

@@ -26,6 +26,17 @@ from mmc.brokers.link import BrokerLink
 from mmc.brokers.sys_tree import snapshot
 from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
 from mmc.keys import connections_key, projects_key, settings_key
+from mmc.openapi import doc
+from mmc.schemas.responses import (
+    OBJECT,
+    BridgeSchema,
+    BridgeStatusSchema,
+    BrokerInfoSchema,
+    BrokerSchema,
+    LicenseSchema,
+    ListenerSchema,
+    ObjectSchema,
+)
 from mmc.store.db import now_ms
 from mmc.web.body import read_json
 
@@ -72,6 +83,7 @@ async def fetch_license(link: BrokerLink) -> dict[str, Any]:
 
 @routes.view(BASE)
 class BrokersView(web.View):
+    @doc("The project's brokers", responses={200: BrokerSchema(many=True)})
     async def get(self) -> web.Response:
         project_id = self.request.match_info["projectId"]
         await _require_project(self.request, project_id)
@@ -102,9 +114,11 @@ class _BrokerView(web.View):
 
 @routes.view(BASE + "/{brokerId}")
 class BrokerView(_BrokerView):
+    @doc("One broker", responses={200: BrokerSchema()})
     async def get(self) -> web.Response:
         return web.json_response(broker_wire(await self.link()))
 
+    @doc("Remove the broker (its connection)", responses={204: None})
     async def delete(self) -> web.Response:
         link = await self.link()
         # Through the service: the record goes and the link is closed.
@@ -114,6 +128,10 @@ class BrokerView(_BrokerView):
 
 @routes.view(BASE + "/{brokerId}/info")
 class BrokerInfoView(_BrokerView):
+    @doc(
+        "$SYS values and their history; tries to connect a broker that is down",
+        responses={200: BrokerInfoSchema()},
+    )
     async def get(self) -> web.Response:
         link = await self.link()
         settings = self.request.app[settings_key]
@@ -144,12 +162,14 @@ class BrokerInfoView(_BrokerView):
 
 @routes.view(BASE + "/{brokerId}/license")
 class BrokerLicenseView(_BrokerView):
+    @doc("The broker's license (Pro)", responses={200: LicenseSchema()})
     async def get(self) -> web.Response:
         return web.json_response(await fetch_license(await self.link()))
 
 
 @routes.view(BASE + "/{brokerId}/listeners")
 class BrokerListenersView(_BrokerView):
+    @doc("The broker's listeners (2.1, Pro)", responses={200: ListenerSchema(many=True)})
     async def get(self) -> web.Response:
         link = await self.link()
         await link.require_feature("brokerControl")
@@ -160,6 +180,10 @@ class BrokerListenersView(_BrokerView):
 
 @routes.view(BASE + "/{brokerId}/bridges")
 class BridgesView(_BrokerView):
+    @doc(
+        "Bridges from mosquitto.conf ($SYS) and bridge plugins",
+        responses={200: BridgeSchema(many=True)},
+    )
     async def get(self) -> web.Response:
         link = await self.link()
         capabilities = link.capabilities
@@ -217,6 +241,7 @@ class _BridgeView(_BrokerView):
 
 @routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/status")
 class BridgeStatusView(_BridgeView):
+    @doc("Whether a bridge is connected", responses={200: BridgeStatusSchema()})
     async def get(self) -> web.Response:
         link = await self.link()
         bridge = await self.bridge(link)
@@ -237,12 +262,14 @@ class BridgeStatusView(_BridgeView):
 
 @routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/config")
 class BridgeConfigView(_BridgeView):
+    @doc("A bridge plugin's configuration", responses={200: OBJECT})
     async def get(self) -> web.Response:
         link = await self.link()
         _, api = await self.plugin_api(link)
         response = await link.control.request(api, {"command": "getConfig"})
         return web.json_response(response.get("data", {}))
 
+    @doc("Change a bridge plugin's configuration", body=ObjectSchema(), responses={204: None})
     async def put(self) -> web.Response:
         link = await self.link()
         _, api = await self.plugin_api(link)

@@ -6,7 +6,9 @@ from aiohttp import web
 
 from mmc.connections import Outcome
 from mmc.keys import connections_key
+from mmc.openapi import doc
 from mmc.schemas.connections import connection_schema
+from mmc.schemas.responses import AcceptedSchema, ConnectionOutSchema
 from mmc.web.body import load, read_json, read_valid
 
 routes = web.RouteTableDef()
@@ -27,9 +29,19 @@ def _answer(outcome: Outcome) -> web.Response:
 
 @routes.view("/api/connections")
 class ConnectionsView(web.View):
+    @doc("All connections with their live status", responses={200: ConnectionOutSchema(many=True)})
     async def get(self) -> web.Response:
         return web.json_response(self.request.app[connections_key].listing())
 
+    @doc(
+        "Create a connection and try to connect",
+        description=(
+            "Connected: 200 with every connection. Stored but not connected: 202. "
+            "A POST for a connection whose attempt failed replaces its settings."
+        ),
+        body=connection_schema,
+        responses={200: ConnectionOutSchema(many=True), 202: AcceptedSchema()},
+    )
     async def post(self) -> web.Response:
         data = await read_valid(self.request, connection_schema)
         return _answer(await self.request.app[connections_key].create(data))
@@ -41,9 +53,15 @@ class ConnectionView(web.View):
     def connection_id(self) -> str:
         return self.request.match_info["connectionId"]
 
+    @doc("One connection", responses={200: ConnectionOutSchema()})
     async def get(self) -> web.Response:
         return web.json_response(self.request.app[connections_key].get(self.connection_id))
 
+    @doc(
+        "Change a connection and reconnect; omitted password and key are kept",
+        body=connection_schema,
+        responses={200: ConnectionOutSchema(many=True), 202: AcceptedSchema()},
+    )
     async def put(self) -> web.Response:
         body = await read_json(self.request)
         if isinstance(body, dict):
@@ -51,5 +69,6 @@ class ConnectionView(web.View):
         data = load(connection_schema, body)
         return _answer(await self.request.app[connections_key].update(self.connection_id, data))
 
+    @doc("Disconnect and delete", responses={200: ConnectionOutSchema(many=True)})
     async def delete(self) -> web.Response:
         return web.json_response(await self.request.app[connections_key].delete(self.connection_id))

@@ -32,7 +32,9 @@ from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
 from mmc.errors import BrokerUnavailable, MmcError, NotFound
 from mmc.keys import connections_key
+from mmc.openapi import doc
 from mmc.schemas import dynsec as schemas
+from mmc.schemas.responses import OBJECT
 from mmc.web.body import load, read_json, read_valid
 
 log = logging.getLogger(__name__)
@@ -191,13 +193,24 @@ CLIENT_ACTIONS: dict[str, tuple[Schema | None, Change]] = {
 
 
 def _change_handler(
-    kind: Kind, schema: Schema | None, change: Change, *, or_query: bool = False
+    kind: Kind,
+    schema: Schema | None,
+    change: Change,
+    summary: str,
+    *,
+    or_query: bool = False,
 ) -> Handler:
     """Validate, apply ``change`` to the named resource, answer the resource afterwards.
 
     ``or_query``: without a body, the fields may come in the query string (DELETE).
     """
 
+    @doc(
+        summary,
+        body=None if or_query else schema,
+        query=schema if or_query else None,
+        responses={200: OBJECT},
+    )
     async def handler(request: web.Request) -> web.Response:
         link = broker_link(request)
         name = request.match_info["name"]
@@ -217,13 +230,17 @@ def _add_kind_routes(kind: Kind) -> None:
     collection = f"{BASE}/{kind.plural}"
     item = f"{collection}/{{name}}"
 
+    one = kind.key.removesuffix("name")
+
     @routes.get(collection)
+    @doc(f"List {kind.plural}", query=schemas.list_query_schema, responses={200: OBJECT})
     async def list_(request: web.Request) -> web.Response:
         link = broker_link(request)
         query = load(schemas.list_query_schema, dict(request.query))
         return _json(await kind.list(await Dynsec.of(link), **query))
 
     @routes.post(collection)
+    @doc(f"Create a {one}", body=kind.create_schema, responses={201: OBJECT}, errors=(409,))
     async def create(request: web.Request) -> web.Response:
         link = broker_link(request)
         data = await read_valid(request, kind.create_schema)
@@ -232,11 +249,13 @@ def _add_kind_routes(kind: Kind) -> None:
         return _json(await kind.get(ds, data[kind.key]), status=201)
 
     @routes.get(item)
+    @doc(f"One {one}", responses={200: OBJECT})
     async def get(request: web.Request) -> web.Response:
         link = broker_link(request)
         return _json(await kind.get(await Dynsec.of(link), request.match_info["name"]))
 
     @routes.delete(item)
+    @doc(f"Delete a {one}", responses={204: None})
     async def delete(request: web.Request) -> web.Response:
         link = broker_link(request)
         await kind.delete(await Dynsec.of(link), request.match_info["name"])
@@ -245,32 +264,45 @@ def _add_kind_routes(kind: Kind) -> None:
     async def modify(ds: Dynsec, name: str, data: dict[str, Any]) -> None:
         await kind.modify(ds, name, **data)
 
-    routes.patch(item)(_change_handler(kind, kind.modify_schema, modify))
+    routes.patch(item)(_change_handler(kind, kind.modify_schema, modify, f"Change a {one}"))
     for members in MEMBERS:
         if members.owner is kind:
             path = f"{item}/{members.segment}"
-            routes.post(path)(_change_handler(kind, members.add_schema, members.add))
+            what = f"{members.segment} of a {one}"
+            routes.post(path)(
+                _change_handler(kind, members.add_schema, members.add, f"Add to the {what}")
+            )
             routes.delete(path)(
-                _change_handler(kind, members.remove_schema, members.remove, or_query=True)
+                _change_handler(
+                    kind,
+                    members.remove_schema,
+                    members.remove,
+                    f"Remove from the {what}",
+                    or_query=True,
+                )
             )
 
 
 for _kind in (CLIENTS, GROUPS, ROLES):
     _add_kind_routes(_kind)
 for _action, (_schema, _change) in CLIENT_ACTIONS.items():
-    routes.put(f"{BASE}/clients/{{name}}/{_action}")(_change_handler(CLIENTS, _schema, _change))
+    routes.put(f"{BASE}/clients/{{name}}/{_action}")(
+        _change_handler(CLIENTS, _schema, _change, f"Client: {_action}")
+    )
 
 
 # ------------------------------------------------------------ broker-wide settings
 
 
 @routes.get(f"{BASE}/default-acl")
+@doc("Default ACL access", responses={200: OBJECT})
 async def get_default_acl(request: web.Request) -> web.Response:
     ds = await Dynsec.of(broker_link(request))
     return _json({"acls": await ds.get_default_acl_access()})
 
 
 @routes.put(f"{BASE}/default-acl")
+@doc("Set default ACL access", body=schemas.DefaultAclAccessSchema(), responses={200: OBJECT})
 async def put_default_acl(request: web.Request) -> web.Response:
     link = broker_link(request)
     data = await read_valid(request, schemas.DefaultAclAccessSchema())
@@ -280,12 +312,14 @@ async def put_default_acl(request: web.Request) -> web.Response:
 
 
 @routes.get(f"{BASE}/anonymous-group")
+@doc("The anonymous group", responses={200: OBJECT})
 async def get_anonymous_group(request: web.Request) -> web.Response:
     ds = await Dynsec.of(broker_link(request))
     return _json({"groupname": await ds.get_anonymous_group()})
 
 
 @routes.put(f"{BASE}/anonymous-group")
+@doc("Set the anonymous group", body=schemas.AnonymousGroupSchema(), responses={200: OBJECT})
 async def put_anonymous_group(request: web.Request) -> web.Response:
     link = broker_link(request)
     data = await read_valid(request, schemas.AnonymousGroupSchema())
@@ -298,12 +332,19 @@ async def put_anonymous_group(request: web.Request) -> web.Response:
 
 
 @routes.get(f"{BASE}/export")
+@doc("The broker's whole dynamic-security state (no passwords)", responses={200: OBJECT})
 async def export(request: web.Request) -> web.Response:
     ds = await Dynsec.of(broker_link(request))
     return _json(await ds.export())
 
 
 @routes.post(f"{BASE}/import")
+@doc(
+    "Make the broker match a document (idempotent); ?dryRun=true only reports",
+    body=schemas.document_schema,
+    query=_dry_run_schema,
+    responses={200: OBJECT},
+)
 async def import_(request: web.Request) -> web.Response:
     link = broker_link(request)
     dry_run = load(_dry_run_schema, dict(request.query))["dryRun"]
@@ -332,6 +373,12 @@ async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 @routes.post("/api/dynamic-security/{brokerId}/command")
+@doc(
+    "Send one plugin command (the MMC's endpoint)",
+    body=schemas.CommandSchema(),
+    responses={200: OBJECT},
+    errors=(409,),
+)
 async def command(request: web.Request) -> web.Response:
     """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
     link = broker_link(request)
@@ -343,6 +390,11 @@ async def command(request: web.Request) -> web.Response:
 
 
 @routes.post(f"{BROKER}/dynamic-security")
+@doc(
+    "Send the plugin's own envelope {commands}",
+    body=schemas.CommandsSchema(),
+    responses={200: OBJECT},
+)
 async def commands(request: web.Request) -> web.Response:
     """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
     link = broker_link(request)
@@ -376,6 +428,11 @@ async def _apply_one(link: BrokerLink, body: Mapping[str, Any]) -> dict[str, Any
 
 
 @routes.post("/api/projects/{projectId}/dynsec/apply")
+@doc(
+    "Run commands or an import on every broker of the project (one entry per broker)",
+    body=schemas.ApplySchema(),
+    responses={207: OBJECT},
+)
 async def apply(request: web.Request) -> web.Response:
     """Run the same commands, or the same import, on every broker of the project (207)."""
     project_id = request.match_info["projectId"]

@@ -10,6 +10,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mmc.keys import db_key, metrics_key
+from mmc.openapi import doc
+from mmc.schemas.responses import HealthSchema, ReadySchema
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +19,17 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
+@doc("Liveness: the process and its event loop answer", responses={200: HealthSchema()})
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process and its event loop answer. Never depends on brokers."""
     return web.json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
+@doc(
+    "Readiness: start-up finished and the store answers",
+    responses={200: ReadySchema(), 503: ReadySchema()},
+)
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: start-up finished and the store answers a query."""
     reasons: list[str] = []
@@ -41,6 +48,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
+@doc("Prometheus metrics", responses={200: ("text/plain", "Prometheus text format")})
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format. Open like the probes: scrapers do not log in."""
     body = generate_latest(request.app[metrics_key].registry)
@@ -51,5 +59,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/status-check")
+@doc("The MMC's status check", responses={200: HealthSchema()})
 async def status_check(request: web.Request) -> web.Response:
     return web.json_response({"status": "healthy"})

@@ -9,7 +9,9 @@ from aiohttp import web
 
 from mmc.errors import Conflict, InvalidInput, NotFound
 from mmc.keys import connections_key, projects_key
+from mmc.openapi import doc
 from mmc.schemas.projects import project_schema
+from mmc.schemas.responses import ProjectOutSchema
 from mmc.store.projects import DEFAULT_PROJECT_ID, Deletion, ProjectRecord
 from mmc.web.body import read_valid
 
@@ -29,10 +31,17 @@ def not_found(project_id: str) -> NotFound:
 
 @routes.view("/api/projects")
 class ProjectsView(web.View):
+    @doc("List projects", responses={200: ProjectOutSchema(many=True)})
     async def get(self) -> web.Response:
         projects = await self.request.app[projects_key].list()
         return web.json_response([to_wire(p) for p in projects])
 
+    @doc(
+        "Create a project (an id is made up when none is given)",
+        body=project_schema,
+        responses={201: ProjectOutSchema()},
+        errors=(409,),
+    )
     async def post(self) -> web.Response:
         data = await read_valid(self.request, project_schema)
         record = ProjectRecord(
@@ -50,12 +59,18 @@ class ProjectView(web.View):
     def project_id(self) -> str:
         return self.request.match_info["projectId"]
 
+    @doc("One project", responses={200: ProjectOutSchema()})
     async def get(self) -> web.Response:
         project = await self.request.app[projects_key].get(self.project_id)
         if project is None:
             raise not_found(self.project_id)
         return web.json_response(to_wire(project))
 
+    @doc(
+        "Change a project's name and description",
+        body=project_schema,
+        responses={200: ProjectOutSchema()},
+    )
     async def put(self) -> web.Response:
         data = await read_valid(self.request, project_schema)
         if data.get("id", self.project_id) != self.project_id:
@@ -69,6 +84,7 @@ class ProjectView(web.View):
             raise not_found(self.project_id)
         return web.json_response(to_wire(updated))
 
+    @doc("Delete a project that has no brokers", responses={204: None}, errors=(409,))
     async def delete(self) -> web.Response:
         if self.project_id == DEFAULT_PROJECT_ID:
             raise Conflict("The default project cannot be deleted")

@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from mmc.keys import auth_key, identity_key
+from mmc.openapi import doc
+from mmc.schemas.responses import TokenCreatedSchema, TokenSchema
 from mmc.schemas.users import token_create_schema
 from mmc.store.db import now_ms
 from mmc.store.tokens import TokenRecord
@@ -36,10 +38,16 @@ def token_wire(record: TokenRecord) -> dict[str, Any]:
 
 @routes.view("/api/tokens")
 class TokensView(web.View):
+    @doc("List application tokens (never their secret)", responses={200: TokenSchema(many=True)})
     async def get(self) -> web.Response:
         tokens = await self.request.app[auth_key].list_tokens()
         return web.json_response([token_wire(t) for t in tokens])
 
+    @doc(
+        "Create an application token; the token is in this answer only",
+        body=token_create_schema,
+        responses={201: TokenCreatedSchema()},
+    )
     async def post(self) -> web.Response:
         data = await read_valid(self.request, token_create_schema)
         until = data.get("valid_until")
@@ -54,6 +62,7 @@ class TokensView(web.View):
 
 @routes.view("/api/tokens/{tokenId}")
 class TokenView(web.View):
+    @doc("Revoke a token", responses={204: None})
     async def delete(self) -> web.Response:
         await self.request.app[auth_key].revoke_token(self.request.match_info["tokenId"])
         return web.Response(status=204)

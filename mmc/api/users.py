@@ -9,6 +9,8 @@ from aiohttp import web
 from mmc.auth.permissions import Role
 from mmc.errors import InvalidInput, NotFound
 from mmc.keys import auth_key
+from mmc.openapi import doc
+from mmc.schemas.responses import STRING_LIST, UserSchema
 from mmc.schemas.users import user_create_schema, user_update_schema
 from mmc.store.users import UserRecord
 from mmc.web.body import read_valid
@@ -22,10 +24,12 @@ def user_wire(user: UserRecord) -> dict[str, Any]:
 
 @routes.view("/api/user-management/users")
 class UsersView(web.View):
+    @doc("List users", responses={200: UserSchema(many=True)})
     async def get(self) -> web.Response:
         users = await self.request.app[auth_key].users.list()
         return web.json_response([user_wire(u) for u in users])
 
+    @doc("Create a user", body=user_create_schema, responses={201: UserSchema()}, errors=(409,))
     async def post(self) -> web.Response:
         data = await read_valid(self.request, user_create_schema)
         user = await self.request.app[auth_key].create_user(
@@ -40,12 +44,19 @@ class UserView(web.View):
     def username(self) -> str:
         return self.request.match_info["username"]
 
+    @doc("One user", responses={200: UserSchema()})
     async def get(self) -> web.Response:
         user = await self.request.app[auth_key].users.get(self.username)
         if user is None:
             raise NotFound(f"User {self.username} not found")
         return web.json_response(user_wire(user))
 
+    @doc(
+        "Change a user's password or roles (a new password ends their sessions)",
+        body=user_update_schema,
+        responses={200: UserSchema()},
+        errors=(409,),
+    )
     async def put(self) -> web.Response:
         data = await read_valid(self.request, user_update_schema)
         if data.get("username", self.username) != self.username:
@@ -60,11 +71,13 @@ class UserView(web.View):
         )
         return web.json_response(user_wire(user))
 
+    @doc("Delete a user (never the last admin)", responses={204: None}, errors=(409,))
     async def delete(self) -> web.Response:
         await self.request.app[auth_key].delete_user(self.username)
         return web.Response(status=204)
 
 
 @routes.get("/api/user-management/roles")
+@doc("The roles a user can have", responses={200: STRING_LIST})
 async def roles(request: web.Request) -> web.Response:
     return web.json_response([role.value for role in Role])

@@ -57,6 +57,10 @@ _C, _X, _A = Permission.CONNECTIONS, Permission.CONTROL, Permission.ADMIN
 # Route template -> method -> permission. HEAD is checked as GET.
 ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
     "/api/profile": {"GET": _S},
+    # The API's documentation: for anybody logged in.
+    "/api/docs": {"GET": _S},
+    "/api/docs/openapi.json": {"GET": _S},
+    "/api/docs/static": {"GET": _S},
     "/api/connections": {"GET": _R, "POST": _C},
     "/api/connections/{connectionId}": {"GET": _R, "PUT": _C, "DELETE": _C},
     "/api/user-management/users": {"GET": _A, "POST": _A},
@@ -80,6 +84,9 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
         "GET": _R,
         "PUT": _X,
     },
+    "/api/projects/{projectId}/brokers/{brokerId}/client-control/disconnect": {"PUT": _X},
+    "/api/projects/{projectId}/brokers/{brokerId}/client-control/subscribe": {"PUT": _X},
+    "/api/projects/{projectId}/brokers/{brokerId}/client-control/unsubscribe": {"PUT": _X},
 }
 
 

@@ -39,6 +39,13 @@ class MqttClient(aiomqtt.Client):
         self.paho_log = _PahoLog()
         super().__init__(*args, logger=self.paho_log, **kwargs)
 
+    def forget_disconnect_error(self) -> None:
+        """The link has recorded why it dropped; mark aiomqtt's disconnect future as seen
+        so asyncio does not report "Future exception was never retrieved"."""
+        done = self._disconnected
+        if done.done() and not done.cancelled():
+            done.exception()
+
     def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
         if not self._connected.done():
             self._connected.set_exception(ConnectionLost(self.paho_log.last_error))

@@ -315,6 +315,7 @@ class BrokerLink:
                 self._set_status(False, describe_error(exc, self.endpoint.host, self.endpoint.port))
             finally:
                 self.control.detach()
+                client.forget_disconnect_error()
             self._settle_first_attempt()
             if self._stop.is_set():
                 break

@@ -1,0 +1,61 @@
+"""Client control: ``$CONTROL/cedalo/client-control/v1``.
+
+Pro Mosquitto answers it with Cedalo's client-control plugin; open-source mosquitto
+2.0+ with mmc's companion plugin (``plugin/``). Both take the same commands
+(``disconnectClient``, ``subscribeClient``, ``unsubscribeClient``) in the envelope of
+the dynamic-security API, so this wrapper does not care which one is there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mmc.brokers.link import BrokerLink
+from mmc.errors import ControlError, ControlNotFound, MmcError, NotFound
+
+API = "cedalo/client-control"
+NOT_ENABLED = "client-control plugin not enabled on this broker"
+
+
+async def disconnect(link: BrokerLink, clientid: str) -> None:
+    await _command(link, {"command": "disconnectClient", "clientid": clientid})
+
+
+async def subscribe(
+    link: BrokerLink,
+    clientid: str,
+    topic: str,
+    qos: int,
+    options: Mapping[str, Any] | None = None,
+) -> None:
+    command: dict[str, Any] = {
+        "command": "subscribeClient",
+        "clientid": clientid,
+        "topic": topic,
+        "qos": qos,
+    }
+    if options:
+        command["options"] = dict(options)
+    await _command(link, command)
+
+
+async def unsubscribe(link: BrokerLink, clientid: str, topic: str) -> None:
+    await _command(link, {"command": "unsubscribeClient", "clientid": clientid, "topic": topic})
+
+
+async def _command(link: BrokerLink, command: Mapping[str, Any]) -> dict[str, Any]:
+    # Whether the broker has the plugin is the link's capability detection: a 404
+    # within the probe time, never a request timeout.
+    await link.require_feature("clientControl")
+    try:
+        return await link.control.request(API, command)
+    except ControlNotFound as exc:
+        if not exc.command:  # the endpoint itself went away (2.1's answer)
+            raise NotFound(NOT_ENABLED) from None
+        raise
+    except ControlError as exc:
+        # The plugin's own failures (out of memory and the like) are not the caller's.
+        if exc.message.lower().startswith("internal error"):
+            raise MmcError(exc.message) from None
+        raise

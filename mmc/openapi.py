@@ -1,0 +1,225 @@
+"""The OpenAPI document, generated from the routes and their marshmallow schemas.
+
+Handlers carry their description with ``@doc(...)``; ``build_spec`` walks the router,
+so a route without one is reported (a test requires every route to be documented).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema
+
+from mmc import __version__
+from mmc.auth.permissions import PUBLIC_ROUTES
+from mmc.schemas.responses import ErrorSchema
+
+F = TypeVar("F", bound=Callable[..., Any])
+# A marshmallow schema or a JSON schema dict (JSON answer), (media type, description) for a
+# text answer, or None (no body).
+ResponseSpec = Schema | Mapping[str, Any] | tuple[str, str] | None
+_ATTR = "__mmc_openapi__"
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Invalid input (INVALID)",
+    401: "Not logged in (UNAUTHORIZED)",
+    403: "Not allowed (NOT_ALLOWED)",
+    404: "Not found (NOT_FOUND)",
+    405: "Method not allowed (METHOD_NOT_ALLOWED)",
+    409: "Conflict (CONFLICT)",
+    413: "Body too large (PAYLOAD_TOO_LARGE)",
+    429: "Too many attempts (TOO_MANY_REQUESTS)",
+    500: "Internal error (INTERNAL_ERROR)",
+    503: "Broker not connected, or store not writable (BROKER_UNAVAILABLE, STORE_UNAVAILABLE)",
+    504: "Broker did not answer in time (TIMEOUT)",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    responses: Mapping[int, ResponseSpec]
+    body: Schema | None = None
+    query: Schema | None = None
+    errors: tuple[int, ...] = ()
+    description: str | None = None
+    body_content_types: tuple[str, ...] = ("application/json",)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def doc(
+    summary: str,
+    *,
+    responses: Mapping[int, ResponseSpec] | None = None,
+    body: Schema | None = None,
+    query: Schema | None = None,
+    errors: tuple[int, ...] = (),
+    description: str | None = None,
+    body_content_types: tuple[str, ...] = ("application/json",),
+) -> Callable[[F], F]:
+    """Describe a handler (or a web.View method) for the OpenAPI document.
+
+    ``responses`` maps a status to a ResponseSpec;
+    the error responses every route can give are added by ``build_spec``.
+    """
+    operation = Operation(
+        summary=summary,
+        responses=responses if responses is not None else {200: None},
+        body=body,
+        query=query,
+        errors=errors,
+        description=description,
+        body_content_types=body_content_types,
+    )
+
+    def decorate(fn: F) -> F:
+        setattr(fn, _ATTR, operation)
+        return fn
+
+    return decorate
+
+
+def _handlers(route: web.AbstractRoute) -> Iterator[tuple[str, Any]]:
+    handler = route.handler
+    if route.method == "*" and isinstance(handler, type) and issubclass(handler, web.View):
+        for method in METHODS:
+            fn = getattr(handler, method.lower(), None)
+            if fn is not None:
+                yield method, fn
+    elif route.method in METHODS:
+        yield route.method, handler
+
+
+def _tag(template: str) -> str:
+    if "/dynsec" in template or "dynamic-security" in template:
+        return "dynamic security"
+    if "/client-control" in template:
+        return "client control"
+    if "/brokers" in template:
+        return "brokers"
+    for prefix, tag in (
+        ("/api/connections", "connections"),
+        ("/api/projects", "projects"),
+        ("/api/user-management", "users"),
+        ("/api/tokens", "tokens"),
+        ("/api/audit", "audit"),
+        ("/api/docs", "docs"),
+    ):
+        if template.startswith(prefix):
+            return tag
+    return "service"
+
+
+def _response(status: int, spec: ResponseSpec) -> dict[str, Any]:
+    if spec is None:
+        return {"description": "No content" if status == 204 else "Success"}
+    if isinstance(spec, tuple):
+        media, description = spec
+        return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+    return {"description": "Success", "content": {"application/json": {"schema": spec}}}
+
+
+def _operation(template: str, method: str, op: Operation) -> dict[str, Any]:
+    params = _PARAM.findall(template)
+    public = template in PUBLIC_ROUTES
+    parameters: list[dict[str, Any]] = [
+        {"in": "path", "name": name, "required": True, "schema": {"type": "string"}}
+        for name in params
+    ]
+    if op.query is not None:
+        parameters.append({"in": "query", "schema": op.query})
+    responses = {str(status): _response(status, spec) for status, spec in op.responses.items()}
+    errors = set(op.errors) | {500}
+    if op.body is not None or op.query is not None or params:
+        errors.add(400)
+    if op.body is not None:
+        errors.add(413)
+    if not public:
+        errors |= {401, 403, 405}
+    if params:
+        errors.add(404)
+    if "{brokerId}" in template:
+        errors |= {503, 504}
+    if method.upper() != "GET":
+        errors.add(503)  # any write may meet a full or read-only store (STORE_UNAVAILABLE)
+    for status in sorted(errors):
+        responses.setdefault(
+            str(status),
+            {
+                "description": ERROR_DESCRIPTIONS[status],
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+        )
+    out: dict[str, Any] = {
+        "summary": op.summary,
+        "operationId": re.sub(r"[^A-Za-z0-9]+", "_", f"{method.lower()}{template}").strip("_"),
+        "tags": [_tag(template)],
+        "parameters": parameters,
+        "responses": responses,
+        "security": [] if public else [{"bearer": []}, {"session": []}],
+    }
+    if op.description:
+        out["description"] = op.description
+    if op.body is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {ct: {"schema": op.body} for ct in op.body_content_types},
+        }
+    return out
+
+
+def _inline(schema: Schema) -> None:
+    """Nested schemas stay inline: names never collide, nothing is shared by accident."""
+    return
+
+
+def build_spec(app: web.Application, base_path: str = "") -> tuple[dict[str, Any], list[str]]:
+    """The document, and the ``METHOD /path`` of every handler that has no ``@doc``."""
+    spec = APISpec(
+        title="mmc",
+        version=__version__,
+        openapi_version="3.0.3",
+        # apispec documents None (inline) as a valid resolver answer; its stub says str.
+        plugins=[MarshmallowPlugin(schema_name_resolver=_inline)],  # type: ignore[arg-type]
+        info={
+            "description": (
+                "Manage fleets of Eclipse Mosquitto brokers over HTTP: the Cedalo Management "
+                "Center / Platform REST API. Every error is {code, message, status, info?}."
+            )
+        },
+        servers=[{"url": base_path or "/"}],
+    )
+    spec.components.schema("Error", schema=ErrorSchema)
+    spec.components.security_scheme(
+        "bearer", {"type": "http", "scheme": "bearer", "description": "POST /api/tokens"}
+    )
+    spec.components.security_scheme(
+        "session",
+        {"type": "apiKey", "in": "cookie", "name": "mmc_session", "description": "POST /auth"},
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    missing: list[str] = []
+    for route in app.router.routes():
+        resource = route.resource
+        if resource is None or isinstance(resource, web.StaticResource):
+            continue
+        template = resource.canonical
+        if base_path and template.startswith(base_path):
+            template = template[len(base_path) :]
+        for method, fn in _handlers(route):
+            op = getattr(fn, _ATTR, None)
+            if not isinstance(op, Operation):
+                missing.append(f"{method} {template}")
+                continue
+            paths.setdefault(template, {})[method.lower()] = _operation(template, method, op)
+    for template in sorted(paths):
+        spec.path(path=template, operations=paths[template])
+    return spec.to_dict(), missing

@@ -1,0 +1,227 @@
+"""What the API answers, for the OpenAPI document (handlers build these dicts directly)."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+
+class ErrorSchema(Schema):
+    code = fields.String(required=True, metadata={"example": "NOT_FOUND"})
+    message = fields.String(required=True)
+    status = fields.Integer(required=True)
+    info = fields.Raw(metadata={"description": "Details, e.g. marshmallow's messages per field"})
+
+
+class AcceptedSchema(Schema):
+    code = fields.String(required=True, metadata={"example": "ACCEPTED"})
+    message = fields.String(required=True)
+
+
+class SuccessSchema(Schema):
+    code = fields.String(required=True, metadata={"example": "SUCCESS"})
+    message = fields.String(required=True)
+
+
+class LinkErrorSchema(Schema):
+    code = fields.String(required=True, metadata={"example": "ECONNREFUSED"})
+    errno = fields.Integer()
+    syscall = fields.String()
+    address = fields.String()
+    port = fields.Integer()
+    message = fields.String(required=True)
+
+
+class StatusSchema(Schema):
+    connected = fields.Boolean(required=True)
+    timestamp = fields.Integer(required=True, metadata={"description": "ms of the last change"})
+    error = fields.Nested(LinkErrorSchema)
+
+
+class CertificateOutSchema(Schema):
+    data = fields.String(required=True)
+    encoding = fields.String(required=True)
+    subject = fields.String()
+    not_after = fields.String(data_key="notAfter")
+    fingerprint_sha256 = fields.String(data_key="fingerprintSha256")
+
+
+class KeyOutSchema(Schema):
+    encoding = fields.String(required=True)
+
+
+class CredentialsOutSchema(Schema):
+    username = fields.String()
+    client_id = fields.String(data_key="clientId")
+
+
+class ConnectionOutSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    url = fields.String(required=True)
+    project_id = fields.String(data_key="projectId", required=True)
+    credentials = fields.Nested(CredentialsOutSchema)
+    ca = fields.Nested(CertificateOutSchema)
+    cert = fields.Nested(CertificateOutSchema)
+    key = fields.Nested(KeyOutSchema)
+    reject_unauthorized = fields.Boolean(data_key="rejectUnauthorized", required=True)
+    status = fields.Nested(StatusSchema, required=True)
+
+
+class ProjectOutSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    description = fields.String()
+
+
+class BrokerSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    url = fields.String(required=True)
+    project_id = fields.String(required=True)
+    is_connected = fields.Boolean(data_key="isConnected", required=True)
+    status = fields.Nested(StatusSchema, required=True)
+    features = fields.List(fields.String(), allow_none=True, required=True)
+
+
+class SysTopicsSchema(Schema):
+    topics = fields.Dict(required=True)
+    date = fields.Integer(allow_none=True)
+
+
+class BrokerInfoSchema(Schema):
+    id = fields.String(required=True)
+    url = fields.String(required=True)
+    name = fields.String(required=True)
+    project_id = fields.String(required=True)
+    sys_topics = fields.Nested(SysTopicsSchema, data_key="sysTopics", required=True)
+    sys_topics_history = fields.List(
+        fields.Nested(SysTopicsSchema), data_key="sysTopicsHistory", required=True
+    )
+    is_connected = fields.Boolean(data_key="isConnected", required=True)
+    status = fields.Nested(StatusSchema)
+    license_info = fields.Dict(data_key="licenseInfo")
+
+
+class LicenseSchema(Schema):
+    plan = fields.String()
+    edition = fields.String()
+    issued_by = fields.String(data_key="issuedBy")
+    issued_to = fields.String(data_key="issuedTo")
+    valid_since = fields.Float(data_key="validSince", allow_none=True)
+    valid_until = fields.Float(data_key="validUntil", allow_none=True)
+    features = fields.List(fields.String())
+
+
+class ListenerSchema(Schema):
+    id = fields.Raw()
+    port = fields.Integer(allow_none=True)
+    bind_address = fields.String(data_key="bindAddress", allow_none=True)
+    tls = fields.Boolean()
+    protocol = fields.String()
+    require_certificate = fields.Boolean(data_key="requireCertificate", allow_none=True)
+    certs = fields.List(fields.Raw())
+    socket_path = fields.String(data_key="socketPath")
+
+
+class BridgeSchema(Schema):
+    id = fields.String(required=True)
+    is_active = fields.Boolean(data_key="isActive", required=True)
+    name = fields.String()
+    source = fields.String()
+
+
+class BridgeStatusSchema(Schema):
+    id = fields.String(required=True)
+    connected = fields.Boolean(required=True)
+    since = fields.Integer()
+
+
+class UserSchema(Schema):
+    username = fields.String(required=True)
+    roles = fields.List(fields.String(), required=True)
+
+
+class TokenSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    role = fields.String(required=True)
+    created_by = fields.String(data_key="createdBy", required=True)
+    created_at = fields.String(data_key="createdAt", required=True)
+    valid_until = fields.String(data_key="validUntil", allow_none=True, required=True)
+    expired = fields.Boolean(required=True)
+
+
+class TokenCreatedSchema(TokenSchema):
+    token = fields.String(required=True, metadata={"description": "Shown once"})
+
+
+class TokenRefSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+
+
+class ProfileSchema(Schema):
+    username = fields.String(required=True)
+    roles = fields.List(fields.String(), required=True)
+    authenticated_by = fields.String(data_key="authenticatedBy", required=True)
+    token = fields.Nested(TokenRefSchema)
+
+
+class AuditEntrySchema(Schema):
+    id = fields.Integer(required=True)
+    at = fields.String(required=True, metadata={"description": "ISO 8601, UTC"})
+    request_id = fields.String(data_key="requestId", required=True)
+    user = fields.String(allow_none=True, required=True)
+    auth_method = fields.String(
+        data_key="authMethod",
+        allow_none=True,
+        required=True,
+        metadata={"description": "session, token, password (a login), cli"},
+    )
+    client = fields.String(required=True)
+    method = fields.String(required=True)
+    route = fields.String(required=True, metadata={"description": "The route template"})
+    target = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        required=True,
+        metadata={"description": "The path parameters"},
+    )
+    status = fields.Integer(required=True)
+    outcome = fields.String(required=True, metadata={"enum": ["success", "denied", "failure"]})
+    error_code = fields.String(data_key="errorCode")
+    duration_ms = fields.Integer(data_key="durationMs", required=True)
+
+
+class AuditPageSchema(Schema):
+    entries = fields.List(fields.Nested(AuditEntrySchema), required=True)
+    next_cursor = fields.String(
+        data_key="nextCursor",
+        allow_none=True,
+        required=True,
+        metadata={"description": "Pass as cursor (with the same filters) for the next page"},
+    )
+
+
+class ValidSessionSchema(Schema):
+    valid = fields.Boolean(required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadySchema(Schema):
+    status = fields.String(required=True)
+    reasons = fields.List(fields.String(), required=True)
+
+
+class ObjectSchema(Schema):
+    """A JSON object as the broker's plugin returns it."""
+
+    class Meta:
+        unknown = "include"
+
+
+STRING_LIST: dict[str, object] = {"type": "array", "items": {"type": "string"}}
+OBJECT: dict[str, object] = {"type": "object"}

@@ -1,0 +1,702 @@
+/*
+ * mmc_client_control: the Cedalo client-control API on open-source mosquitto.
+ *
+ * Registers $CONTROL/cedalo/client-control/v1 and answers on .../response with
+ * the envelope of the dynamic-security plugin:
+ *
+ *   {"commands":[{"command":"disconnectClient","clientid":"c1","correlationData":"x"}]}
+ *   {"responses":[{"command":"disconnectClient","data":{},"correlationData":"x"}]}
+ *
+ * Commands: disconnectClient, subscribeClient, unsubscribeClient.
+ * Who may call them is decided by the broker's ACLs: write access to the topic.
+ *
+ * Subscriptions made for a client:
+ *   - mosquitto 2.1 and later (detected at build time): real broker subscriptions
+ *     through mosquitto_subscription_add/delete; the broker does the rest.
+ *   - mosquitto 2.0: the plugin keeps them itself, per client id, and for every
+ *     message a client publishes (MOSQ_EVT_MESSAGE) that matches one, delivers a
+ *     copy to that client with mosquitto_broker_publish_copy(clientid, ...).
+ *     They end when the client disconnects (MOSQ_EVT_DISCONNECT).
+ *     See plugin/README.md for what 2.0 can and cannot do (send_retain, retain
+ *     flag, read ACLs, MQTT v5 properties, persistent sessions).
+ *
+ * Plugin options (mosquitto.conf):
+ *   plugin_opt_max_subscriptions N   at most N plugin-kept subscriptions (2.0
+ *                                    only; default 10000, 0 = no limit)
+ *
+ * SPDX-License-Identifier: Apache-2.0
+ */
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cjson/cJSON.h>
+#include <mosquitto.h>
+
+#if LIBMOSQUITTO_VERSION_NUMBER >= 2001000
+/* 2.1: mosquitto.h already includes the broker and plugin headers. */
+#define MMC_CC_SUBSCRIPTION_API 1
+#else
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
+#endif
+
+#define MMC_CC_NAME "mmc-client-control"
+#define MMC_CC_VERSION "1.0.0"
+#define MMC_CC_TOPIC "$CONTROL/cedalo/client-control/v1"
+#define MMC_CC_RESPONSE_TOPIC MMC_CC_TOPIC "/response"
+#define MMC_CC_MAX_SUBS_DEFAULT 10000
+
+#define ERR_NOMEM "Internal error: out of memory"
+
+enum send_retain {
+	SEND_RETAIN_ALWAYS = 0,
+	SEND_RETAIN_NEW = 1,
+	SEND_RETAIN_NEVER = 2,
+};
+
+#ifndef MMC_CC_SUBSCRIPTION_API
+/* One subscription kept for a client. */
+struct cc_sub {
+	struct cc_sub *next;
+	char *filter;
+	uint8_t qos;
+	bool no_local;
+	bool retain_as_published;
+	enum send_retain send_retain;
+};
+
+/* A client id with at least one subscription; clients without any are freed. */
+struct cc_client {
+	struct cc_client *next;
+	char *clientid;
+	struct cc_sub *subs;
+};
+#endif
+
+struct cc_state {
+	mosquitto_plugin_id_t *identifier;
+#ifndef MMC_CC_SUBSCRIPTION_API
+	struct cc_client *clients;
+	size_t sub_count;
+	size_t max_subs;
+#endif
+};
+
+/* The broker calls a plugin from its single main thread: one state is enough. */
+static struct cc_state state;
+
+/* ------------------------------------------------------------------ helpers */
+
+static void add_error(cJSON *responses, const char *command, const char *error, const char *correlation)
+{
+	cJSON *entry = cJSON_CreateObject();
+
+	if(entry == NULL){
+		return;
+	}
+	if(cJSON_AddStringToObject(entry, "command", command) == NULL
+			|| cJSON_AddStringToObject(entry, "error", error) == NULL
+			|| (correlation && cJSON_AddStringToObject(entry, "correlationData", correlation) == NULL)){
+		cJSON_Delete(entry);
+		return;
+	}
+	cJSON_AddItemToArray(responses, entry);
+}
+
+static void add_success(cJSON *responses, const char *command, const char *correlation)
+{
+	cJSON *entry = cJSON_CreateObject();
+
+	if(entry == NULL){
+		return;
+	}
+	if(cJSON_AddStringToObject(entry, "command", command) == NULL
+			|| cJSON_AddObjectToObject(entry, "data") == NULL
+			|| (correlation && cJSON_AddStringToObject(entry, "correlationData", correlation) == NULL)){
+		cJSON_Delete(entry);
+		return;
+	}
+	cJSON_AddItemToArray(responses, entry);
+}
+
+static void send_response(cJSON *tree)
+{
+	char *json = cJSON_PrintUnformatted(tree);
+	size_t len;
+
+	if(json == NULL){
+		mosquitto_log_printf(MOSQ_LOG_ERR, MMC_CC_NAME ": out of memory building a response");
+		return;
+	}
+	len = strlen(json);
+	/* Every subscriber of the response topic gets it, like dynamic-security's replies. */
+	if(mosquitto_broker_publish_copy(NULL, MMC_CC_RESPONSE_TOPIC, (int)len, json, 0, false, NULL) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR, MMC_CC_NAME ": could not publish a response");
+	}
+	cJSON_free(json);
+}
+
+/* A non-empty UTF-8 string member, or NULL. */
+static const char *string_member(const cJSON *command, const char *name)
+{
+	const cJSON *item = cJSON_GetObjectItemCaseSensitive(command, name);
+
+	if(!cJSON_IsString(item) || item->valuestring == NULL || item->valuestring[0] == '\0'){
+		return NULL;
+	}
+	if(mosquitto_validate_utf8(item->valuestring, (int)strlen(item->valuestring)) != MOSQ_ERR_SUCCESS){
+		return NULL;
+	}
+	return item->valuestring;
+}
+
+static const char *valid_filter(const cJSON *command)
+{
+	const char *topic = string_member(command, "topic");
+
+	if(topic == NULL || strlen(topic) > 65535 || mosquitto_sub_topic_check(topic) != MOSQ_ERR_SUCCESS){
+		return NULL;
+	}
+	return topic;
+}
+
+/* Parse subscribeClient's qos and options; NULL on success, else the error. */
+static const char *parse_subscription(const cJSON *command, uint8_t *qos, bool *no_local,
+		bool *retain_as_published, enum send_retain *send_retain)
+{
+	const cJSON *j_qos = cJSON_GetObjectItemCaseSensitive(command, "qos");
+	const cJSON *options = cJSON_GetObjectItemCaseSensitive(command, "options");
+	const cJSON *item;
+
+	*qos = 0;
+	*no_local = false;
+	*retain_as_published = false;
+	*send_retain = SEND_RETAIN_ALWAYS;
+
+	if(j_qos != NULL){
+		if(!cJSON_IsNumber(j_qos)
+				|| (j_qos->valuedouble != 0.0 && j_qos->valuedouble != 1.0 && j_qos->valuedouble != 2.0)){
+			return "Invalid qos";
+		}
+		*qos = (uint8_t)j_qos->valueint;
+	}
+	if(options == NULL || cJSON_IsNull(options)){
+		return NULL;
+	}
+	if(!cJSON_IsObject(options)){
+		return "Invalid options";
+	}
+	item = cJSON_GetObjectItemCaseSensitive(options, "no_local");
+	if(item != NULL && !cJSON_IsNull(item)){
+		if(!cJSON_IsBool(item)) return "Invalid options: no_local must be a boolean";
+		*no_local = cJSON_IsTrue(item);
+	}
+	item = cJSON_GetObjectItemCaseSensitive(options, "retain_as_published");
+	if(item != NULL && !cJSON_IsNull(item)){
+		if(!cJSON_IsBool(item)) return "Invalid options: retain_as_published must be a boolean";
+		*retain_as_published = cJSON_IsTrue(item);
+	}
+	item = cJSON_GetObjectItemCaseSensitive(options, "send_retain");
+	if(item != NULL && !cJSON_IsNull(item)){
+		if(!cJSON_IsString(item)) return "Invalid options: send_retain must be a string";
+		if(!strcmp(item->valuestring, "always") || !strcmp(item->valuestring, "null")){
+			*send_retain = SEND_RETAIN_ALWAYS;
+		}else if(!strcmp(item->valuestring, "new")){
+			*send_retain = SEND_RETAIN_NEW;
+		}else if(!strcmp(item->valuestring, "never")){
+			*send_retain = SEND_RETAIN_NEVER;
+		}else{
+			return "Invalid options: send_retain must be one of always, new, never";
+		}
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------- plugin-kept subscriptions */
+
+#ifndef MMC_CC_SUBSCRIPTION_API
+
+static struct cc_client *find_client(const char *clientid)
+{
+	struct cc_client *client;
+
+	for(client = state.clients; client; client = client->next){
+		if(!strcmp(client->clientid, clientid)){
+			return client;
+		}
+	}
+	return NULL;
+}
+
+static void free_sub(struct cc_sub *sub)
+{
+	free(sub->filter);
+	free(sub);
+}
+
+static void remove_client(const char *clientid)
+{
+	struct cc_client **link = &state.clients;
+	struct cc_client *client;
+	struct cc_sub *sub, *next;
+
+	while(*link){
+		client = *link;
+		if(!strcmp(client->clientid, clientid)){
+			*link = client->next;
+			for(sub = client->subs; sub; sub = next){
+				next = sub->next;
+				free_sub(sub);
+				state.sub_count--;
+			}
+			free(client->clientid);
+			free(client);
+			return;
+		}
+		link = &client->next;
+	}
+}
+
+static void free_all(void)
+{
+	struct cc_client *client, *next_client;
+	struct cc_sub *sub, *next_sub;
+
+	for(client = state.clients; client; client = next_client){
+		next_client = client->next;
+		for(sub = client->subs; sub; sub = next_sub){
+			next_sub = sub->next;
+			free_sub(sub);
+		}
+		free(client->clientid);
+		free(client);
+	}
+	state.clients = NULL;
+	state.sub_count = 0;
+}
+
+/* Add or replace (as an MQTT SUBSCRIBE does) the client's subscription; NULL or the error. */
+static const char *add_subscription(const char *clientid, const char *filter, uint8_t qos,
+		bool no_local, bool retain_as_published, enum send_retain send_retain)
+{
+	struct cc_client *client = find_client(clientid);
+	struct cc_sub *sub = NULL;
+	bool new_client = false;
+
+	if(client){
+		for(sub = client->subs; sub; sub = sub->next){
+			if(!strcmp(sub->filter, filter)){
+				break;
+			}
+		}
+	}
+	if(sub == NULL){
+		if(state.max_subs && state.sub_count >= state.max_subs){
+			return "Too many subscriptions";
+		}
+		if(client == NULL){
+			client = calloc(1, sizeof(*client));
+			if(client == NULL) return ERR_NOMEM;
+			client->clientid = strdup(clientid);
+			if(client->clientid == NULL){
+				free(client);
+				return ERR_NOMEM;
+			}
+			new_client = true;
+		}
+		sub = calloc(1, sizeof(*sub));
+		if(sub) sub->filter = strdup(filter);
+		if(sub == NULL || sub->filter == NULL){
+			free(sub);
+			if(new_client){
+				free(client->clientid);
+				free(client);
+			}
+			return ERR_NOMEM;
+		}
+		sub->next = client->subs;
+		client->subs = sub;
+		state.sub_count++;
+		if(new_client){
+			client->next = state.clients;
+			state.clients = client;
+		}
+	}
+	sub->qos = qos;
+	sub->no_local = no_local;
+	sub->retain_as_published = retain_as_published;
+	sub->send_retain = send_retain;
+	return NULL;
+}
+
+static void remove_subscription(const char *clientid, const char *filter)
+{
+	struct cc_client *client = find_client(clientid);
+	struct cc_sub **link;
+	struct cc_sub *sub;
+
+	if(client == NULL){
+		return;
+	}
+	for(link = &client->subs; *link; link = &(*link)->next){
+		sub = *link;
+		if(!strcmp(sub->filter, filter)){
+			*link = sub->next;
+			free_sub(sub);
+			state.sub_count--;
+			break;
+		}
+	}
+	if(client->subs == NULL){
+		remove_client(clientid);
+	}
+}
+
+/* Every message a client publishes: one copy per subscribed client, at the best matching qos. */
+static int message_callback(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_message *ed = event_data;
+	const char *sender;
+	struct cc_client *client;
+	struct cc_sub *sub;
+	bool matches;
+	int qos;
+
+	(void)event;
+	(void)userdata;
+
+	if(state.clients == NULL || ed->topic == NULL){
+		return MOSQ_ERR_SUCCESS;
+	}
+	sender = ed->client ? mosquitto_client_id(ed->client) : NULL;
+
+	for(client = state.clients; client; client = client->next){
+		qos = -1;
+		for(sub = client->subs; sub; sub = sub->next){
+			if(sub->no_local && sender && !strcmp(sender, client->clientid)){
+				continue;
+			}
+			matches = false;
+			if(mosquitto_topic_matches_sub(sub->filter, ed->topic, &matches) == MOSQ_ERR_SUCCESS && matches){
+				if(sub->qos > qos) qos = sub->qos;
+			}
+		}
+		if(qos < 0){
+			continue;
+		}
+		if(ed->qos < qos) qos = ed->qos;
+		/* The broker sends a copy addressed to one client with retain 0 (2.0 cannot
+		 * set it), so retain_as_published cannot be honoured for retained messages. */
+		if(mosquitto_broker_publish_copy(client->clientid, ed->topic, (int)ed->payloadlen,
+					ed->payload, qos, false, NULL) != MOSQ_ERR_SUCCESS){
+			mosquitto_log_printf(MOSQ_LOG_WARNING, MMC_CC_NAME ": could not deliver a message on %s to %s",
+					ed->topic, client->clientid);
+		}
+	}
+	/* Never change or refuse the message itself. */
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int disconnect_callback(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_disconnect *ed = event_data;
+	const char *clientid;
+
+	(void)event;
+	(void)userdata;
+
+	clientid = ed->client ? mosquitto_client_id(ed->client) : NULL;
+	if(clientid){
+		remove_client(clientid);
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+#endif /* !MMC_CC_SUBSCRIPTION_API */
+
+/* ----------------------------------------------------------------- commands */
+
+static void cmd_disconnect(cJSON *responses, const cJSON *command, const char *name, const char *correlation)
+{
+	const char *clientid = string_member(command, "clientid");
+	int rc;
+
+	if(clientid == NULL){
+		add_error(responses, name, "Invalid/missing clientid", correlation);
+		return;
+	}
+	/* with_will=true: a connection the server closes publishes its will (MQTT 3.1.2.5),
+	 * and on 2.0 it is the only safe choice for an offline persistent session, which
+	 * kick with with_will=false would put on the session-expiry list a second time. */
+	rc = mosquitto_kick_client_by_clientid(clientid, true);
+	if(rc == MOSQ_ERR_NOT_FOUND){
+		add_error(responses, name, "Client not found", correlation);
+	}else if(rc != MOSQ_ERR_SUCCESS){
+		add_error(responses, name, "Internal error: could not disconnect the client", correlation);
+	}else{
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, MMC_CC_NAME ": disconnected client %s", clientid);
+		add_success(responses, name, correlation);
+	}
+}
+
+static void cmd_subscribe(cJSON *responses, const cJSON *command, const char *name, const char *correlation)
+{
+	const char *clientid = string_member(command, "clientid");
+	const char *topic = valid_filter(command);
+	const char *error;
+	uint8_t qos;
+	bool no_local, retain_as_published;
+	enum send_retain send_retain;
+
+	if(clientid == NULL){
+		add_error(responses, name, "Invalid/missing clientid", correlation);
+		return;
+	}
+	if(topic == NULL){
+		add_error(responses, name, "Invalid/missing topic", correlation);
+		return;
+	}
+	error = parse_subscription(command, &qos, &no_local, &retain_as_published, &send_retain);
+	if(error){
+		add_error(responses, name, error, correlation);
+		return;
+	}
+#ifdef MMC_CC_SUBSCRIPTION_API
+	{
+		struct mosquitto_subscription sub;
+		int rc;
+
+		memset(&sub, 0, sizeof(sub));
+		sub.clientid = (char *)clientid;
+		sub.topic_filter = (char *)topic;
+		sub.options = qos;
+		if(no_local) sub.options |= MQTT_SUB_OPT_NO_LOCAL;
+		if(retain_as_published) sub.options |= MQTT_SUB_OPT_RETAIN_AS_PUBLISHED;
+		if(send_retain == SEND_RETAIN_NEW) sub.options |= MQTT_SUB_OPT_SEND_RETAIN_NEW;
+		if(send_retain == SEND_RETAIN_NEVER) sub.options |= MQTT_SUB_OPT_SEND_RETAIN_NEVER;
+		rc = mosquitto_subscription_add(&sub);
+		if(rc == MOSQ_ERR_NOT_FOUND){
+			error = "Client not found";
+		}else if(rc == MOSQ_ERR_NOMEM){
+			error = ERR_NOMEM;
+		}else if(rc != MOSQ_ERR_SUCCESS){
+			error = "Subscription refused";
+		}
+	}
+#else
+	if(!strncmp(topic, "$share/", 7)){
+		error = "Shared subscriptions are not supported on mosquitto 2.0";
+	}else{
+		error = add_subscription(clientid, topic, qos, no_local, retain_as_published, send_retain);
+	}
+#endif
+	if(error){
+		add_error(responses, name, error, correlation);
+	}else{
+		mosquitto_log_printf(MOSQ_LOG_INFO, MMC_CC_NAME ": subscribed client %s to %s (qos %d)",
+				clientid, topic, qos);
+		add_success(responses, name, correlation);
+	}
+}
+
+static void cmd_unsubscribe(cJSON *responses, const cJSON *command, const char *name, const char *correlation)
+{
+	const char *clientid = string_member(command, "clientid");
+	const char *topic = valid_filter(command);
+
+	if(clientid == NULL){
+		add_error(responses, name, "Invalid/missing clientid", correlation);
+		return;
+	}
+	if(topic == NULL){
+		add_error(responses, name, "Invalid/missing topic", correlation);
+		return;
+	}
+#ifdef MMC_CC_SUBSCRIPTION_API
+	{
+		int rc = mosquitto_subscription_delete(clientid, topic);
+
+		if(rc == MOSQ_ERR_NOT_FOUND){
+			add_error(responses, name, "Client not found", correlation);
+			return;
+		}else if(rc != MOSQ_ERR_SUCCESS){
+			add_error(responses, name, "Internal error: could not unsubscribe", correlation);
+			return;
+		}
+	}
+#else
+	/* Like an MQTT UNSUBSCRIBE: no such subscription is not an error. */
+	remove_subscription(clientid, topic);
+#endif
+	mosquitto_log_printf(MOSQ_LOG_INFO, MMC_CC_NAME ": unsubscribed client %s from %s", clientid, topic);
+	add_success(responses, name, correlation);
+}
+
+/* The envelope: {"commands":[...]} in, {"responses":[...]} out, errors as dynamic-security words them. */
+static void handle_request(const void *payload, uint32_t payloadlen)
+{
+	cJSON *tree, *responses, *commands, *command;
+	const cJSON *j_name, *j_correlation;
+	const char *correlation;
+
+	tree = cJSON_CreateObject();
+	if(tree == NULL) return;
+	responses = cJSON_AddArrayToObject(tree, "responses");
+	if(responses == NULL){
+		cJSON_Delete(tree);
+		return;
+	}
+
+	commands = payload ? cJSON_ParseWithLength(payload, payloadlen) : NULL;
+	if(commands == NULL){
+		add_error(responses, "Unknown command", "Payload not valid JSON", NULL);
+		send_response(tree);
+		cJSON_Delete(tree);
+		return;
+	}
+	command = cJSON_GetObjectItemCaseSensitive(commands, "commands");
+	if(!cJSON_IsObject(commands) || !cJSON_IsArray(command)){
+		add_error(responses, "Unknown command", "Invalid/missing commands", NULL);
+	}else{
+		cJSON_ArrayForEach(command, cJSON_GetObjectItemCaseSensitive(commands, "commands")){
+			if(!cJSON_IsObject(command)){
+				add_error(responses, "Unknown command", "Command not an object", NULL);
+				continue;
+			}
+			j_correlation = cJSON_GetObjectItemCaseSensitive(command, "correlationData");
+			correlation = NULL;
+			if(j_correlation != NULL){
+				if(!cJSON_IsString(j_correlation)){
+					add_error(responses, "Unknown command", "Invalid correlationData data type.", NULL);
+					break;
+				}
+				correlation = j_correlation->valuestring;
+			}
+			j_name = cJSON_GetObjectItemCaseSensitive(command, "command");
+			if(!cJSON_IsString(j_name) || j_name->valuestring == NULL){
+				add_error(responses, "Unknown command", "Missing command", correlation);
+				continue;
+			}
+			if(!strcasecmp(j_name->valuestring, "disconnectClient")){
+				cmd_disconnect(responses, command, "disconnectClient", correlation);
+			}else if(!strcasecmp(j_name->valuestring, "subscribeClient")){
+				cmd_subscribe(responses, command, "subscribeClient", correlation);
+			}else if(!strcasecmp(j_name->valuestring, "unsubscribeClient")){
+				cmd_unsubscribe(responses, command, "unsubscribeClient", correlation);
+			}else{
+				add_error(responses, j_name->valuestring, "Unknown command", correlation);
+			}
+		}
+	}
+	cJSON_Delete(commands);
+	send_response(tree);
+	cJSON_Delete(tree);
+}
+
+static int control_callback(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_control *ed = event_data;
+
+	(void)event;
+	(void)userdata;
+
+	handle_request(ed->payload, ed->payloadlen);
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* ------------------------------------------------------------ plugin entry */
+
+int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	int i;
+
+	for(i = 0; i < supported_version_count; i++){
+		if(supported_versions[i] == 5){
+			return 5;
+		}
+	}
+	return -1;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+		struct mosquitto_opt *options, int option_count)
+{
+	int i, rc;
+
+	memset(&state, 0, sizeof(state));
+	state.identifier = identifier;
+	*userdata = &state;
+
+#ifndef MMC_CC_SUBSCRIPTION_API
+	state.max_subs = MMC_CC_MAX_SUBS_DEFAULT;
+#endif
+	for(i = 0; i < option_count; i++){
+		if(!strcasecmp(options[i].key, "max_subscriptions")){
+#ifndef MMC_CC_SUBSCRIPTION_API
+			char *end = NULL;
+			unsigned long long value;
+
+			errno = 0;
+			value = strtoull(options[i].value, &end, 10);
+			if(errno || end == options[i].value || *end != '\0' || options[i].value[0] == '-'){
+				mosquitto_log_printf(MOSQ_LOG_ERR, MMC_CC_NAME ": invalid max_subscriptions '%s'",
+						options[i].value);
+				return MOSQ_ERR_INVAL;
+			}
+			state.max_subs = (size_t)value;
+#endif
+		}
+	}
+
+#ifdef MMC_CC_SUBSCRIPTION_API
+	mosquitto_plugin_set_info(identifier, MMC_CC_NAME, MMC_CC_VERSION);
+#endif
+	rc = mosquitto_callback_register(identifier, MOSQ_EVT_CONTROL, control_callback, MMC_CC_TOPIC, NULL);
+	if(rc == MOSQ_ERR_ALREADY_EXISTS){
+		mosquitto_log_printf(MOSQ_LOG_ERR, MMC_CC_NAME ": another plugin already handles " MMC_CC_TOPIC);
+		return rc;
+	}else if(rc != MOSQ_ERR_SUCCESS){
+		return rc;
+	}
+#ifndef MMC_CC_SUBSCRIPTION_API
+	rc = mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, message_callback, NULL, NULL);
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
+	rc = mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, disconnect_callback, NULL, NULL);
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
+#endif
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, MMC_CC_NAME " " MMC_CC_VERSION ": handling " MMC_CC_TOPIC
+#ifdef MMC_CC_SUBSCRIPTION_API
+			" (broker subscriptions)"
+#else
+			" (plugin-kept subscriptions)"
+#endif
+			);
+	return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
+{
+	(void)userdata;
+	(void)options;
+	(void)option_count;
+
+	if(state.identifier){
+		mosquitto_callback_unregister(state.identifier, MOSQ_EVT_CONTROL, control_callback, MMC_CC_TOPIC);
+#ifndef MMC_CC_SUBSCRIPTION_API
+		mosquitto_callback_unregister(state.identifier, MOSQ_EVT_MESSAGE, message_callback, NULL);
+		mosquitto_callback_unregister(state.identifier, MOSQ_EVT_DISCONNECT, disconnect_callback, NULL);
+#endif
+	}
+#ifndef MMC_CC_SUBSCRIPTION_API
+	free_all();
+#endif
+	memset(&state, 0, sizeof(state));
+	return MOSQ_ERR_SUCCESS;
+}
