@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help run test lint fmt check-system clean plugin plugin-memcheck bench bench-fleet
+.PHONY: help run test lint fmt check-system clean plugin plugin-memcheck bench bench-fleet soak
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -70,6 +70,10 @@ plugin-memcheck: $(VENV)/.test-deps check-system plugin
 
 test: $(VENV)/.test-deps check-system plugin  ## run the whole test suite against real brokers
 	$(BIN)/python -m pytest
+
+# MINUTES=2 make soak for a shorter run; see bench/soak.py for what it measures.
+soak: $(VENV)/.test-deps check-system  ## 10 minutes of mixed traffic with brokers restarting; prints its figures
+	$(BIN)/python bench/soak.py --minutes $(or $(MINUTES),10)
 
 lint: $(VENV)/.test-deps  ## ruff and mypy
 	$(BIN)/ruff check mmc tests bench

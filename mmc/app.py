@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from mmc.api import audit as audit_api
 from mmc.api import auth as auth_api
 from mmc.api import brokers as brokers_api
 from mmc.api import client_control as client_control_api
@@ -25,8 +26,9 @@ from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
 from mmc.connections import ConnectionService
-from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_key
+from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_keys
 from mmc.keys import (
+    audit_key,
     auth_key,
     connections_key,
     db_key,
@@ -36,9 +38,11 @@ from mmc.keys import (
     settings_key,
 )
 from mmc.metrics import Metrics
+from mmc.store.audit import AuditRepository
 from mmc.store.connections import ConnectionRepository
 from mmc.store.db import Database
 from mmc.store.projects import ProjectRepository
+from mmc.web.audit import audit_middleware
 from mmc.web.auth import auth_middleware
 from mmc.web.middlewares import error_middleware, observe_middleware
 from mmc.web.routing import add_routes
@@ -56,6 +60,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[metrics_key].watch_loop(asyncio.get_running_loop())
     task = asyncio.get_running_loop().create_task(
         app[metrics_key].measure_loop_lag(), name="mmc-loop-lag"
     )
@@ -70,18 +75,32 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, lambda: settings.data_dir.mkdir(parents=True, exist_ok=True))
     async with Database.open(settings.db_path) as db:
-        key = await loop.run_in_executor(
-            None, load_secret_key, settings.secret_key, settings.data_dir
+        keys = await loop.run_in_executor(
+            None, load_secret_keys, settings.secret_key, settings.data_dir
         )
-        box = SecretBox(key)
+        box = SecretBox(keys)
         # A wrong MMC_SECRET_KEY must stop start-up, not surface later as broken links.
         token = await db.get_meta("key_check")
         if token is None:
             await db.set_meta("key_check", box.encrypt(KEY_CHECK_PLAINTEXT))
         else:
             check_token_matches(box, token)
+            if not box.primary_opens(token):
+                # Started with "new,old" before `mmc secrets rotate`: from now on the store
+                # belongs to the new key (servers that only know the old one stop writing
+                # connections); rotate re-encrypts what the old key still holds.
+                await db.set_meta("key_check", box.rotate(token))
+                log.warning(
+                    "the store's secrets are under an older key of MMC_SECRET_KEY: "
+                    "run `mmc secrets rotate` to re-encrypt them under the first key"
+                )
         app[db_key] = db
         app[secret_box_key] = box
+        app[audit_key] = AuditRepository(
+            db,
+            max_rows=settings.audit_max_rows,
+            retention_days=settings.audit_retention_days,
+        )
         yield
 
 
@@ -132,7 +151,7 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware, auth_middleware],
+        middlewares=[observe_middleware, audit_middleware, error_middleware, auth_middleware],
         client_max_size=settings.max_body_size,
     )
     app[settings_key] = settings
@@ -145,6 +164,7 @@ def create_app(settings: Settings) -> web.Application:
         auth_api.routes,
         users_api.routes,
         tokens_api.routes,
+        audit_api.routes,
         connections_api.routes,
         projects_api.routes,
         brokers_api.routes,

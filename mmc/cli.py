@@ -7,21 +7,32 @@ import asyncio
 import gc
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
+from cryptography.fernet import Fernet
 
 from mmc import logs
 from mmc.app import create_app
 from mmc.auth.permissions import Role
 from mmc.auth.service import AuthService
 from mmc.config import ConfigError, Settings, load_settings
-from mmc.crypto import SecretKeyError
+from mmc.crypto import (
+    SecretBox,
+    SecretKeyError,
+    key_file,
+    load_secret_keys,
+    parse_keys,
+    write_key_file,
+)
 from mmc.errors import MmcError
 from mmc.eventloop import new_event_loop
+from mmc.rotation import rotate
+from mmc.store.audit import AuditEntry, AuditRepository
 from mmc.store.db import Database
 
 log = logging.getLogger("mmc")
@@ -62,6 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     delete = users_sub.add_parser("delete", parents=[common], help="delete a user")
     delete.add_argument("username")
+
+    secrets = sub.add_parser("secrets", help="the key that encrypts stored broker secrets")
+    secrets_sub = secrets.add_subparsers(dest="action", required=True)
+    rotate = secrets_sub.add_parser(
+        "rotate",
+        parents=[common],
+        help="re-encrypt every stored secret under a new key (the server may keep running)",
+        description="The current key comes from MMC_SECRET_KEY (a comma list is accepted) or "
+        "the data directory's key file; the new one from MMC_NEW_SECRET_KEY or --new-key-file. "
+        "With the key file and no new key given, a new key is generated and the key file "
+        "updated. Then restart mmc with the new key.",
+    )
+    rotate.add_argument("--new-key-file", type=Path, help="file holding the new Fernet key")
+    secrets_sub.add_parser("generate", parents=[common], help="print a new Fernet key")
     return parser
 
 
@@ -78,6 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mmc: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    if args.command == "secrets":
+        try:
+            return asyncio.run(_secrets(settings, args))
+        except (SecretKeyError, MmcError, OSError) as exc:
+            print(f"mmc: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return 2
     if args.command == "users":
         try:
             return asyncio.run(_users(settings, args))
@@ -150,6 +181,77 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
+async def _audit_cli(db: Database, settings: Settings, action: str, target: dict[str, str]) -> None:
+    """Changes made on the command line are in the audit trail too."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    repo = AuditRepository(
+        db, max_rows=settings.audit_max_rows, retention_days=settings.audit_retention_days
+    )
+    await repo.insert(
+        AuditEntry(
+            request_id="cli",
+            username=f"os:{user}",
+            auth_method="cli",
+            client="local",
+            method="CLI",
+            route=f"mmc {action}",
+            target=target,
+            status=200,
+            error_code=None,
+            duration_ms=0,
+        )
+    )
+
+
+async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "generate":
+        print(Fernet.generate_key().decode())
+        return 0
+    if not settings.db_path.exists():
+        raise SecretKeyError(f"no store at {settings.db_path}: nothing to rotate")
+    from_file = not settings.secret_key
+    path = key_file(settings.data_dir)
+    if from_file and not path.exists():
+        raise SecretKeyError(f"no MMC_SECRET_KEY and no key file at {path}")
+    current = load_secret_keys(settings.secret_key, settings.data_dir)
+    new_text = os.environ.get("MMC_NEW_SECRET_KEY")
+    if args.new_key_file is not None:
+        new_text = args.new_key_file.read_text()
+    if new_text:
+        new_keys = parse_keys(new_text)
+        if len(new_keys) != 1:
+            raise SecretKeyError("give exactly one new key")
+        new = new_keys[0]
+    elif from_file:
+        new = Fernet.generate_key()
+    else:
+        raise SecretKeyError(
+            "give the new key with MMC_NEW_SECRET_KEY or --new-key-file "
+            "(create one with: mmc secrets generate)"
+        )
+    SecretBox(new)  # a usable key, or SecretKeyError now
+    if from_file:
+        # Both keys in the file first: whatever happens next, the store stays readable.
+        write_key_file(path, [new, *current])
+    async with Database.open(settings.db_path) as db:
+        report = await rotate(db, current, new)
+        await _audit_cli(db, settings, "secrets rotate", {})
+    if from_file:
+        write_key_file(path, [new])
+        where = f"the key file {path} holds the new key"
+    else:
+        where = "set MMC_SECRET_KEY to the new key"
+    print(
+        f"re-encrypted {report.secrets} secrets of {report.connections} connections under "
+        f"the new key; {where} and restart mmc (until then it serves reads but refuses "
+        "changes to connections)"
+    )
+    return 0
+
+
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with Database.open(settings.db_path) as db:
@@ -161,11 +263,14 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             await auth.create_user(
                 args.username, _read_password(args.password_stdin), tuple(dict.fromkeys(args.role))
             )
+            await _audit_cli(db, settings, "users add", {"username": args.username})
             print(f"created user {args.username}")
         elif args.action == "passwd":
             await auth.update_user(args.username, password=_read_password(args.password_stdin))
+            await _audit_cli(db, settings, "users passwd", {"username": args.username})
             print(f"password of {args.username} changed; their sessions ended")
         elif args.action == "delete":
             await auth.delete_user(args.username)
+            await _audit_cli(db, settings, "users delete", {"username": args.username})
             print(f"deleted user {args.username}")
     return 0

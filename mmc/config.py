@@ -34,6 +34,8 @@ ENV_NAMES: dict[str, str] = {
     "MMC_LOG_FORMAT": "log_format",
     "MMC_SHUTDOWN_TIMEOUT": "shutdown_timeout",
     "MMC_TOKEN_CACHE_SECONDS": "token_cache_seconds",
+    "MMC_AUDIT_RETENTION_DAYS": "audit_retention_days",
+    "MMC_AUDIT_MAX_ROWS": "audit_max_rows",
 }
 
 
@@ -87,6 +89,9 @@ class Settings:
     # A $SYS snapshot every sys_history_interval seconds, the last sys_history_length kept.
     sys_history_interval: float = 60.0
     sys_history_length: int = 60
+    # The audit trail keeps entries this many days and at most this many rows (0: no cap).
+    audit_retention_days: float = 365.0
+    audit_max_rows: int = 1_000_000
 
     @property
     def db_path(self) -> Path:
@@ -194,4 +199,6 @@ def load_settings(
         raise ConfigError("token_cache_seconds must be between 0 and 60")
     if settings.sys_history_length < 0:
         raise ConfigError("sys_history_length must not be negative")
+    if settings.audit_retention_days < 0 or settings.audit_max_rows < 0:
+        raise ConfigError("audit_retention_days and audit_max_rows must not be negative")
     return settings

@@ -9,6 +9,7 @@ from mmc.config import Settings
 from mmc.connections import ConnectionService
 from mmc.crypto import SecretBox
 from mmc.metrics import Metrics
+from mmc.store.audit import AuditRepository
 from mmc.store.db import Database
 from mmc.store.projects import ProjectRepository
 
@@ -21,6 +22,11 @@ metrics_key = web.AppKey("metrics", Metrics)
 # The OpenAPI document as JSON text, built on first request (list: the app is frozen then).
 openapi_key = web.AppKey("openapi", list[str])
 projects_key = web.AppKey("projects", ProjectRepository)
+audit_key = web.AppKey("audit", AuditRepository)
 
 request_id_key = web.RequestKey("request_id", str)
 identity_key = web.RequestKey("identity", Identity)
+# The error code of a non-2xx answer, for the audit trail.
+error_code_key = web.RequestKey("error_code", str)
+# Who tried to log in (POST /auth has no identity yet), for the audit trail.
+audit_user_key = web.RequestKey("audit_user", str)

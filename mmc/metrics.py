@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -34,6 +34,18 @@ class _PoolCollector(Collector):
         links.add_metric(["up"], up)
         links.add_metric(["down"], down)
         yield links
+
+
+class _LoopCollector(Collector):
+    """Tasks alive on the event loop at scrape time: a leak shows as steady growth."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        tasks = GaugeMetricFamily("mmc_asyncio_tasks", "asyncio tasks not yet done")
+        tasks.add_metric([], len(asyncio.all_tasks(self.loop)) if self.loop is not None else 0)
+        yield tasks
 
 
 class Metrics:
@@ -72,12 +84,21 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=r,
         )
+        self.audit_failures = Counter(
+            "mmc_audit_write_failures",
+            "Audit entries that could not be stored (logged instead)",
+            registry=r,
+        )
         self._pool = _PoolCollector()
         r.register(self._pool)
         # Children by label values (bounded: route templates, methods, statuses, commands):
         # labels() validates and locks on every call, and these run on every request.
         self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._control: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._loop = _LoopCollector()
+        r.register(self._loop)
+        # process_resident_memory_bytes, process_open_fds, ... for this process.
+        ProcessCollector(registry=r)
 
     def watch_pool(self, pool: BrokerPool) -> None:
         self._pool.pool = pool
@@ -93,6 +114,9 @@ class Metrics:
             self._http[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def watch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop.loop = loop
 
     def observe_control(self, api: str, command: str, outcome: str, seconds: float) -> None:
         key = (api, command, outcome)

@@ -148,6 +148,8 @@ def _operation(template: str, method: str, op: Operation) -> dict[str, Any]:
         errors.add(404)
     if "{brokerId}" in template:
         errors |= {503, 504}
+    if method.upper() != "GET":
+        errors.add(503)  # any write may meet a full or read-only store (STORE_UNAVAILABLE)
     for status in sorted(errors):
         responses.setdefault(
             str(status),

@@ -40,6 +40,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/tokens"): ADMINS,
     ("POST", "/api/tokens"): ADMINS,
     ("DELETE", "/api/tokens/{tokenId}"): ADMINS,
+    ("GET", "/api/audit"): ADMINS,
     ("POST", "/api/dynamic-security/{brokerId}/command"): CONTROLLERS,
     ("POST", "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security"): CONTROLLERS,
     ("POST", "/api/projects/{projectId}/dynsec/apply"): CONTROLLERS,

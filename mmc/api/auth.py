@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mmc.keys import auth_key, identity_key, settings_key
+from mmc.keys import audit_user_key, auth_key, identity_key, settings_key
 from mmc.openapi import doc
 from mmc.schemas.responses import ProfileSchema, SuccessSchema, ValidSessionSchema
 from mmc.schemas.users import login_schema
@@ -49,6 +49,7 @@ async def login(request: web.Request) -> web.Response:
     else:
         body = await read_json(request)
     data = load(login_schema, body)
+    request[audit_user_key] = data["username"]
     address = client_address(request, request.app[settings_key].trusted_networks)
     session_id = await request.app[auth_key].login(data["username"], data["password"], address)
     old = request.cookies.get(SESSION_COOKIE)
@@ -64,6 +65,9 @@ async def login(request: web.Request) -> web.Response:
 async def _logout(request: web.Request) -> web.Response:
     session_id = request.cookies.get(SESSION_COOKIE)
     if session_id:
+        identity = await identify(request)
+        if identity is not None:
+            request[identity_key] = identity  # for the audit trail
         await request.app[auth_key].logout(session_id)
     response = web.json_response({"code": "SUCCESS", "message": "Logged out"})
     response.del_cookie(SESSION_COOKIE, path=cookie_path(request))

@@ -68,6 +68,7 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
     "/api/user-management/roles": {"GET": _A},
     "/api/tokens": {"GET": _A, "POST": _A},
     "/api/tokens/{tokenId}": {"DELETE": _A},
+    "/api/audit": {"GET": _A},
     "/api/projects": {"GET": _R, "POST": _C},
     "/api/projects/{projectId}": {"GET": _R, "PUT": _C, "DELETE": _C},
     # Monitoring: the broker list, one broker, its $SYS info.

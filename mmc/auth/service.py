@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -15,7 +16,14 @@ from typing import Literal
 from mmc.auth.passwords import dummy_hash, hash_password, verify_password
 from mmc.auth.permissions import Role
 from mmc.config import Settings
-from mmc.errors import Conflict, InvalidInput, NotFound, TooManyRequests, Unauthorized
+from mmc.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StoreUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 from mmc.store.db import Database, now_ms
 from mmc.store.login_failures import LoginFailureRepository
 from mmc.store.sessions import SessionRepository
@@ -169,13 +177,19 @@ class AuthService:
             now - session.last_seen > s.session_idle_timeout * 1000
             or now - session.created_at > s.session_max_age * 1000
         ):
-            await self._sessions.delete(session.id_hash)
+            with contextlib.suppress(StoreUnavailable):  # refused either way
+                await self._sessions.delete(session.id_hash)
             return None
         user = await self.users.get(session.username)
         if user is None:
             return None
         if now - session.last_seen > TOUCH_INTERVAL_MS:
-            await self._sessions.touch(session.id_hash, now)
+            try:
+                await self._sessions.touch(session.id_hash, now)
+            except StoreUnavailable as exc:
+                # A full or read-only store must not lock browsers out of reading: the
+                # session stays valid; it only ages as if unused meanwhile.
+                log.warning("could not record session activity: %s", exc.message)
         return Identity(user.username, user.roles, "session")
 
     # -- tokens ---------------------------------------------------------------------

@@ -72,6 +72,9 @@ class MqttClient(aiomqtt.Client):
     def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
         if not self._connected.done():
             self._connected.set_exception(ConnectionLost(self.paho_log.last_error))
+            # The attempt may have timed out already, with nobody left to await this:
+            # mark it retrieved so asyncio does not log "exception was never retrieved".
+            self._connected.exception()
             return
         super()._on_disconnect(*args, **kwargs)
 

@@ -167,6 +167,42 @@ class ProfileSchema(Schema):
     token = fields.Nested(TokenRefSchema)
 
 
+class AuditEntrySchema(Schema):
+    id = fields.Integer(required=True)
+    at = fields.String(required=True, metadata={"description": "ISO 8601, UTC"})
+    request_id = fields.String(data_key="requestId", required=True)
+    user = fields.String(allow_none=True, required=True)
+    auth_method = fields.String(
+        data_key="authMethod",
+        allow_none=True,
+        required=True,
+        metadata={"description": "session, token, password (a login), cli"},
+    )
+    client = fields.String(required=True)
+    method = fields.String(required=True)
+    route = fields.String(required=True, metadata={"description": "The route template"})
+    target = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        required=True,
+        metadata={"description": "The path parameters"},
+    )
+    status = fields.Integer(required=True)
+    outcome = fields.String(required=True, metadata={"enum": ["success", "denied", "failure"]})
+    error_code = fields.String(data_key="errorCode")
+    duration_ms = fields.Integer(data_key="durationMs", required=True)
+
+
+class AuditPageSchema(Schema):
+    entries = fields.List(fields.Nested(AuditEntrySchema), required=True)
+    next_cursor = fields.String(
+        data_key="nextCursor",
+        allow_none=True,
+        required=True,
+        metadata={"description": "Pass as cursor (with the same filters) for the next page"},
+    )
+
+
 class ValidSessionSchema(Schema):
     valid = fields.Boolean(required=True)
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
-from mmc.crypto import SecretBox
-from mmc.errors import NotAllowed
+from mmc.crypto import STALE_KEY_MESSAGE, SecretBox, SecretKeyError
+from mmc.errors import NotAllowed, StoreUnavailable
 from mmc.store.db import Database, now_ms
 
 DUPLICATE_MESSAGE = "Connection with the same name/id already exists"
@@ -48,6 +48,19 @@ class ConnectionRepository:
         self._box = box
 
     def _from_row(self, row: aiosqlite.Row) -> ConnectionRecord:
+        try:
+            return self._record(row)
+        except SecretKeyError:
+            raise StoreUnavailable(STALE_KEY_MESSAGE) from None
+
+    async def _check_key(self, conn: aiosqlite.Connection) -> None:
+        """Refuse to write secrets under a key the store no longer uses (see crypto)."""
+        async with conn.execute("SELECT value FROM meta WHERE name = 'key_check'") as cur:
+            row = await cur.fetchone()
+        if row is not None and not self._box.primary_opens(row[0]):
+            raise StoreUnavailable(STALE_KEY_MESSAGE)
+
+    def _record(self, row: aiosqlite.Row) -> ConnectionRecord:
         return ConnectionRecord(
             id=row["id"],
             name=row["name"],
@@ -103,6 +116,7 @@ class ConnectionRepository:
         rec = rec.replace(created_at=ts, updated_at=ts)
         try:
             async with self._db.transaction() as conn:
+                await self._check_key(conn)
                 await conn.execute(
                     f"INSERT INTO connections ({_COLUMNS}) "  # noqa: S608
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -117,6 +131,7 @@ class ConnectionRepository:
         params = self._params(rec)
         try:
             async with self._db.transaction() as conn:
+                await self._check_key(conn)
                 await conn.execute(
                     "UPDATE connections SET name = ?, url = ?, project_id = ?, client_id = ?, "
                     "username = ?, password_enc = ?, ca = ?, cert = ?, key_enc = ?, "

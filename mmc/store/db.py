@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -95,6 +96,25 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO projects (id, name, description, created_at, updated_at)
     SELECT DISTINCT project_id, project_id, NULL, 0, 0 FROM connections
     """,
+    # The audit trail: one row per state-changing request (mmc.web.audit). Never bodies.
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        username TEXT,
+        auth_method TEXT,
+        client TEXT NOT NULL,
+        method TEXT NOT NULL,
+        route TEXT NOT NULL,
+        target TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        error_code TEXT,
+        duration_ms INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX audit_at ON audit (at)",
 )
 
 
@@ -103,10 +123,18 @@ def now_ms() -> int:
 
 
 class Database:
-    """One aiosqlite connection; writes are serialised by aiosqlite's single worker thread."""
+    """One aiosqlite connection shared by every request.
+
+    SQLite has one transaction per connection: two requests that both ran ``BEGIN`` on
+    it would see "cannot start a transaction within a transaction", and one's ROLLBACK
+    would undo the other's statements. ``transaction()`` therefore holds a lock from
+    ``BEGIN IMMEDIATE`` to ``COMMIT``/``ROLLBACK``: writes queue, each whole or not at all.
+    Do not nest ``transaction()`` (it would wait for itself).
+    """
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -144,19 +172,20 @@ class Database:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: nothing is half-written."""
-        try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"The data store cannot be written: {exc}") from exc
-        try:
-            yield self._conn
-            await self._conn.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                await self._conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
+        async with self._write_lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"The data store cannot be written: {exc}") from exc
-            raise
+            try:
+                yield self._conn
+                await self._conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise StoreUnavailable(f"The data store cannot be written: {exc}") from exc
+                raise
 
     # One trip to aiosqlite's thread per query (execute + fetch + close would be three,
     # each a wake-up of the event loop): this runs on every authenticated request.

@@ -20,7 +20,7 @@ from mmc.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from mmc.keys import identity_key, metrics_key, request_id_key, settings_key
+from mmc.keys import error_code_key, identity_key, metrics_key, request_id_key, settings_key
 from mmc.web.proxy import client_address
 from mmc.web.routing import route_template
 
@@ -112,11 +112,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except MmcError as exc:
+        request[error_code_key] = exc.code
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _render_http_exception(exc)
+        response = _render_http_exception(exc)
+        request[error_code_key] = _code_of(exc.status)
+        return response
     except Exception:
         log.exception(
             "unhandled error in %s %s (request %s)",
@@ -124,4 +127,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             request.path,
             request.get(request_id_key, "-"),
         )
+        request[error_code_key] = MmcError.code
         return error_response(MmcError())
+
+
+_CODES = {
+    400: InvalidInput.code,
+    401: Unauthorized.code,
+    403: NotAllowed.code,
+    404: NotFound.code,
+    405: MethodNotAllowed.code,
+    413: PayloadTooLarge.code,
+}
+
+
+def _code_of(status: int) -> str:
+    return _CODES.get(status, "HTTP_ERROR")

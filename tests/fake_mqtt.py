@@ -1,0 +1,183 @@
+"""A deliberately misbehaving "broker": the least of MQTT v5 needed to fool a client.
+
+Modes:
+- ``silent``: accepts TCP and never says a word (no CONNACK).
+- ``mute``: CONNACK, SUBACK and PINGRESP, but never a reply on ``$CONTROL``.
+- ``slow``: like ``mute``, but answers ``$CONTROL`` commands after ``delay`` seconds;
+  the capability probes in ``FAST_COMMANDS`` are answered at once, so the client
+  believes the plugin is there and sends real commands, which then take too long.
+
+Loopback only; every connection ends when the client closes or ``close()`` is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+FAST_COMMANDS = frozenset({"getDefaultACLAccess"})
+CONNACK = b"\x20\x03\x00\x00\x00"  # session present 0, reason 0, no properties
+PINGRESP = b"\xd0\x00"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value % 128, value // 128
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _string(buf: bytes, pos: int) -> tuple[str, int]:
+    length = int.from_bytes(buf[pos : pos + 2], "big")
+    return buf[pos + 2 : pos + 2 + length].decode(), pos + 2 + length
+
+
+def publish_packet(topic: str, payload: bytes) -> bytes:
+    name = topic.encode()
+    body = len(name).to_bytes(2, "big") + name + b"\x00" + payload
+    return b"\x30" + _varint(len(body)) + body
+
+
+def _suback(body: bytes) -> bytes:
+    packet_id = body[:2]
+    props, pos = _read_varint(body, 2)
+    pos += props
+    filters = 0
+    while pos < len(body):
+        _, pos = _string(body, pos)
+        pos += 1  # subscription options
+        filters += 1
+    rest = packet_id + b"\x00" + b"\x00" * filters
+    return b"\x90" + _varint(len(rest)) + rest
+
+
+def _reply(command: dict[str, Any]) -> dict[str, Any]:
+    name = command.get("command")
+    data: dict[str, Any] = {}
+    if name == "getDefaultACLAccess":
+        data = {"acls": []}
+    elif name == "listClients":
+        data = {"totalCount": 0, "clients": []}
+    return {"command": name, "correlationData": command.get("correlationData"), "data": data}
+
+
+class FakeBroker:
+    def __init__(self, mode: str, delay: float = 0.0) -> None:
+        assert mode in ("silent", "mute", "slow")
+        self.mode = mode
+        self.delay = delay
+        self.port = 0
+        self.connects = 0
+        self.control_requests = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> FakeBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        self.connects += 1
+        try:
+            if self.mode == "silent":
+                await reader.read()  # until the client gives up
+                return
+            while True:
+                first = (await reader.readexactly(1))[0]
+                length, shift = 0, 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                kind = first >> 4
+                if kind == 1:  # CONNECT
+                    writer.write(CONNACK)
+                elif kind == 8:  # SUBSCRIBE
+                    writer.write(_suback(body))
+                elif kind == 12:  # PINGREQ
+                    writer.write(PINGRESP)
+                elif kind == 3:  # PUBLISH (QoS 0 from the client under test)
+                    self._on_publish(first, body, writer)
+                elif kind == 14:  # DISCONNECT
+                    return
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def _on_publish(self, first: int, body: bytes, writer: asyncio.StreamWriter) -> None:
+        topic, pos = _string(body, 0)
+        if (first >> 1) & 0x03:
+            pos += 2  # packet id of QoS 1/2
+        props, pos = _read_varint(body, pos)
+        payload = body[pos + props :]
+        if not topic.startswith("$CONTROL/") or self.mode == "mute":
+            return
+        self.control_requests += 1
+        commands = json.loads(payload).get("commands", [])
+        fast = [c for c in commands if c.get("command") in FAST_COMMANDS]
+        slow = [c for c in commands if c.get("command") not in FAST_COMMANDS]
+        if fast:
+            self._send(writer, topic, fast)
+        if slow:
+            self._spawn(self._later(writer, topic, slow))
+
+    async def _later(
+        self, writer: asyncio.StreamWriter, topic: str, commands: list[dict[str, Any]]
+    ) -> None:
+        await asyncio.sleep(self.delay)
+        if not writer.is_closing():
+            self._send(writer, topic, commands)
+
+    @staticmethod
+    def _send(writer: asyncio.StreamWriter, topic: str, commands: list[dict[str, Any]]) -> None:
+        payload = json.dumps({"responses": [_reply(c) for c in commands]}).encode()
+        writer.write(publish_packet(f"{topic}/response", payload))

@@ -1,0 +1,193 @@
+"""The audit trail: every change recorded with who, where, what, outcome; admins query it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sqlite3
+from typing import Any
+
+import pytest
+
+from mmc.config import Settings
+from mmc.keys import audit_key, db_key
+from mmc.store.audit import AuditEntry
+from mmc.store.db import now_ms
+from tests.brokers import MosquittoBroker
+from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, create_token, plain_body
+
+
+async def _entries(client: Client, **params: Any) -> list[dict[str, Any]]:
+    resp = await client.get("/api/audit", params={k: str(v) for k, v in params.items()})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    entries: list[dict[str, Any]] = body["entries"]
+    return entries
+
+
+async def test_changes_are_recorded_with_who_where_what_and_outcome(
+    client: Client, anon_client: Client, broker: MosquittoBroker
+) -> None:
+    password = "broker-secret-in-a-body-4711"
+    body = plain_body(broker, credentials={"username": "u", "password": password})
+    resp = await client.post("/api/connections", json=body, headers={"X-Request-ID": "req-1"})
+    assert resp.status in (200, 202)
+    created_status = resp.status
+    assert (await client.delete("/api/connections/nope")).status == 404
+    resp = await client.post("/api/tokens", json={"name": "bot", "role": "viewer"})
+    token = (await resp.json())["token"]
+    viewer = {"Authorization": f"Bearer {token}"}
+    assert (await anon_client.delete("/api/connections/plain", headers=viewer)).status == 403
+    bad = {"username": "admin", "password": "wrong-password-9"}
+    assert (await anon_client.post("/auth", json=bad)).status == 401
+    assert (await client.get("/api/connections")).status == 200  # reads are not audited
+    assert (await client.post("/api/no-such-route", json={})).status == 404  # nor non-routes
+
+    entries = await _entries(client)
+    # Newest first; the fixture's own login and token creation come last.
+    login_failed, denied, token_created, not_found, created = entries[:5]
+    assert created["requestId"] == "req-1"
+    assert created["method"] == "POST"
+    assert created["route"] == "/api/connections"
+    assert created["user"].startswith("token:")
+    assert created["authMethod"] == "token"
+    assert created["client"] == "127.0.0.1"
+    assert created["outcome"] == "success"
+    assert created["status"] == created_status
+    assert isinstance(created["durationMs"], int)
+    assert created["target"] == {}
+    assert not_found["route"] == "/api/connections/{connectionId}"
+    assert not_found["target"] == {"connectionId": "nope"}
+    assert (not_found["status"], not_found["outcome"], not_found["errorCode"]) == (
+        404,
+        "failure",
+        "NOT_FOUND",
+    )
+    assert token_created["status"] == 201
+    assert (denied["user"], denied["status"], denied["outcome"], denied["errorCode"]) == (
+        "token:bot",
+        403,
+        "denied",
+        "NOT_ALLOWED",
+    )
+    assert (login_failed["route"], login_failed["user"], login_failed["authMethod"]) == (
+        "/auth",
+        "admin",
+        "password",
+    )
+    assert login_failed["outcome"] == "denied"
+    assert [e["route"] for e in entries[5:]] == ["/api/tokens", "/auth"]
+
+    # No body, so no secret: neither in the answers nor in the database file.
+    text = await (await client.get("/api/audit")).text()
+    for secret in (password, token, "wrong-password-9", ADMIN_PASSWORD):
+        assert secret not in text
+    db = client.app[db_key]
+    rows = await db.fetch_all("SELECT * FROM audit")
+    dumped = repr([tuple(r) for r in rows])
+    for secret in (password, token, "wrong-password-9", ADMIN_PASSWORD):
+        assert secret not in dumped
+
+
+async def test_filters_and_cursor_pagination(client: Client) -> None:
+    for i in range(7):
+        body = {"username": f"user{i}", "password": "password-123", "roles": ["viewer"]}
+        assert (await client.post("/api/user-management/users", json=body)).status == 201
+    assert (await client.delete("/api/user-management/users/user0")).status == 204
+    assert (await client.delete("/api/user-management/users/user0")).status == 404
+
+    route = "/api/user-management/users"
+    seen: list[int] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"route": route, "limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        resp = await client.get("/api/audit", params=params)
+        page = await resp.json()
+        pages += 1
+        seen += [e["id"] for e in page["entries"]]
+        assert all(e["route"] == route for e in page["entries"])
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert len(seen) == 7
+    assert seen == sorted(seen, reverse=True)
+
+    [failed] = await _entries(client, outcome="failure")
+    assert (failed["method"], failed["status"], failed["target"]) == (
+        "DELETE",
+        404,
+        {"username": "user0"},
+    )
+    assert len(await _entries(client, method="DELETE")) == 2
+    assert len(await _entries(client, status=204)) == 1
+    assert len(await _entries(client, user="nobody")) == 0
+    everything = await _entries(client)
+    # The fixture's login and token creation were the session's (user admin); the rest, 9,
+    # the token's.
+    assert len(await _entries(client, user=everything[0]["user"])) == 9
+    assert len(await _entries(client, user="admin")) == 2
+
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    assert await _entries(client, since=future) == []
+    assert len(await _entries(client, since=past, until=future)) == len(everything)
+    assert await _entries(client, until=past) == []
+
+    for bad in (
+        {"cursor": "not-a-cursor"},
+        {"limit": 0},
+        {"limit": 1001},
+        {"outcome": "maybe"},
+        {"since": "yesterday"},
+        {"since": "2024-01-01T00:00:00"},  # no time zone
+        {"method": "GET"},
+        {"page": 2},
+    ):
+        resp = await client.get("/api/audit", params=bad)
+        assert resp.status == 400, bad
+        assert (await resp.json())["code"] == "INVALID"
+
+
+async def test_retention_caps_rows_and_age(make_client: MakeClient, settings: Settings) -> None:
+    client = await make_client(settings.replace(audit_max_rows=5, audit_retention_days=30))
+    repo = client.app[audit_key]
+    old = AuditEntry("old", "x", "token", "127.0.0.1", "POST", "/api/tokens", {}, 201, None, 1)
+    await repo.insert(old.__class__(**{**old.__dict__, "at": now_ms() - 31 * 86_400_000}))
+    for i in range(8):
+        await client.post("/api/tokens", json={"name": f"t{i}", "role": "viewer"})
+    assert await repo.count() == 5
+    entries = await _entries(client)
+    assert "old" not in {e["requestId"] for e in entries}
+    assert [e["status"] for e in entries] == [201] * 5
+
+
+async def test_a_failed_audit_write_does_not_fail_the_change(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Fail-open (see mmc.web.audit): the change happened, so its answer stands; the entry
+    # goes to the log at ERROR level and to a metric to alert on.
+    db = client.app[db_key]
+    async with db.transaction() as conn:
+        await conn.execute("ALTER TABLE audit RENAME TO audit_away")
+    caplog.set_level(logging.ERROR, logger="mmc.web.audit")
+    resp = await client.post("/api/tokens", json={"name": "still-works", "role": "viewer"})
+    assert resp.status == 201
+    assert "still-works" in {t["name"] for t in await (await client.get("/api/tokens")).json()}
+    assert "audit entry could not be stored" in caplog.text
+    assert "POST /api/tokens" in caplog.text
+    metrics = await (await client.get("/metrics")).text()
+    assert "mmc_audit_write_failures_total 1.0" in metrics
+    async with db.transaction() as conn:
+        await conn.execute("ALTER TABLE audit_away RENAME TO audit")
+    with pytest.raises(sqlite3.OperationalError):
+        await db.fetch_all("SELECT * FROM audit_away")
+
+
+async def test_only_admins_read_the_trail(client: Client) -> None:
+    token = await create_token(client, "editor")
+    resp = await client.get("/api/audit", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 403
