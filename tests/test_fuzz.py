@@ -33,7 +33,7 @@ from tests.conftest import ADMIN_PASSWORD, plain_body
 from tests.test_cli_process import _wait_http
 from tests.test_durability import _serve
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 
 
 @pytest.fixture
