@@ -8,6 +8,7 @@ same transaction as each insert: the table cannot outgrow them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,35 +84,70 @@ def _from_row(row: aiosqlite.Row) -> AuditEntry:
 
 
 class AuditRepository:
+    """Inserts are group-committed: entries that arrive while a batch is being written go
+    into the next transaction together, so concurrent writers share one fsync instead of
+    queueing for one each. ``insert`` still returns only once its row is committed."""
+
     def __init__(self, db: Database, *, max_rows: int = 0, retention_days: float = 0) -> None:
         self._db = db
         self._max_rows = max_rows
         self._retention_ms = int(retention_days * DAY_MS)
+        self._queue: list[tuple[AuditEntry, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def insert(self, entry: AuditEntry) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.append((entry, done))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_batches(), name="mmc-audit-writer")
+        await asyncio.shield(done)
+
+    async def _write_batches(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await self._write([entry for entry, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - each waiting caller gets the error
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _write(self, entries: list[AuditEntry]) -> None:
         async with self._db.transaction() as conn:
-            cur = await conn.execute(
+            await conn.executemany(
                 f"INSERT INTO audit ({_COLUMNS}) "  # noqa: S608
                 "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    entry.at,
-                    entry.request_id,
-                    entry.username,
-                    entry.auth_method,
-                    entry.client,
-                    entry.method,
-                    entry.route,
-                    json.dumps(entry.target, sort_keys=True),
-                    entry.status,
-                    entry.outcome,
-                    entry.error_code,
-                    entry.duration_ms,
-                ),
+                [
+                    (
+                        entry.at,
+                        entry.request_id,
+                        entry.username,
+                        entry.auth_method,
+                        entry.client,
+                        entry.method,
+                        entry.route,
+                        json.dumps(entry.target, sort_keys=True),
+                        entry.status,
+                        entry.outcome,
+                        entry.error_code,
+                        entry.duration_ms,
+                    )
+                    for entry in entries
+                ],
             )
-            new_id = cur.lastrowid
             # Both caps use an index (rowid, at): cheap when there is nothing to delete.
-            if self._max_rows and new_id is not None:
-                await conn.execute("DELETE FROM audit WHERE id <= ?", (new_id - self._max_rows,))
+            if self._max_rows:
+                rows = await conn.execute_fetchall("SELECT MAX(id) FROM audit")
+                newest = next(iter(rows))[0] if rows else None
+                if newest is not None:
+                    await conn.execute(
+                        "DELETE FROM audit WHERE id <= ?", (newest - self._max_rows,)
+                    )
             if self._retention_ms:
                 await conn.execute(
                     "DELETE FROM audit WHERE at < ?", (now_ms() - self._retention_ms,)
