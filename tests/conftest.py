@@ -22,6 +22,24 @@ from tests.brokers import MosquittoBroker, TlsMaterial, make_tls_material, mosqu
 Client = TestClient[web.Request, web.Application]
 
 
+def registered_operations(app: web.Application) -> set[tuple[str, str]]:
+    """Every (METHOD, route template) the app serves: View methods expanded; HEAD and
+    static files left out."""
+    found: set[tuple[str, str]] = set()
+    for route in app.router.routes():
+        resource = route.resource
+        if resource is None or isinstance(resource, web.StaticResource):
+            continue
+        handler = route.handler
+        if route.method == "*":
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                if isinstance(handler, type) and hasattr(handler, method.lower()):
+                    found.add((method, resource.canonical))
+        elif route.method != "HEAD":
+            found.add((route.method, resource.canonical))
+    return found
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

@@ -70,7 +70,14 @@ async def test_concurrent_requests_are_coalesced_and_foreign_replies_ignored(
 
         payloads = await _drain(observer, quiet=0.5)
     messages = len(payloads)
-    replies = sum(len(json.loads(p)["responses"]) for p in payloads)
+    # Only the traffic of this test: the link's own capability probes, sent when it
+    # connected, may be answered on the same topic while we listen.
+    replies = sum(
+        1
+        for p in payloads
+        for r in json.loads(p)["responses"]
+        if r.get("command") == "getClient" or r.get("correlationData") == "not-ours"
+    )
     assert replies == n + 1
     # Many commands per message: far fewer messages than requests.
     assert messages <= n // 10, messages

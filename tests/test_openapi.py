@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
 from mmc.auth.permissions import PUBLIC_ROUTES
 from tests.brokers import MosquittoBroker
-from tests.conftest import Client, plain_body
+from tests.conftest import Client, plain_body, registered_operations
 
 
 async def _spec(client: Client) -> dict[str, Any]:
@@ -20,27 +19,11 @@ async def _spec(client: Client) -> dict[str, Any]:
     return spec
 
 
-def _registered(app: web.Application) -> set[tuple[str, str]]:
-    found: set[tuple[str, str]] = set()
-    for route in app.router.routes():
-        resource = route.resource
-        if resource is None or isinstance(resource, web.StaticResource):
-            continue
-        handler = route.handler
-        if route.method == "*":
-            for method in ("get", "post", "put", "patch", "delete"):
-                if isinstance(handler, type) and hasattr(handler, method):
-                    found.add((method, resource.canonical))
-        elif route.method != "HEAD":
-            found.add((route.method.lower(), resource.canonical))
-    return found
-
-
 async def test_document_is_valid_and_covers_every_route(client: Client) -> None:
     spec = await _spec(client)
     validate(spec)
     documented = {(m, path) for path, ops in spec["paths"].items() for m in ops}
-    assert documented == _registered(client.app)
+    assert documented == {(m.lower(), path) for m, path in registered_operations(client.app)}
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             responses = op["responses"]

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from mmc.auth.permissions import PUBLIC_ROUTES, ROUTE_PERMISSIONS, Role
 from mmc.config import Settings
-from tests.conftest import Client, MakeClient, create_token, login
+from tests.conftest import Client, MakeClient, create_token, login, registered_operations
 
 ALL = frozenset(Role)
 READERS = ALL - {Role.MONITORING_VIEWER}
@@ -91,23 +91,7 @@ EXPECTED[("POST", f"{_DYNSEC}/import")] = CONTROLLERS
 
 
 def _registered(app: web.Application) -> set[tuple[str, str]]:
-    found: set[tuple[str, str]] = set()
-    for route in app.router.routes():
-        resource = route.resource
-        if (
-            resource is None
-            or resource.canonical in PUBLIC_ROUTES
-            or isinstance(resource, web.StaticResource)
-        ):
-            continue
-        if route.method == "*":
-            handler = route.handler
-            for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-                if isinstance(handler, type) and hasattr(handler, method.lower()):
-                    found.add((method, resource.canonical))
-        elif route.method != "HEAD":
-            found.add((route.method, resource.canonical))
-    return found
+    return {op for op in registered_operations(app) if op[1] not in PUBLIC_ROUTES}
 
 
 async def test_every_route_is_in_the_matrix_and_the_table(client: Client) -> None:

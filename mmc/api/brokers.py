@@ -69,6 +69,17 @@ def project_broker(request: web.Request) -> BrokerLink | None:
     return link
 
 
+def connected_project_broker(request: web.Request) -> BrokerLink:
+    """The path's broker for a request to it: 404 unless it is in the path's project,
+    503 unless its link is connected."""
+    link = project_broker(request)
+    if link is None:
+        project_id = request.match_info.get("projectId")
+        where = f" in project {project_id}" if project_id is not None else ""
+        raise NotFound(f"Broker {request.match_info['brokerId']} not found{where}")
+    return request.app[connections_key].pool.require_connected(link.id)
+
+
 async def _require_project(request: web.Request, project_id: str) -> None:
     if not await request.app[projects_key].exists(project_id):
         raise NotFound(f"Project {project_id} not found")

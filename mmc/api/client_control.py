@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mmc.api.brokers import project_broker
+from mmc.api.brokers import connected_project_broker
 from mmc.brokers import client_control
-from mmc.brokers.link import BrokerLink
-from mmc.errors import NotFound
-from mmc.keys import connections_key
 from mmc.openapi import doc
 from mmc.schemas.client_control import disconnect_schema, subscribe_schema, unsubscribe_schema
 from mmc.schemas.responses import OBJECT
@@ -23,20 +20,11 @@ routes = web.RouteTableDef()
 BASE = "/api/projects/{projectId}/brokers/{brokerId}/client-control"
 
 
-def _link(request: web.Request) -> BrokerLink:
-    """The broker's link: 404 unless it exists in this project, 503 unless connected."""
-    link = project_broker(request)
-    if link is None:
-        project_id, broker_id = request.match_info["projectId"], request.match_info["brokerId"]
-        raise NotFound(f"Broker {broker_id} not found in project {project_id}")
-    return request.app[connections_key].pool.require_connected(link.id)
-
-
 @routes.put(f"{BASE}/disconnect")
 @doc("Disconnect a client", body=disconnect_schema, responses={200: OBJECT})
 async def disconnect(request: web.Request) -> web.Response:
     data = await read_valid(request, disconnect_schema)
-    await client_control.disconnect(_link(request), data["clientid"])
+    await client_control.disconnect(connected_project_broker(request), data["clientid"])
     return web.json_response({})
 
 
@@ -45,7 +33,11 @@ async def disconnect(request: web.Request) -> web.Response:
 async def subscribe(request: web.Request) -> web.Response:
     data = await read_valid(request, subscribe_schema)
     await client_control.subscribe(
-        _link(request), data["clientid"], data["topic"], data["qos"], data.get("options")
+        connected_project_broker(request),
+        data["clientid"],
+        data["topic"],
+        data["qos"],
+        data.get("options"),
     )
     return web.Response(status=204)
 
@@ -54,5 +46,7 @@ async def subscribe(request: web.Request) -> web.Response:
 @doc("Unsubscribe a client from a topic filter", body=unsubscribe_schema, responses={204: None})
 async def unsubscribe(request: web.Request) -> web.Response:
     data = await read_valid(request, unsubscribe_schema)
-    await client_control.unsubscribe(_link(request), data["clientid"], data["topic"])
+    await client_control.unsubscribe(
+        connected_project_broker(request), data["clientid"], data["topic"]
+    )
     return web.Response(status=204)

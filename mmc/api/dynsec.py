@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields
 
-from mmc.api.brokers import project_broker
+from mmc.api.brokers import connected_project_broker
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
@@ -48,16 +48,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Change = Callable[[Dynsec, str, dict[str, Any]], Awaitable[None]]
 
 _dry_run_schema = Schema.from_dict({"dryRun": fields.Boolean(load_default=False)})()
-
-
-def broker_link(request: web.Request) -> BrokerLink:
-    """The connected link of the path's broker, which must belong to the path's project."""
-    link = project_broker(request)
-    if link is None:
-        project_id = request.match_info.get("projectId")
-        where = f" in project {project_id}" if project_id is not None else ""
-        raise NotFound(f"Broker {request.match_info['brokerId']} not found{where}")
-    return request.app[connections_key].pool.require_connected(link.id)
 
 
 async def _body_or_query(request: web.Request, schema: Schema) -> dict[str, Any]:
@@ -212,7 +202,7 @@ def _change_handler(
         responses={200: OBJECT},
     )
     async def handler(request: web.Request) -> web.Response:
-        link = broker_link(request)
+        link = connected_project_broker(request)
         name = request.match_info["name"]
         data: dict[str, Any] = {}
         if schema is not None:
@@ -235,14 +225,14 @@ def _add_kind_routes(kind: Kind) -> None:
     @routes.get(collection)
     @doc(f"List {kind.plural}", query=schemas.list_query_schema, responses={200: OBJECT})
     async def list_(request: web.Request) -> web.Response:
-        link = broker_link(request)
+        link = connected_project_broker(request)
         query = load(schemas.list_query_schema, dict(request.query))
         return _json(await kind.list(await Dynsec.of(link), **query))
 
     @routes.post(collection)
     @doc(f"Create a {one}", body=kind.create_schema, responses={201: OBJECT}, errors=(409,))
     async def create(request: web.Request) -> web.Response:
-        link = broker_link(request)
+        link = connected_project_broker(request)
         data = await read_valid(request, kind.create_schema)
         ds = await Dynsec.of(link)
         await kind.create(ds, **data)
@@ -251,13 +241,13 @@ def _add_kind_routes(kind: Kind) -> None:
     @routes.get(item)
     @doc(f"One {one}", responses={200: OBJECT})
     async def get(request: web.Request) -> web.Response:
-        link = broker_link(request)
+        link = connected_project_broker(request)
         return _json(await kind.get(await Dynsec.of(link), request.match_info["name"]))
 
     @routes.delete(item)
     @doc(f"Delete a {one}", responses={204: None})
     async def delete(request: web.Request) -> web.Response:
-        link = broker_link(request)
+        link = connected_project_broker(request)
         await kind.delete(await Dynsec.of(link), request.match_info["name"])
         return web.Response(status=204)
 
@@ -297,14 +287,14 @@ for _action, (_schema, _change) in CLIENT_ACTIONS.items():
 @routes.get(f"{BASE}/default-acl")
 @doc("Default ACL access", responses={200: OBJECT})
 async def get_default_acl(request: web.Request) -> web.Response:
-    ds = await Dynsec.of(broker_link(request))
+    ds = await Dynsec.of(connected_project_broker(request))
     return _json({"acls": await ds.get_default_acl_access()})
 
 
 @routes.put(f"{BASE}/default-acl")
 @doc("Set default ACL access", body=schemas.DefaultAclAccessSchema(), responses={200: OBJECT})
 async def put_default_acl(request: web.Request) -> web.Response:
-    link = broker_link(request)
+    link = connected_project_broker(request)
     data = await read_valid(request, schemas.DefaultAclAccessSchema())
     ds = await Dynsec.of(link)
     await ds.set_default_acl_access(data["acls"])
@@ -314,14 +304,14 @@ async def put_default_acl(request: web.Request) -> web.Response:
 @routes.get(f"{BASE}/anonymous-group")
 @doc("The anonymous group", responses={200: OBJECT})
 async def get_anonymous_group(request: web.Request) -> web.Response:
-    ds = await Dynsec.of(broker_link(request))
+    ds = await Dynsec.of(connected_project_broker(request))
     return _json({"groupname": await ds.get_anonymous_group()})
 
 
 @routes.put(f"{BASE}/anonymous-group")
 @doc("Set the anonymous group", body=schemas.AnonymousGroupSchema(), responses={200: OBJECT})
 async def put_anonymous_group(request: web.Request) -> web.Response:
-    link = broker_link(request)
+    link = connected_project_broker(request)
     data = await read_valid(request, schemas.AnonymousGroupSchema())
     ds = await Dynsec.of(link)
     await ds.set_anonymous_group(data["groupname"])
@@ -334,7 +324,7 @@ async def put_anonymous_group(request: web.Request) -> web.Response:
 @routes.get(f"{BASE}/export")
 @doc("The broker's whole dynamic-security state (no passwords)", responses={200: OBJECT})
 async def export(request: web.Request) -> web.Response:
-    ds = await Dynsec.of(broker_link(request))
+    ds = await Dynsec.of(connected_project_broker(request))
     return _json(await ds.export())
 
 
@@ -346,7 +336,7 @@ async def export(request: web.Request) -> web.Response:
     responses={200: OBJECT},
 )
 async def import_(request: web.Request) -> web.Response:
-    link = broker_link(request)
+    link = connected_project_broker(request)
     dry_run = load(_dry_run_schema, dict(request.query))["dryRun"]
     document = await read_valid(request, schemas.document_schema)
     ds = await Dynsec.of(link)
@@ -381,7 +371,7 @@ async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any
 )
 async def command(request: web.Request) -> web.Response:
     """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
-    link = broker_link(request)
+    link = connected_project_broker(request)
     sent = await read_valid(request, schemas.CommandSchema())
     [entry] = await _run(await Dynsec.of(link), [sent])
     if "error" in entry:
@@ -397,7 +387,7 @@ async def command(request: web.Request) -> web.Response:
 )
 async def commands(request: web.Request) -> web.Response:
     """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
-    link = broker_link(request)
+    link = connected_project_broker(request)
     data = await read_valid(request, schemas.CommandsSchema())
     return _json({"responses": await _run(await Dynsec.of(link), data["commands"])})
 
