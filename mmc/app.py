@@ -26,7 +26,13 @@ from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
 from mmc.connections import ConnectionService
-from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox, check_token_matches, load_secret_keys
+from mmc.crypto import (
+    KEY_CHECK_PLAINTEXT,
+    SecretBox,
+    SecretKeyError,
+    check_token_matches,
+    load_secret_keys,
+)
 from mmc.keys import (
     audit_key,
     auth_key,
@@ -38,9 +44,10 @@ from mmc.keys import (
     settings_key,
 )
 from mmc.metrics import Metrics
+from mmc.store import open_database
 from mmc.store.audit import AuditRepository
 from mmc.store.connections import ConnectionRepository
-from mmc.store.db import Database
+from mmc.store.db import CONNECTIONS_CHANNEL
 from mmc.store.projects import ProjectRepository
 from mmc.web.audit import audit_middleware
 from mmc.web.auth import auth_middleware
@@ -73,8 +80,19 @@ async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, lambda: settings.data_dir.mkdir(parents=True, exist_ok=True))
-    async with Database.open(settings.db_path) as db:
+    if settings.database_backend == "sqlite":
+        await loop.run_in_executor(
+            None, lambda: settings.data_dir.mkdir(parents=True, exist_ok=True)
+        )
+    elif not settings.secret_key:
+        # A key file in each replica's data directory would differ between replicas:
+        # each would refuse the connections another one stored.
+        raise SecretKeyError(
+            "MMC_SECRET_KEY is required with a PostgreSQL store: every replica must "
+            "decrypt the same secrets (create one with: mmc secrets generate)"
+        )
+    async with open_database(settings) as db:
+        log.info("store: %s (replica %s)", db.backend, settings.replica)
         keys = await loop.run_in_executor(
             None, load_secret_keys, settings.secret_key, settings.data_dir
         )
@@ -130,21 +148,35 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         probe_timeout=settings.probe_timeout,
         sys_history_interval=settings.sys_history_interval,
         sys_history_length=settings.sys_history_length,
+        client_id_suffix=f"-{settings.replica}" if app[db_key].shared else "",
     )
     pool = BrokerPool(options, app[metrics_key])
     app[metrics_key].watch_pool(pool)
+    db = app[db_key]
     service = ConnectionService(
-        ConnectionRepository(app[db_key], app[secret_box_key]),
+        ConnectionRepository(db, app[secret_box_key]),
         pool,
         max_connections=settings.max_connections,
         connect_timeout=settings.connect_timeout,
-        projects=app[projects_key],
     )
     app[connections_key] = service
     await service.start()
+    reconcile: asyncio.Task[None] | None = None
     try:
-        yield
+        # Other replicas' changes: at once by the change feed; the periodic full
+        # comparison catches whatever a lost notification left behind.
+        async with db.listen(CONNECTIONS_CHANNEL, service.changed, service.resync):
+            if db.shared:
+                reconcile = asyncio.get_running_loop().create_task(
+                    service.reconcile_forever(settings.reconcile_interval),
+                    name="mmc-reconcile",
+                )
+            yield
     finally:
+        if reconcile is not None:
+            reconcile.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconcile
         # Links say DISCONNECT to their brokers before the process goes.
         await service.stop()
 

@@ -32,6 +32,7 @@ from mmc.crypto import (
 from mmc.errors import MmcError
 from mmc.eventloop import new_event_loop
 from mmc.rotation import rotate
+from mmc.store import open_database
 from mmc.store.audit import AuditEntry, AuditRepository
 from mmc.store.db import Database
 
@@ -120,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(serve(settings))
     except (SecretKeyError, OSError) as exc:
         log.error("mmc cannot start: %s", exc)
+        return 2
+    except MmcError as exc:  # the store cannot be reached or migrated
+        log.error("mmc cannot start: %s", exc.message)
         return 2
     except KeyboardInterrupt:
         pass
@@ -210,7 +214,7 @@ async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "generate":
         print(Fernet.generate_key().decode())
         return 0
-    if not settings.db_path.exists():
+    if settings.database_backend == "sqlite" and not settings.db_path.exists():
         raise SecretKeyError(f"no store at {settings.db_path}: nothing to rotate")
     from_file = not settings.secret_key
     path = key_file(settings.data_dir)
@@ -236,7 +240,7 @@ async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
     if from_file:
         # Both keys in the file first: whatever happens next, the store stays readable.
         write_key_file(path, [new, *current])
-    async with Database.open(settings.db_path) as db:
+    async with open_database(settings) as db:
         report = await rotate(db, current, new)
         await _audit_cli(db, settings, "secrets rotate", {})
     if from_file:
@@ -253,8 +257,9 @@ async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with Database.open(settings.db_path) as db:
+    if settings.database_backend == "sqlite":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with open_database(settings) as db:
         auth = AuthService(db, settings)
         if args.action == "list":
             for user in await auth.users.list():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -36,7 +37,14 @@ ENV_NAMES: dict[str, str] = {
     "MMC_TOKEN_CACHE_SECONDS": "token_cache_seconds",
     "MMC_AUDIT_RETENTION_DAYS": "audit_retention_days",
     "MMC_AUDIT_MAX_ROWS": "audit_max_rows",
+    "MMC_DATABASE_URL": "database_url",
+    "MMC_DATABASE_POOL_SIZE": "database_pool_size",
+    "MMC_DATABASE_TIMEOUT": "database_timeout",
+    "MMC_RECONCILE_INTERVAL": "reconcile_interval",
+    "MMC_REPLICA_ID": "replica_id",
 }
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 class ConfigError(ValueError):
@@ -92,10 +100,39 @@ class Settings:
     # The audit trail keeps entries this many days and at most this many rows (0: no cap).
     audit_retention_days: float = 365.0
     audit_max_rows: int = 1_000_000
+    # Unset or sqlite:///relative/path, sqlite:////absolute/path: one process on a file.
+    # postgresql://user:password@host:5432/db: replicas sharing one database. Holds a
+    # password, so never printed.
+    database_url: str | None = field(default=None, repr=False)
+    # PostgreSQL: connections per replica, and seconds to connect, wait for one or run a
+    # query before answering 503.
+    database_pool_size: int = 10
+    database_timeout: float = 5.0
+    # PostgreSQL: seconds between full re-reads of the connections table, the safety net
+    # under LISTEN/NOTIFY.
+    reconcile_interval: float = 30.0
+    # Names this process among replicas (logs, MQTT client ids); default: the host name.
+    replica_id: str = ""
+
+    @property
+    def database_backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        url = self.database_url
+        if url and url.split(":", 1)[0].lower() in POSTGRES_SCHEMES:
+            return "postgresql"
+        return "sqlite"
 
     @property
     def db_path(self) -> Path:
+        """The SQLite file (SQLAlchemy's form: three slashes, then the path)."""
+        url = self.database_url
+        if url and url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+            return Path(url[len("sqlite:///") :])
         return self.data_dir / "mmc.sqlite3"
+
+    @property
+    def replica(self) -> str:
+        return self.replica_id or socket.gethostname()
 
     @property
     def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -201,4 +238,22 @@ def load_settings(
         raise ConfigError("sys_history_length must not be negative")
     if settings.audit_retention_days < 0 or settings.audit_max_rows < 0:
         raise ConfigError("audit_retention_days and audit_max_rows must not be negative")
+    _check_database(settings)
     return settings
+
+
+def _check_database(settings: Settings) -> None:
+    url = settings.database_url
+    if url:
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        if scheme not in ("sqlite", *POSTGRES_SCHEMES):
+            raise ConfigError(
+                "database_url must start with sqlite:/// or postgresql:// (got a "
+                f"{scheme or 'scheme-less'} URL)"
+            )
+        if scheme == "sqlite" and not url.startswith("sqlite:///"):
+            raise ConfigError("database_url: write a SQLite file as sqlite:///path/to/file")
+    if settings.database_pool_size < 1:
+        raise ConfigError("database_pool_size must be at least 1")
+    if settings.database_timeout <= 0 or settings.reconcile_interval <= 0:
+        raise ConfigError("database_timeout and reconcile_interval must be positive")

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +14,10 @@ from mmc.brokers.link import BrokerLink, Endpoint
 from mmc.brokers.pool import BrokerPool
 from mmc.brokers.status import LinkError, LinkStatus
 from mmc.brokers.tls import certificate_info, context_from_base64
-from mmc.errors import InvalidInput, NotAllowed, NotFound
+from mmc.errors import InvalidInput, NotAllowed, NotFound, StoreUnavailable
 from mmc.store.connections import DUPLICATE_MESSAGE, ConnectionRecord, ConnectionRepository
-from mmc.store.projects import ProjectRepository
 
 log = logging.getLogger(__name__)
-
-MAX_CONNECTIONS_MESSAGE = "Maximum number of connections reached"
 
 
 @dataclass(frozen=True)
@@ -108,10 +105,8 @@ class ConnectionService:
         *,
         max_connections: int,
         connect_timeout: float,
-        projects: ProjectRepository | None = None,
     ) -> None:
         self._repo = repo
-        self._projects = projects
         self._pool = pool
         self._max = max_connections
         self._connect_timeout = connect_timeout
@@ -121,6 +116,8 @@ class ConnectionService:
         self._entry_json: dict[str, tuple[dict[str, Any], LinkStatus, str]] = {}
         # One change at a time: checks (duplicates, limit) and writes must not interleave.
         self._lock = asyncio.Lock()
+        # Syncs started by the change feed (strong references until they finish).
+        self._syncs: set[asyncio.Task[None]] = set()
 
     @property
     def pool(self) -> BrokerPool:
@@ -157,24 +154,89 @@ class ConnectionService:
     async def start(self) -> None:
         """Open a link for every stored connection, without waiting for them to connect."""
         for record in await self._repo.list():
-            try:
-                ctx = await self._tls_context(record)
-            except InvalidInput as exc:
-                log.error(
-                    "connection %s: stored TLS material is unusable: %s", record.id, exc.message
-                )
-                ctx = None
-            unusable = ctx is None and Endpoint.from_url(record.url).tls
-            link = await self._open(record, ctx, start=not unusable)
-            if unusable:
-                link.fail(
-                    LinkError(
-                        code="INVALID_TLS_MATERIAL", message="Stored TLS material is unusable"
-                    )
-                )
+            await self._open_stored(record)
 
     async def stop(self) -> None:
+        for task in list(self._syncs):
+            task.cancel()
+        await asyncio.gather(*self._syncs, return_exceptions=True)
         await self._pool.close_all()
+
+    # -- other replicas' changes (a shared store) ---------------------------------------
+
+    def changed(self, connection_id: str) -> None:
+        """The change feed says another process wrote this connection: follow it."""
+        self._spawn(self.sync(connection_id))
+
+    def resync(self) -> None:
+        """Changes may have gone unheard (the feed was down): compare everything."""
+        self._spawn(self.sync())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work, name="mmc-connections-sync")
+        self._syncs.add(task)
+        task.add_done_callback(self._syncs.discard)
+
+    async def reconcile_forever(self, interval: float) -> None:
+        """The safety net under the change feed: a full comparison every ``interval`` s."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.sync()
+
+    async def sync(self, connection_id: str | None = None) -> None:
+        """Make this process's links what the store holds, for one connection or (None) all:
+        open what is new, reopen what changed, close what is gone."""
+        try:
+            async with self._lock:
+                if connection_id is None:
+                    stored = {record.id: record for record in await self._repo.list()}
+                    ids = [*stored, *(link.id for link in self._pool if link.id not in stored)]
+                else:
+                    record = await self._repo.get(connection_id)
+                    stored = {} if record is None else {record.id: record}
+                    ids = [connection_id]
+                for cid in ids:
+                    await self._follow(cid, stored.get(cid))
+        except StoreUnavailable as exc:
+            # The next notification, resync or reconciliation tries again.
+            log.warning("connections not synchronised with the store: %s", exc.message)
+
+    async def _follow(self, connection_id: str, record: ConnectionRecord | None) -> None:
+        link = self._pool.get(connection_id)
+        if record is None:
+            if link is not None:
+                log.info("connection %s was deleted elsewhere: closing its link", connection_id)
+                self._forget(connection_id)
+                await self._pool.close(connection_id)
+        elif link is None or link.record != record:
+            log.info(
+                "connection %s was %s elsewhere: %s its link",
+                connection_id,
+                "created" if link is None else "changed",
+                "opening" if link is None else "reopening",
+            )
+            await self._open_stored(record)
+
+    async def _open_stored(self, record: ConnectionRecord) -> None:
+        """Open a link for a record from the store; unusable TLS material fails the link
+        with a reason instead of failing start-up."""
+        try:
+            ctx = await self._tls_context(record)
+        except InvalidInput as exc:
+            log.error("connection %s: stored TLS material is unusable: %s", record.id, exc.message)
+            ctx = None
+        unusable = ctx is None and Endpoint.from_url(record.url).tls
+        link = await self._open(record, ctx, start=not unusable)
+        if unusable:
+            link.fail(
+                LinkError(code="INVALID_TLS_MATERIAL", message="Stored TLS material is unusable")
+            )
+
+    def _forget(self, connection_id: str) -> None:
+        self._wire.pop(connection_id, None)
+        self._entry_json.pop(connection_id, None)
+
+    # -- changes through this process --------------------------------------------------
 
     async def create(self, data: Mapping[str, Any]) -> Outcome:
         async with self._lock:
@@ -186,13 +248,10 @@ class ConnectionService:
                 # one that is connected or still trying is a duplicate.
                 if link is None or link.connected or link.status.error is None:
                     raise NotAllowed(DUPLICATE_MESSAGE)
-            elif self._max and await self._repo.count() >= self._max:
-                raise NotAllowed(MAX_CONNECTIONS_MESSAGE)
             record = merge(data, stored)
-            await self._check_project(record.project_id)
             ctx = await self._tls_context(record)
             if stored is None:
-                record = await self._repo.insert(record)
+                record = await self._repo.insert(record, limit=self._max)
             else:
                 record = await self._repo.update(record)
             link = await self._open(record, ctx)
@@ -210,7 +269,6 @@ class ConnectionService:
                 raise NotFound(f"Connection {connection_id} not found")
             self._check_name(data["name"], connection_id)
             record = merge(data, stored)
-            await self._check_project(record.project_id)
             ctx = await self._tls_context(record)
             record = await self._repo.update(record)
             link = await self._open(record, ctx)
@@ -220,17 +278,9 @@ class ConnectionService:
         async with self._lock:
             if not await self._repo.delete(connection_id):
                 raise NotFound(f"Connection {connection_id} not found")
-            self._wire.pop(connection_id, None)
-            self._entry_json.pop(connection_id, None)
+            self._forget(connection_id)
             await self._pool.close(connection_id)
         return self.listing()
-
-    async def _check_project(self, project_id: str) -> None:
-        if self._projects is not None and not await self._projects.exists(project_id):
-            raise InvalidInput(
-                f"Project {project_id} does not exist",
-                info={"projectId": [f"Unknown project {project_id!r}: create it first."]},
-            )
 
     def _check_name(self, name: str, connection_id: str) -> None:
         for link in self._pool:

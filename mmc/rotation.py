@@ -37,25 +37,23 @@ async def rotate(db: Database, current: Sequence[bytes], new: bytes) -> Rotation
     sealer = SecretBox(new)
     count = 0
     rows: set[str] = set()
-    async with db.transaction() as conn:
-        async with conn.execute("SELECT value FROM meta WHERE name = 'key_check'") as cur:
-            row = await cur.fetchone()
+    async with db.transaction() as tx:
+        row = await tx.fetch_one("SELECT value FROM meta WHERE name = 'key_check'")
         if row is None or opener.decrypt(row[0]) != KEY_CHECK_PLAINTEXT:
             raise SecretKeyError(
                 "the current secret key does not open this store (MMC_SECRET_KEY or the key file)"
             )
-        await conn.execute(
+        await tx.execute(
             "UPDATE meta SET value = ? WHERE name = 'key_check'",
             (sealer.encrypt(KEY_CHECK_PLAINTEXT),),
         )
         for table, key_column, column in ENCRYPTED_COLUMNS:
-            async with conn.execute(
+            found = await tx.fetch_all(
                 f"SELECT {key_column}, {column} FROM {table} "  # noqa: S608 - constants
                 f"WHERE {column} IS NOT NULL"
-            ) as cur:
-                found = list(await cur.fetchall())
+            )
             for ident, token in found:
-                await conn.execute(
+                await tx.execute(
                     f"UPDATE {table} SET {column} = ? WHERE {key_column} = ?",  # noqa: S608
                     (sealer.encrypt(opener.decrypt(token)), ident),
                 )

@@ -6,18 +6,20 @@ import asyncio
 import base64
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from cryptography.fernet import Fernet
 from pytest_aiohttp import AiohttpClient
 
 from mmc.app import create_app
 from mmc.config import Settings
 from tests.brokers import MosquittoBroker, TlsMaterial, make_tls_material, mosquitto_available
+from tests.postgres import postgres_database
 
 Client = TestClient[web.Request, web.Application]
 
@@ -112,11 +114,35 @@ def own_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 
 
 ADMIN_PASSWORD = "admin-password-for-tests"
+# Replicas on one PostgreSQL store must share the key (SQLite tests use the key file).
+SECRET_KEY = Fernet.generate_key().decode()
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # `@pytest.mark.backends("sqlite", "postgresql")` (on a test or a module) runs the test
+    # once per store backend named; unmarked tests use SQLite.
+    marker = metafunc.definition.get_closest_marker("backends")
+    if "database_url" in metafunc.fixturenames and marker is not None:
+        assert set(marker.args) <= set(BACKENDS), marker.args
+        metafunc.parametrize("database_url", marker.args, indirect=True)
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """None (SQLite in the test's data dir), or a new PostgreSQL database's URL."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+    else:
+        async with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
     return Settings(
+        database_url=database_url,
+        secret_key=SECRET_KEY if database_url else None,
         data_dir=tmp_path / "data",
         connect_timeout=3.0,
         request_timeout=2.0,

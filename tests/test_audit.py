@@ -171,8 +171,8 @@ async def test_a_failed_audit_write_does_not_fail_the_change(
     # Fail-open (see mmc.web.audit): the change happened, so its answer stands; the entry
     # goes to the log at ERROR level and to a metric to alert on.
     db = client.app[db_key]
-    async with db.transaction() as conn:
-        await conn.execute("ALTER TABLE audit RENAME TO audit_away")
+    async with db.transaction() as tx:
+        await tx.execute("ALTER TABLE audit RENAME TO audit_away")
     caplog.set_level(logging.ERROR, logger="mmc.web.audit")
     resp = await client.post("/api/tokens", json={"name": "still-works", "role": "viewer"})
     assert resp.status == 201
@@ -181,8 +181,8 @@ async def test_a_failed_audit_write_does_not_fail_the_change(
     assert "POST /api/tokens" in caplog.text
     metrics = await (await client.get("/metrics")).text()
     assert "mmc_audit_write_failures_total 1.0" in metrics
-    async with db.transaction() as conn:
-        await conn.execute("ALTER TABLE audit_away RENAME TO audit")
+    async with db.transaction() as tx:
+        await tx.execute("ALTER TABLE audit_away RENAME TO audit")
     with pytest.raises(sqlite3.OperationalError):
         await db.fetch_all("SELECT * FROM audit_away")
 

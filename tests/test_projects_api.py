@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mmc.config import Settings
-from mmc.store.db import MIGRATIONS
+from mmc.store.migrations import MIGRATIONS
 from tests.brokers import MosquittoBroker, free_port
 from tests.conftest import Client, plain_body
 
@@ -170,8 +170,8 @@ async def test_connections_stored_before_projects_keep_their_project(
         db.execute(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT)"
         )
-        for version, sql in enumerate(MIGRATIONS[:2], start=1):
-            db.execute(sql)
+        for version, migration in enumerate(MIGRATIONS[:2], start=1):
+            db.execute(migration.sqlite)
             db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (version,))
         db.execute(
             "INSERT INTO connections (id, name, url, project_id, reject_unauthorized, "

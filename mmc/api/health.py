@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mmc.errors import MmcError
 from mmc.keys import db_key, metrics_key
 from mmc.openapi import doc
 from mmc.schemas.responses import HealthSchema, ReadySchema
@@ -31,20 +33,28 @@ async def healthz(request: web.Request) -> web.Response:
     responses={200: ReadySchema(), 503: ReadySchema()},
 )
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: start-up finished and the store answers a query."""
+    """Readiness: start-up finished and the store answers a query. Never depends on
+    brokers; a replica whose database is gone leaves the Service but stays alive."""
     reasons: list[str] = []
+    body: dict[str, Any] = {}
     db = request.app.get(db_key)
     if db is None:
         reasons.append("store not open")
     else:
+        state = "ok"
         try:
             async with asyncio.timeout(2):
                 await db.ping()
         except (TimeoutError, sqlite3.Error, ValueError) as exc:
+            state = "unavailable"
             reasons.append(f"store does not answer: {exc or type(exc).__name__}")
+        except MmcError as exc:
+            state = "unavailable"
+            reasons.append(f"store does not answer: {exc.message}")
+        body["database"] = {"backend": db.backend, "status": state, "listening": db.listening}
     if reasons:
-        return web.json_response({"status": "unavailable", "reasons": reasons}, status=503)
-    return web.json_response({"status": "ok", "reasons": []})
+        return web.json_response({"status": "unavailable", "reasons": reasons, **body}, status=503)
+    return web.json_response({"status": "ok", "reasons": [], **body})
 
 
 @routes.get("/metrics")

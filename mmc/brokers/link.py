@@ -77,6 +77,9 @@ class LinkOptions:
     probe_timeout: float = 1.0
     sys_history_interval: float = 60.0
     sys_history_length: int = 60
+    # Appended to a client id the user chose: replicas sharing a store each connect to
+    # every broker, and two clients with one id would take each other's session forever.
+    client_id_suffix: str = ""
 
 
 class LinkObserver(ControlObserver, Protocol):
@@ -115,7 +118,11 @@ class BrokerLink:
         self._wake = asyncio.Event()
         self._up = asyncio.Event()
         self._sys_seen = asyncio.Event()
-        self.client_id = record.client_id or f"mmc-{record.id}-{secrets.token_hex(4)}"
+        self.client_id = (
+            record.client_id + options.client_id_suffix
+            if record.client_id
+            else f"mmc-{record.id}-{secrets.token_hex(4)}"
+        )
         self._status = LinkStatus(connected=False, timestamp=now_ms())
         self._first_attempt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stop = asyncio.Event()

@@ -211,9 +211,17 @@ class HealthSchema(Schema):
     status = fields.String(required=True)
 
 
+class DatabaseStateSchema(Schema):
+    backend = fields.String(required=True, metadata={"enum": ["sqlite", "postgresql"]})
+    status = fields.String(required=True, metadata={"enum": ["ok", "unavailable"]})
+    # PostgreSQL: whether this replica hears the others' changes right now.
+    listening = fields.Boolean(required=True)
+
+
 class ReadySchema(Schema):
     status = fields.String(required=True)
     reasons = fields.List(fields.String(), required=True)
+    database = fields.Nested(DatabaseStateSchema)
 
 
 class ObjectSchema(Schema):

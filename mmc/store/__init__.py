@@ -1,5 +1,31 @@
-"""Persistence: one repository per table over one SQLite database (aiosqlite).
+"""Persistence: one repository per table over a ``Database`` (mmc.store.db) of either backend.
 
-SQL stays portable (TEXT/INTEGER/BIGINT, no SQLite-only syntax in table
-definitions) so that a PostgreSQL backend can implement the same repositories.
+SQL stays portable (TEXT/INTEGER/BIGINT, ``?`` placeholders, no backend-only syntax
+outside mmc.store.migrations), so every repository runs unchanged on both.
 """
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from mmc.config import Settings
+from mmc.store.db import Database
+from mmc.store.postgres import PostgresDatabase
+from mmc.store.sqlite import SqliteDatabase
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    """The store the settings name, migrated to this version's schema."""
+    if settings.database_backend == "postgresql":
+        assert settings.database_url is not None
+        async with PostgresDatabase.open(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            timeout=settings.database_timeout,
+        ) as pg:
+            yield pg
+    else:
+        async with SqliteDatabase.open(settings.db_path) as lite:
+            yield lite

@@ -13,15 +13,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
-
-from mmc.store.db import Database, now_ms
+from mmc.store.db import Database, Row, now_ms
 
 DAY_MS = 86_400_000
-_COLUMNS = (
-    "id, at, request_id, username, auth_method, client, method, route, target, status, "
+_INSERTED = (
+    "at, request_id, username, auth_method, client, method, route, target, status, "
     "outcome, error_code, duration_ms"
 )
+_COLUMNS = "id, " + _INSERTED
 
 
 def outcome_of(status: int) -> str:
@@ -66,7 +65,7 @@ class AuditQuery:
     limit: int = 100
 
 
-def _from_row(row: aiosqlite.Row) -> AuditEntry:
+def _from_row(row: Row) -> AuditEntry:
     return AuditEntry(
         id=row["id"],
         at=row["at"],
@@ -118,10 +117,10 @@ class AuditRepository:
                         done.set_result(None)
 
     async def _write(self, entries: list[AuditEntry]) -> None:
-        async with self._db.transaction() as conn:
-            await conn.executemany(
-                f"INSERT INTO audit ({_COLUMNS}) "  # noqa: S608
-                "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        async with self._db.transaction() as tx:
+            await tx.execute_many(
+                f"INSERT INTO audit ({_INSERTED}) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         entry.at,
@@ -142,16 +141,12 @@ class AuditRepository:
             )
             # Both caps use an index (rowid, at): cheap when there is nothing to delete.
             if self._max_rows:
-                rows = await conn.execute_fetchall("SELECT MAX(id) FROM audit")
-                newest = next(iter(rows))[0] if rows else None
+                row = await tx.fetch_one("SELECT MAX(id) FROM audit")
+                newest = row[0] if row else None
                 if newest is not None:
-                    await conn.execute(
-                        "DELETE FROM audit WHERE id <= ?", (newest - self._max_rows,)
-                    )
+                    await tx.execute("DELETE FROM audit WHERE id <= ?", (newest - self._max_rows,))
             if self._retention_ms:
-                await conn.execute(
-                    "DELETE FROM audit WHERE at < ?", (now_ms() - self._retention_ms,)
-                )
+                await tx.execute("DELETE FROM audit WHERE at < ?", (now_ms() - self._retention_ms,))
 
     async def query(self, q: AuditQuery) -> list[AuditEntry]:
         """Newest first; ``before_id`` continues a previous page."""

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from mmc.crypto import STALE_KEY_MESSAGE, SecretBox, SecretKeyError
-from mmc.errors import NotAllowed, StoreUnavailable
-from mmc.store.db import Database, now_ms
+from mmc.errors import InvalidInput, NotAllowed, StoreUnavailable
+from mmc.store.db import CONNECTIONS_CHANNEL, Database, IntegrityViolation, Row, Tx, now_ms
 
 DUPLICATE_MESSAGE = "Connection with the same name/id already exists"
+MAX_CONNECTIONS_MESSAGE = "Maximum number of connections reached"
 
 
 @dataclass(frozen=True)
@@ -47,20 +45,19 @@ class ConnectionRepository:
         self._db = db
         self._box = box
 
-    def _from_row(self, row: aiosqlite.Row) -> ConnectionRecord:
+    def _from_row(self, row: Row) -> ConnectionRecord:
         try:
             return self._record(row)
         except SecretKeyError:
             raise StoreUnavailable(STALE_KEY_MESSAGE) from None
 
-    async def _check_key(self, conn: aiosqlite.Connection) -> None:
+    async def _check_key(self, tx: Tx) -> None:
         """Refuse to write secrets under a key the store no longer uses (see crypto)."""
-        async with conn.execute("SELECT value FROM meta WHERE name = 'key_check'") as cur:
-            row = await cur.fetchone()
+        row = await tx.fetch_one("SELECT value FROM meta WHERE name = 'key_check'")
         if row is not None and not self._box.primary_opens(row[0]):
             raise StoreUnavailable(STALE_KEY_MESSAGE)
 
-    def _record(self, row: aiosqlite.Row) -> ConnectionRecord:
+    def _record(self, row: Row) -> ConnectionRecord:
         return ConnectionRecord(
             id=row["id"],
             name=row["name"],
@@ -111,18 +108,35 @@ class ConnectionRepository:
         row = await self._db.fetch_one("SELECT COUNT(*) FROM connections")
         return int(row[0]) if row else 0
 
-    async def insert(self, rec: ConnectionRecord) -> ConnectionRecord:
+    @staticmethod
+    async def _check_project(tx: Tx, project_id: str) -> None:
+        # In the write transaction: a project deleted by another replica meanwhile counts.
+        if await tx.fetch_one("SELECT 1 FROM projects WHERE id = ?", (project_id,)) is None:
+            raise InvalidInput(
+                f"Project {project_id} does not exist",
+                info={"projectId": [f"Unknown project {project_id!r}: create it first."]},
+            )
+
+    async def insert(self, rec: ConnectionRecord, *, limit: int = 0) -> ConnectionRecord:
+        """Store a new connection; NotAllowed for a duplicate id or name, or when ``limit``
+        (0: none) connections exist already, counted store-wide in the same transaction."""
         ts = now_ms()
         rec = rec.replace(created_at=ts, updated_at=ts)
         try:
-            async with self._db.transaction() as conn:
-                await self._check_key(conn)
-                await conn.execute(
+            async with self._db.transaction() as tx:
+                await self._check_key(tx)
+                await self._check_project(tx, rec.project_id)
+                if limit:
+                    row = await tx.fetch_one("SELECT COUNT(*) FROM connections")
+                    if row is not None and row[0] >= limit:
+                        raise NotAllowed(MAX_CONNECTIONS_MESSAGE)
+                await tx.execute(
                     f"INSERT INTO connections ({_COLUMNS}) "  # noqa: S608
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     self._params(rec),
                 )
-        except sqlite3.IntegrityError:
+                await tx.notify(CONNECTIONS_CHANNEL, rec.id)
+        except IntegrityViolation:
             raise NotAllowed(DUPLICATE_MESSAGE) from None
         return rec
 
@@ -130,19 +144,23 @@ class ConnectionRepository:
         rec = rec.replace(updated_at=now_ms())
         params = self._params(rec)
         try:
-            async with self._db.transaction() as conn:
-                await self._check_key(conn)
-                await conn.execute(
+            async with self._db.transaction() as tx:
+                await self._check_key(tx)
+                await self._check_project(tx, rec.project_id)
+                await tx.execute(
                     "UPDATE connections SET name = ?, url = ?, project_id = ?, client_id = ?, "
                     "username = ?, password_enc = ?, ca = ?, cert = ?, key_enc = ?, "
                     "reject_unauthorized = ?, updated_at = ? WHERE id = ?",
                     (*params[1:11], params[12], rec.id),
                 )
-        except sqlite3.IntegrityError:
+                await tx.notify(CONNECTIONS_CHANNEL, rec.id)
+        except IntegrityViolation:
             raise NotAllowed(DUPLICATE_MESSAGE) from None
         return rec
 
     async def delete(self, connection_id: str) -> bool:
-        async with self._db.transaction() as conn:
-            cur = await conn.execute("DELETE FROM connections WHERE id = ?", (connection_id,))
-            return cur.rowcount > 0
+        async with self._db.transaction() as tx:
+            deleted = await tx.execute("DELETE FROM connections WHERE id = ?", (connection_id,))
+            if deleted:
+                await tx.notify(CONNECTIONS_CHANNEL, connection_id)
+        return deleted > 0

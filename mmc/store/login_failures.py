@@ -25,21 +25,20 @@ class LoginFailureRepository:
         """Count one failure for each subject; lock those that reach ``limit`` within
         ``window`` ms for ``lockout`` ms. Returns the latest lock end, 0 if none."""
         latest = 0
-        async with self._db.transaction() as conn:
+        async with self._db.transaction() as tx:
             for subject in subjects:
-                async with conn.execute(
+                row = await tx.fetch_one(
                     "SELECT failures, first_at FROM login_failures WHERE subject = ?",
                     (subject,),
-                ) as cur:
-                    row = await cur.fetchone()
+                )
                 failures, first_at = (row[0], row[1]) if row else (0, now)
                 if now - first_at > window:
                     failures, first_at = 0, now
                 failures += 1
                 locked_until = now + lockout if failures >= limit else 0
                 latest = max(latest, locked_until)
-                await conn.execute("DELETE FROM login_failures WHERE subject = ?", (subject,))
-                await conn.execute(
+                await tx.execute("DELETE FROM login_failures WHERE subject = ?", (subject,))
+                await tx.execute(
                     "INSERT INTO login_failures (subject, failures, first_at, locked_until) "
                     "VALUES (?, ?, ?, ?)",
                     (subject, 0 if locked_until else failures, first_at, locked_until),
@@ -47,5 +46,5 @@ class LoginFailureRepository:
         return latest
 
     async def clear(self, subject: str) -> None:
-        async with self._db.transaction() as conn:
-            await conn.execute("DELETE FROM login_failures WHERE subject = ?", (subject,))
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM login_failures WHERE subject = ?", (subject,))

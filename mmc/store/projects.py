@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from enum import Enum
 
-import aiosqlite
-
 from mmc.errors import Conflict
-from mmc.store.db import Database, now_ms
+from mmc.store.db import Database, IntegrityViolation, Row, now_ms
 
 DEFAULT_PROJECT_ID = "default"
 DEFAULT_PROJECT_NAME = "Default"
@@ -33,7 +30,7 @@ class Deletion(Enum):
 _COLUMNS = "id, name, description, created_at, updated_at"
 
 
-def _from_row(row: aiosqlite.Row) -> ProjectRecord:
+def _from_row(row: Row) -> ProjectRecord:
     return ProjectRecord(
         id=row["id"],
         name=row["name"],
@@ -49,8 +46,8 @@ class ProjectRepository:
 
     async def ensure_default(self) -> None:
         ts = now_ms()
-        async with self._db.transaction() as conn:
-            await conn.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 f"INSERT INTO projects ({_COLUMNS}) VALUES (?, ?, NULL, ?, ?) "  # noqa: S608
                 "ON CONFLICT (id) DO NOTHING",
                 (DEFAULT_PROJECT_ID, DEFAULT_PROJECT_NAME, ts, ts),
@@ -79,36 +76,37 @@ class ProjectRepository:
         ts = now_ms()
         record = ProjectRecord(record.id, record.name, record.description, ts, ts)
         try:
-            async with self._db.transaction() as conn:
-                await conn.execute(
+            async with self._db.transaction() as tx:
+                await tx.execute(
                     f"INSERT INTO projects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
                     (record.id, record.name, record.description, ts, ts),
                 )
-        except sqlite3.IntegrityError:
+        except IntegrityViolation:
             raise Conflict(f"Project {record.id} already exists") from None
         return record
 
     async def update(self, record: ProjectRecord) -> ProjectRecord | None:
         ts = now_ms()
-        async with self._db.transaction() as conn:
-            cur = await conn.execute(
+        async with self._db.transaction() as tx:
+            updated = await tx.execute(
                 "UPDATE projects SET name = ?, description = ?, updated_at = ? WHERE id = ?",
                 (record.name, record.description, ts, record.id),
             )
-            if cur.rowcount == 0:
-                return None
+        if not updated:
+            return None
         return await self.get(record.id)
 
     async def delete(self, project_id: str) -> Deletion:
         """Delete a project that has no connections; checked and done in one transaction."""
-        async with self._db.transaction() as conn:
-            async with conn.execute("SELECT 1 FROM projects WHERE id = ?", (project_id,)) as cur:
-                if await cur.fetchone() is None:
-                    return Deletion.MISSING
-            async with conn.execute(
-                "SELECT 1 FROM connections WHERE project_id = ? LIMIT 1", (project_id,)
-            ) as cur:
-                if await cur.fetchone() is not None:
-                    return Deletion.IN_USE
-            await conn.execute("DELETE FROM projects WHERE id = ?", (project_id,))
+        async with self._db.transaction() as tx:
+            if await tx.fetch_one("SELECT 1 FROM projects WHERE id = ?", (project_id,)) is None:
+                return Deletion.MISSING
+            if (
+                await tx.fetch_one(
+                    "SELECT 1 FROM connections WHERE project_id = ? LIMIT 1", (project_id,)
+                )
+                is not None
+            ):
+                return Deletion.IN_USE
+            await tx.execute("DELETE FROM projects WHERE id = ?", (project_id,))
         return Deletion.DELETED

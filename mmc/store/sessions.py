@@ -21,8 +21,8 @@ class SessionRepository:
 
     async def create(self, id_hash: str, username: str) -> SessionRecord:
         ts = now_ms()
-        async with self._db.transaction() as conn:
-            await conn.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 "INSERT INTO sessions (id_hash, username, created_at, last_seen) "
                 "VALUES (?, ?, ?, ?)",
                 (id_hash, username, ts, ts),
@@ -37,19 +37,17 @@ class SessionRepository:
         return SessionRecord(*row) if row else None
 
     async def touch(self, id_hash: str, when: int) -> None:
-        async with self._db.transaction() as conn:
-            await conn.execute(
-                "UPDATE sessions SET last_seen = ? WHERE id_hash = ?", (when, id_hash)
-            )
+        async with self._db.transaction() as tx:
+            await tx.execute("UPDATE sessions SET last_seen = ? WHERE id_hash = ?", (when, id_hash))
 
     async def delete(self, id_hash: str) -> None:
-        async with self._db.transaction() as conn:
-            await conn.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
 
     async def delete_user(self, username: str) -> None:
-        async with self._db.transaction() as conn:
-            await conn.execute("DELETE FROM sessions WHERE username = ?", (username,))
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM sessions WHERE username = ?", (username,))
 
     async def delete_idle(self, idle_before: int) -> None:
-        async with self._db.transaction() as conn:
-            await conn.execute("DELETE FROM sessions WHERE last_seen < ?", (idle_before,))
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM sessions WHERE last_seen < ?", (idle_before,))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
-from mmc.store.db import Database
+from mmc.store.db import Database, Row
 
 _COLUMNS = "id, name, role, token_hash, created_by, created_at, valid_until"
 
@@ -22,7 +20,7 @@ class TokenRecord:
     valid_until: int | None
 
 
-def _from_row(row: aiosqlite.Row) -> TokenRecord:
+def _from_row(row: Row) -> TokenRecord:
     return TokenRecord(*row)
 
 
@@ -31,8 +29,8 @@ class TokenRepository:
         self._db = db
 
     async def insert(self, record: TokenRecord) -> None:
-        async with self._db.transaction() as conn:
-            await conn.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     record.id,
@@ -59,6 +57,5 @@ class TokenRepository:
         return _from_row(row) if row else None
 
     async def delete(self, token_id: str) -> bool:
-        async with self._db.transaction() as conn:
-            cur = await conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
-            return cur.rowcount > 0
+        async with self._db.transaction() as tx:
+            return await tx.execute("DELETE FROM tokens WHERE id = ?", (token_id,)) > 0

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from mmc.errors import Conflict
-from mmc.store.db import Database, now_ms
+from mmc.store.db import Database, IntegrityViolation, Row, Tx, now_ms
 
 
 @dataclass(frozen=True)
@@ -20,7 +17,7 @@ class UserRecord:
     updated_at: int = 0
 
 
-def _from_row(row: aiosqlite.Row) -> UserRecord:
+def _from_row(row: Row) -> UserRecord:
     return UserRecord(
         username=row["username"],
         password_hash=row["password_hash"],
@@ -56,13 +53,13 @@ class UserRepository:
     async def insert(self, username: str, password_hash: str, roles: tuple[str, ...]) -> UserRecord:
         ts = now_ms()
         try:
-            async with self._db.transaction() as conn:
-                await conn.execute(
+            async with self._db.transaction() as tx:
+                await tx.execute(
                     "INSERT INTO users (username, password_hash, roles, created_at, updated_at) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (username, password_hash, ",".join(roles), ts, ts),
                 )
-        except sqlite3.IntegrityError:
+        except IntegrityViolation:
             raise Conflict(f"User {username} already exists") from None
         return UserRecord(username, password_hash, roles, ts, ts)
 
@@ -76,34 +73,31 @@ class UserRepository:
     ) -> bool:
         """Change a user; with ``keep_an_admin`` refuse (Conflict) a change that would
         leave no admin, checked inside the same transaction as the write."""
-        async with self._db.transaction() as conn:
+        changed = 0
+        async with self._db.transaction() as tx:
             if password_hash is not None:
-                await conn.execute(
+                changed += await tx.execute(
                     "UPDATE users SET password_hash = ?, updated_at = ? WHERE username = ?",
                     (password_hash, now_ms(), username),
                 )
             if roles is not None:
-                await conn.execute(
+                changed += await tx.execute(
                     "UPDATE users SET roles = ?, updated_at = ? WHERE username = ?",
                     (",".join(roles), now_ms(), username),
                 )
             if keep_an_admin:
-                await self._require_an_admin(conn)
-            async with conn.execute("SELECT changes()") as cur:
-                row = await cur.fetchone()
-        return bool(row and row[0])
+                await self._require_an_admin(tx)
+        return changed > 0
 
     async def delete(self, username: str, *, keep_an_admin: bool = True) -> bool:
-        async with self._db.transaction() as conn:
-            cur = await conn.execute("DELETE FROM users WHERE username = ?", (username,))
-            deleted = cur.rowcount > 0
+        async with self._db.transaction() as tx:
+            deleted = await tx.execute("DELETE FROM users WHERE username = ?", (username,)) > 0
             if keep_an_admin:
-                await self._require_an_admin(conn)
+                await self._require_an_admin(tx)
         return deleted
 
     @staticmethod
-    async def _require_an_admin(conn: aiosqlite.Connection) -> None:
-        async with conn.execute("SELECT roles FROM users") as cur:
-            rows = await cur.fetchall()
+    async def _require_an_admin(tx: Tx) -> None:
+        rows = await tx.fetch_all("SELECT roles FROM users")
         if not any("admin" in row[0].split(",") for row in rows):
             raise Conflict("The last admin cannot be deleted or lose the admin role")

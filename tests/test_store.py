@@ -1,0 +1,241 @@
+"""The store's contract, on both backends: migrations, constraints, all-or-nothing writes,
+writes serialised across processes, and the change feed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from mmc.config import Settings
+from mmc.crypto import SecretBox
+from mmc.errors import Conflict, InvalidInput, NotAllowed, StoreUnavailable
+from mmc.store import open_database
+from mmc.store.connections import ConnectionRecord, ConnectionRepository
+from mmc.store.db import CONNECTIONS_CHANNEL, Database
+from mmc.store.login_failures import LoginFailureRepository
+from mmc.store.migrations import MIGRATIONS
+from mmc.store.postgres import PostgresDatabase, dialect, redact
+from mmc.store.projects import ProjectRepository
+from mmc.store.users import UserRepository
+from tests.conftest import BACKENDS, SECRET_KEY, wait_until
+from tests.postgres import ADMIN_URL
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.backends(*BACKENDS)
+
+
+@contextlib.asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[Database]:
+    if settings.database_backend == "sqlite":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with open_database(settings) as db:
+        yield db
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    async with opened(settings) as database:
+        yield database
+
+
+def record(ident: str, **changes: object) -> ConnectionRecord:
+    return ConnectionRecord(ident, f"Broker {ident}", "mqtt://127.0.0.1:1").replace(**changes)
+
+
+async def test_migrations_apply_once_even_when_processes_start_together(
+    settings: Settings,
+) -> None:
+    # Four processes' worth of stores opening an empty database at the same moment.
+    async def open_and_count() -> int:
+        async with opened(settings) as db:
+            row = await db.fetch_one("SELECT COUNT(*), MAX(version) FROM schema_migrations")
+            assert row is not None
+            assert row[1] == len(MIGRATIONS)
+            return int(row[0])
+
+    counts = await asyncio.gather(*(open_and_count() for _ in range(4)))
+    assert counts == [len(MIGRATIONS)] * 4
+    async with opened(settings) as db:
+        assert await db.fetch_all("SELECT * FROM connections") == []
+        await ProjectRepository(db).ensure_default()
+        assert [p.id for p in await ProjectRepository(db).list()] == ["default"]
+
+
+async def test_connections_round_trip_with_encrypted_secrets(db: Database) -> None:
+    repo = ConnectionRepository(db, SecretBox(SECRET_KEY.encode()))
+    await ProjectRepository(db).ensure_default()
+    stored = await repo.insert(record("a", username="u", password="s3cret", key="a2V5"))
+    assert await repo.get("a") == stored
+    raw = await db.fetch_one("SELECT password_enc, key_enc FROM connections WHERE id = ?", ("a",))
+    assert raw is not None
+    assert "s3cret" not in raw[0]
+    assert raw[1] != "a2V5"
+    updated = await repo.update(stored.replace(url="mqtt://127.0.0.1:2", password=None))
+    assert await repo.get("a") == updated
+    assert (await repo.list())[0].password is None
+    assert await repo.delete("a") is True
+    assert await repo.delete("a") is False
+    assert await repo.get("a") is None
+
+
+async def test_constraints_refuse_duplicates_and_write_nothing(db: Database) -> None:
+    repo = ConnectionRepository(db, SecretBox(SECRET_KEY.encode()))
+    await ProjectRepository(db).ensure_default()
+    await repo.insert(record("a"))
+    with pytest.raises(NotAllowed):
+        await repo.insert(record("a", name="Other name"))
+    with pytest.raises(NotAllowed):
+        await repo.insert(record("b", name="Broker a"))
+    with pytest.raises(InvalidInput):
+        await repo.insert(record("c", project_id="nowhere"))
+    with pytest.raises(NotAllowed, match="Maximum"):
+        await repo.insert(record("d"), limit=1)
+    assert [r.id for r in await repo.list()] == ["a"]
+
+    users = UserRepository(db)
+    await users.insert("ann", "hash", ("admin",))
+    with pytest.raises(Conflict):
+        await users.insert("ann", "hash", ("viewer",))
+    assert [u.username for u in await users.list()] == ["ann"]
+
+
+async def test_a_failing_transaction_leaves_nothing_behind(db: Database) -> None:
+    async def write_then_fail() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO meta (name, value) VALUES (?, ?)", ("x", "1"))
+            assert await tx.fetch_one("SELECT value FROM meta WHERE name = ?", ("x",))
+            raise RuntimeError("half-way")
+
+    with pytest.raises(RuntimeError):
+        await write_then_fail()
+    assert await db.get_meta("x") is None
+    # The store still takes writes afterwards (the transaction was really ended).
+    await db.set_meta("x", "2")
+    assert await db.get_meta("x") == "2"
+
+
+async def test_row_counts(db: Database) -> None:
+    users = UserRepository(db)
+    await users.insert("ann", "hash", ("admin",))
+    await users.insert("bob", "hash", ("viewer",))
+    assert await users.update("bob", roles=("editor",)) is True
+    assert await users.update("nobody", roles=("editor",)) is False
+    async with db.transaction() as tx:
+        assert await tx.execute("UPDATE users SET updated_at = ?", (1,)) == 2
+        assert await tx.execute("DELETE FROM users WHERE username = ?", ("zed",)) == 0
+
+
+async def test_writes_from_two_processes_are_serialised(settings: Settings) -> None:
+    """Check-then-write stays true across replicas: of two admins demoted at once through
+    two stores, one keeps the role; failures counted at once from both are all counted."""
+    async with opened(settings) as one, opened(settings) as two:
+        await UserRepository(one).insert("ann", "hash", ("admin",))
+        await UserRepository(one).insert("bob", "hash", ("admin",))
+        results = await asyncio.gather(
+            UserRepository(one).update("ann", roles=("viewer",)),
+            UserRepository(two).update("bob", roles=("viewer",)),
+            return_exceptions=True,
+        )
+        assert sorted(type(r).__name__ for r in results) == ["Conflict", "bool"]
+        admins = [u for u in await UserRepository(two).list() if "admin" in u.roles]
+        assert len(admins) == 1
+
+        failures = [LoginFailureRepository(one), LoginFailureRepository(two)]
+        await asyncio.gather(
+            *(
+                failures[i % 2].record_failure(
+                    ["user:carol"], 1000 + i, window=60_000, limit=100, lockout=1000
+                )
+                for i in range(20)
+            )
+        )
+        row = await one.fetch_one(
+            "SELECT failures FROM login_failures WHERE subject = ?", ("user:carol",)
+        )
+        assert row is not None
+        assert row[0] == 20
+
+
+async def test_the_change_feed_reports_committed_connection_changes(
+    settings: Settings,
+) -> None:
+    heard: list[str] = []
+    resyncs: list[None] = []
+    async with opened(settings) as writer, opened(settings) as reader:
+        await ProjectRepository(writer).ensure_default()
+        repo = ConnectionRepository(writer, SecretBox(SECRET_KEY.encode()))
+        async with reader.listen(CONNECTIONS_CHANNEL, heard.append, lambda: resyncs.append(None)):
+            if not reader.shared:
+                # Nobody else writes to a SQLite file mmc serves: nothing to hear.
+                await repo.insert(record("a"))
+                await asyncio.sleep(0.2)
+                assert (heard, resyncs, reader.listening) == ([], [], True)
+                return
+            await wait_until(lambda: reader.listening)
+            assert len(resyncs) == 1  # once listening: what happened before is unknown
+            await repo.insert(record("a"))
+            await repo.update(record("a", url="mqtt://127.0.0.1:2"))
+            with pytest.raises(NotAllowed):
+                await repo.insert(record("a"))  # rolled back: never announced
+            await repo.delete("a")
+            await repo.delete("a")  # nothing deleted: nothing to announce
+            await wait_until(lambda: len(heard) >= 3)
+            await asyncio.sleep(0.2)
+            assert heard == ["a", "a", "a"]
+
+
+@pytest.mark.backends("postgresql")
+async def test_postgres_unreachable_and_lost(settings: Settings) -> None:
+    assert settings.database_url is not None
+    port = urlsplit(settings.database_url).port
+    assert port is not None
+    async with TcpProxy.running("127.0.0.1", port) as proxy:
+        url = settings.database_url.replace(f":{port}/", f":{proxy.port}/")
+        proxied = settings.replace(database_url=url, database_timeout=1.0)
+        async with opened(proxied) as db:
+            heard: list[str] = []
+            resyncs: list[None] = []
+            async with db.listen(CONNECTIONS_CHANNEL, heard.append, lambda: resyncs.append(None)):
+                await wait_until(lambda: db.listening)
+                proxy.cut()
+                with pytest.raises(StoreUnavailable):
+                    await db.fetch_all("SELECT 1")
+                with pytest.raises(StoreUnavailable):
+                    await db.set_meta("x", "1")
+                await wait_until(lambda: not db.listening, timeout=10)
+                proxy.restore()
+                await wait_until(lambda: db.listening, timeout=15)
+                # After the feed came back, a resync covers what it may have missed.
+                assert len(resyncs) == 2
+                await db.set_meta("x", "1")
+                assert await db.get_meta("x") == "1"
+
+        proxy.cut()
+        with pytest.raises(StoreUnavailable, match="Cannot connect") as refused:
+            async with opened(proxied):
+                pass
+        assert "Cannot connect to the database postgresql://postgres@127.0.0.1:" in str(
+            refused.value.message
+        )
+
+
+def test_sql_is_written_once_for_both_dialects() -> None:
+    assert dialect("SELECT a FROM t WHERE b = ? AND c IN (?, ?)") == (
+        "SELECT a FROM t WHERE b = $1 AND c IN ($2, $3)"
+    )
+    assert redact("postgresql://mmc:pw@db:5432/mmc") == "postgresql://mmc@db:5432/mmc"
+    assert redact(ADMIN_URL) == ADMIN_URL
+
+
+def test_backend_is_chosen_by_the_url(tmp_path: Path) -> None:
+    assert Settings().database_backend == "sqlite"
+    assert Settings(database_url="postgres://x@h/db").database_backend == "postgresql"
+    lite = Settings(database_url="sqlite:////var/lib/mmc/store.db")
+    assert (lite.database_backend, lite.db_path) == ("sqlite", Path("/var/lib/mmc/store.db"))
+    assert Settings(database_url="sqlite:///rel.db").db_path == Path("rel.db")
+    assert issubclass(PostgresDatabase, Database)
