@@ -179,8 +179,9 @@ MakeClient = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-def make_client(aiohttp_client: AiohttpClient) -> MakeClient:
-    """An mmc app on a test server; by default every request carries an admin token."""
+def make_client(database_url: str | None, aiohttp_client: AiohttpClient) -> MakeClient:
+    """An mmc app on a test server; by default every request carries an admin token.
+    (After the database in setup, so the apps stop before their database is dropped.)"""
 
     async def make(settings: Settings, *, authenticated: bool = True) -> Client:
         client = await aiohttp_client(create_app(settings))

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from mmc.config import Settings
-from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, create_token, login, origin
+from tests.conftest import ADMIN_PASSWORD, BACKENDS, Client, MakeClient, create_token, login, origin
+
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 def _cookie_header(resp_headers: object) -> str:

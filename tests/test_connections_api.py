@@ -7,9 +7,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mmc.keys import connections_key
 from tests.brokers import MosquittoBroker, TlsMaterial, free_port
-from tests.conftest import Client, blob, plain_body, tls_body, wait_until
+from tests.conftest import BACKENDS, Client, blob, plain_body, tls_body, wait_until
+
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 async def _post(client: Client, body: dict[str, Any]) -> tuple[int, Any]:

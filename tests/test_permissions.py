@@ -13,7 +13,9 @@ from aiohttp import web
 
 from mmc.auth.permissions import PUBLIC_ROUTES, ROUTE_PERMISSIONS, Role
 from mmc.config import Settings
-from tests.conftest import Client, MakeClient, create_token, login, registered_operations
+from tests.conftest import BACKENDS, Client, MakeClient, create_token, login, registered_operations
+
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 ALL = frozenset(Role)
 READERS = ALL - {Role.MONITORING_VIEWER}

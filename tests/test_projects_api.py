@@ -11,7 +11,9 @@ import pytest
 from mmc.config import Settings
 from mmc.store.migrations import MIGRATIONS
 from tests.brokers import MosquittoBroker, free_port
-from tests.conftest import Client, plain_body
+from tests.conftest import BACKENDS, Client, plain_body
+
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 async def _json(client: Client, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
@@ -160,6 +162,7 @@ async def test_connection_must_name_an_existing_project(
     assert conn["projectId"] == "default"
 
 
+@pytest.mark.backends("sqlite")  # PostgreSQL stores began after projects
 async def test_connections_stored_before_projects_keep_their_project(
     make_client: Callable[[Settings], Awaitable[Client]], settings: Settings
 ) -> None:

@@ -26,7 +26,7 @@ from mmc.errors import (
 )
 from mmc.store.db import Database, now_ms
 from mmc.store.login_failures import LoginFailureRepository
-from mmc.store.sessions import SessionRepository
+from mmc.store.sessions import SessionRecord, SessionRepository
 from mmc.store.tokens import TokenRecord, TokenRepository
 from mmc.store.users import UserRecord, UserRepository
 
@@ -38,6 +38,10 @@ MIN_PASSWORD_LENGTH = 8
 TOUCH_INTERVAL_MS = 60_000
 # Tokens believed from memory (settings.token_cache_seconds) at most; then it starts over.
 TOKEN_CACHE_SIZE = 1024
+# While the store does not answer, a session or token it confirmed this recently is still
+# believed: requests served from broker links go on through a database outage. Nothing can
+# be revoked during one (revoking is a write), and what this process revokes it forgets.
+OUTAGE_GRACE_SECONDS = 300.0
 
 
 def digest(secret: str) -> str:
@@ -70,11 +74,14 @@ class AuthService:
         self._settings = settings
         # scrypt takes ~32 MiB a hash: a login flood must not take all memory and threads.
         self._hashing = asyncio.Semaphore(4)
-        # Token hash -> (when it was read, the record), for settings.token_cache_seconds.
-        # Only tokens that exist are kept; a revocation here clears them and bumps the
+        # Token hash -> (when it was read, the record), for settings.token_cache_seconds
+        # (and OUTAGE_GRACE_SECONDS while the store does not answer). Only tokens that exist are kept; a revocation here clears them and bumps the
         # generation, so that a lookup still in flight cannot put a revoked one back.
         self._token_cache: dict[str, tuple[float, TokenRecord]] = {}
         self._token_generation = 0
+        # Session id hash -> (when the store last confirmed it, session, user): read only
+        # while the store is unavailable (OUTAGE_GRACE_SECONDS).
+        self._known_sessions: dict[str, tuple[float, SessionRecord, UserRecord]] = {}
 
     # -- passwords --------------------------------------------------------------
 
@@ -163,13 +170,40 @@ class AuthService:
         return session_id
 
     async def logout(self, session_id: str) -> None:
+        self._known_sessions.pop(digest(session_id), None)
         await self._sessions.delete(digest(session_id))
+
+    def _forget_sessions_of(self, username: str) -> None:
+        for id_hash, (_, _, user) in list(self._known_sessions.items()):
+            if user.username == username:
+                del self._known_sessions[id_hash]
+
+    async def _session_and_user(
+        self, id_hash: str
+    ) -> tuple[SessionRecord | None, UserRecord | None, bool]:
+        """The session and its user from the store, or what it said recently when it does
+        not answer (the last item: True when from memory)."""
+        try:
+            session = await self._sessions.get(id_hash)
+            user = None if session is None else await self.users.get(session.username)
+        except StoreUnavailable:
+            known = self._known_sessions.get(id_hash)
+            if known is None or time.monotonic() - known[0] > OUTAGE_GRACE_SECONDS:
+                raise
+            return known[1], known[2], True
+        if session is None or user is None:
+            self._known_sessions.pop(id_hash, None)
+        else:
+            if len(self._known_sessions) >= TOKEN_CACHE_SIZE:
+                self._known_sessions.clear()
+            self._known_sessions[id_hash] = (time.monotonic(), session, user)
+        return session, user, False
 
     async def from_session(self, session_id: str) -> Identity | None:
         # Looked up on every request (no cache), so that a logout or a changed role takes
         # effect at once, on every replica sharing the store. (Tokens: see _token_by_hash.)
         now = now_ms()
-        session = await self._sessions.get(digest(session_id))
+        session, user, remembered = await self._session_and_user(digest(session_id))
         if session is None:
             return None
         s = self._settings
@@ -177,13 +211,13 @@ class AuthService:
             now - session.last_seen > s.session_idle_timeout * 1000
             or now - session.created_at > s.session_max_age * 1000
         ):
+            self._known_sessions.pop(session.id_hash, None)
             with contextlib.suppress(StoreUnavailable):  # refused either way
                 await self._sessions.delete(session.id_hash)
             return None
-        user = await self.users.get(session.username)
         if user is None:
             return None
-        if now - session.last_seen > TOUCH_INTERVAL_MS:
+        if not remembered and now - session.last_seen > TOUCH_INTERVAL_MS:
             try:
                 await self._sessions.touch(session.id_hash, now)
             except StoreUnavailable as exc:
@@ -233,14 +267,17 @@ class AuthService:
     async def _token_by_hash(self, token_hash: str) -> TokenRecord | None:
         """The stored token, from memory if it was read less than token_cache_seconds ago."""
         ttl = self._settings.token_cache_seconds
-        if ttl <= 0:
-            return await self._tokens.by_hash(token_hash)
         now = time.monotonic()
         cached = self._token_cache.get(token_hash)
         if cached is not None and now - cached[0] < ttl:
             return cached[1]
         generation = self._token_generation
-        record = await self._tokens.by_hash(token_hash)
+        try:
+            record = await self._tokens.by_hash(token_hash)
+        except StoreUnavailable:
+            if cached is not None and now - cached[0] < OUTAGE_GRACE_SECONDS:
+                return cached[1]
+            raise
         if record is None:
             self._token_cache.pop(token_hash, None)
         elif generation == self._token_generation:
@@ -277,6 +314,7 @@ class AuthService:
             check_password_strength(password)
             password_hash = await self.hash(password)
         await self.users.update(username, password_hash=password_hash, roles=roles)
+        self._forget_sessions_of(username)
         if password is not None:
             # A new password ends every session of the user.
             await self._sessions.delete_user(username)
@@ -285,5 +323,6 @@ class AuthService:
         return user
 
     async def delete_user(self, username: str) -> None:
+        self._forget_sessions_of(username)
         if not await self.users.delete(username):
             raise NotFound(f"User {username} not found")
