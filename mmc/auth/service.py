@@ -74,9 +74,10 @@ class AuthService:
         self._settings = settings
         # scrypt takes ~32 MiB a hash: a login flood must not take all memory and threads.
         self._hashing = asyncio.Semaphore(4)
-        # Token hash -> (when it was read, the record), for settings.token_cache_seconds
-        # (and OUTAGE_GRACE_SECONDS while the store does not answer). Only tokens that exist are kept; a revocation here clears them and bumps the
-        # generation, so that a lookup still in flight cannot put a revoked one back.
+        # Token hash -> (when it was read, the record), believed for
+        # settings.token_cache_seconds (OUTAGE_GRACE_SECONDS while the store does not
+        # answer). Only tokens that exist are kept; a revocation here clears them and bumps
+        # the generation, so that a lookup still in flight cannot put a revoked one back.
         self._token_cache: dict[str, tuple[float, TokenRecord]] = {}
         self._token_generation = 0
         # Session id hash -> (when the store last confirmed it, session, user): read only
