@@ -17,9 +17,13 @@ import aiohttp
 import asyncpg
 import pytest
 
+from mmc.config import Settings
+from mmc.crypto import SecretBox
+from mmc.keys import connections_key
+from mmc.store import open_database
 from mmc.store.migrations import MIGRATIONS
 from tests.brokers import MosquittoBroker, free_port
-from tests.conftest import ADMIN_PASSWORD, SECRET_KEY, plain_body, wait_until
+from tests.conftest import ADMIN_PASSWORD, SECRET_KEY, MakeClient, plain_body, wait_until
 from tests.postgres import postgres_database
 from tests.tcp_proxy import TcpProxy
 
@@ -355,3 +359,30 @@ async def test_a_replica_that_loses_the_database_stays_alive_and_serves_reads(
         while await connected_on(session, b, token) != {"plain", "second"}:
             assert time.monotonic() < deadline, b.log_text()
             await asyncio.sleep(0.1)
+
+
+@pytest.mark.backends("postgresql")
+async def test_reconciliation_catches_changes_no_notification_announced(
+    make_client: MakeClient, settings: Settings, own_broker: MosquittoBroker
+) -> None:
+    client = await make_client(settings.replace(reconcile_interval=0.3))
+    service = client.app[connections_key]
+    url = f"mqtt://127.0.0.1:{own_broker.port}"
+    # Written behind mmc's back, with no NOTIFY: as if the notification had been lost.
+    async with open_database(settings) as other, other.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO connections (id, name, url, project_id, username, password_enc, "
+            "reject_unauthorized, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, 0, 0)",
+            (
+                "quiet",
+                "Quiet",
+                url,
+                "default",
+                own_broker.admin_username,
+                SecretBox(SECRET_KEY.encode()).encrypt(own_broker.admin_password),
+            ),
+        )
+    await wait_until(lambda: (link := service.pool.get("quiet")) is not None and link.connected)
+    async with open_database(settings) as other, other.transaction() as tx:
+        await tx.execute("DELETE FROM connections WHERE id = ?", ("quiet",))
+    await wait_until(lambda: service.pool.get("quiet") is None)
