@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help run test lint fmt check-system clean plugin plugin-memcheck bench bench-fleet soak
+.PHONY: help run test lint fmt check-system postgres clean plugin plugin-memcheck bench bench-fleet soak
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -68,7 +68,32 @@ plugin-memcheck: $(VENV)/.test-deps check-system plugin
 	@grep -L "ERROR SUMMARY" build/memcheck/vg-*.log | sed 's/$$/: killed by its test, not checked/'
 	@! grep -h "ERROR SUMMARY" build/memcheck/vg-*.log | grep -v "ERROR SUMMARY: 0 errors"
 
-test: $(VENV)/.test-deps check-system plugin  ## run the whole test suite against real brokers
+# The store tests also run on PostgreSQL: each creates and drops a database of its own on the
+# local server (or on MMC_TEST_POSTGRES_URL's, left alone). Install and start it when missing;
+# a fresh install gets the password the tests' default URL uses.
+PG_TEST_URL := postgresql://postgres:postgres@127.0.0.1:5432/postgres
+
+postgres:
+	@if [ -n "$$MMC_TEST_POSTGRES_URL" ]; then exit 0; fi; \
+	fresh=""; \
+	if ! command -v pg_ctlcluster >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "PostgreSQL is required: sudo apt-get install -y postgresql"; exit 1; fi; \
+	  echo "installing from Debian's packages: postgresql"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  fresh=1; \
+	fi; \
+	if ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "PostgreSQL is not running on 127.0.0.1:5432: start it (pg_ctlcluster <version> main start)"; exit 1; fi; \
+	  for version in $$(ls /etc/postgresql); do \
+	    pg_ctlcluster --skip-systemctl-redirect $$version main start || exit 1; done; \
+	  for i in $$(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done; \
+	fi; \
+	if [ -n "$$fresh" ]; then \
+	  runuser -u postgres -- psql -qc "ALTER ROLE postgres PASSWORD 'postgres'"; fi
+
+test: $(VENV)/.test-deps check-system postgres plugin  ## run the whole test suite against real brokers and PostgreSQL
 	$(BIN)/python -m pytest
 
 # MINUTES=2 make soak for a shorter run; see bench/soak.py for what it measures.

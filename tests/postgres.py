@@ -11,8 +11,13 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-# A role that may create databases; the machine's server trusts loopback connections.
-ADMIN_URL = os.environ.get("MMC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from mmc.store.postgres import redact
+
+# A role that may create databases, on the local server `make postgres` starts (the
+# password is the one it gives a fresh install; a server that trusts loopback ignores it).
+ADMIN_URL = os.environ.get(
+    "MMC_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+)
 
 
 def database_url(name: str) -> str:
@@ -24,7 +29,7 @@ async def _admin() -> asyncpg.Connection[asyncpg.Record]:
         return await asyncpg.connect(ADMIN_URL, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.fail(
-            f"PostgreSQL at {ADMIN_URL} is not reachable ({exc}): `make test` starts the "
+            f"PostgreSQL at {redact(ADMIN_URL)} is not reachable ({exc}): `make test` starts the "
             "local server; or point MMC_TEST_POSTGRES_URL at one that may create databases"
         )
 
