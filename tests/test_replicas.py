@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
+import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,12 +15,13 @@ import aiohttp
 import asyncpg
 import pytest
 
+from bench.common import MmcServer
 from mmc.config import Settings
 from mmc.crypto import SecretBox
 from mmc.keys import connections_key
 from mmc.store import open_database
 from mmc.store.migrations import MIGRATIONS
-from tests.brokers import MosquittoBroker, free_port
+from tests.brokers import MosquittoBroker
 from tests.conftest import ADMIN_PASSWORD, SECRET_KEY, MakeClient, plain_body, wait_until
 from tests.postgres import postgres_database
 from tests.tcp_proxy import TcpProxy
@@ -36,80 +35,50 @@ reconnect_max_delay = 0.5
 """
 
 
-@dataclass
-class Replica:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     async with postgres_database() as url:
         yield url
 
 
+Spawn = Callable[..., MmcServer]
+
+
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Any]:
-    started: list[Replica] = []
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """Start a replica: `mmc serve` in a process of its own, on the given store."""
+    started: list[MmcServer] = []
     config = tmp_path / "mmc.toml"
     config.write_text(CONFIG)
 
-    def start(name: str, url: str, **env: str) -> Replica:
-        port = free_port()
-        log_path = tmp_path / f"{name}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mmc", "serve", "--port", str(port)],
-                env={
-                    **os.environ,
-                    "MMC_CONFIG": str(config),
-                    "MMC_DATA_DIR": str(tmp_path / f"data-{name}"),
-                    "MMC_DATABASE_URL": url,
-                    "MMC_SECRET_KEY": SECRET_KEY,
-                    "MMC_REPLICA_ID": name,
-                    "MMC_ADMIN_PASSWORD": ADMIN_PASSWORD,
-                    # Far beyond the test: a change that arrives did so by NOTIFY.
-                    "MMC_RECONCILE_INTERVAL": "600",
-                    **env,
-                },
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        replica = Replica(name, port, proc, log_path)
-        started.append(replica)
-        return replica
+    def start(name: str, url: str, **env: str) -> MmcServer:
+        server = MmcServer(
+            tmp_path / name,
+            env={
+                "MMC_CONFIG": str(config),
+                "MMC_DATABASE_URL": url,
+                "MMC_SECRET_KEY": SECRET_KEY,
+                "MMC_REPLICA_ID": name,
+                # The first replica to start creates the admin, with this password.
+                "MMC_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                # Far beyond the test: a change that arrives did so by NOTIFY.
+                "MMC_RECONCILE_INTERVAL": "600",
+                **env,
+            },
+        )
+        server.password = ADMIN_PASSWORD
+        server.start()
+        started.append(server)
+        return server
 
     yield start
-    for replica in started:
-        replica.kill()
+    for server in started:
+        server.stop()
 
 
-async def ready(session: aiohttp.ClientSession, replica: Replica, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert replica.proc.poll() is None, f"{replica.name} exited:\n{replica.log_text()}"
-        try:
-            async with session.get(f"{replica.base}/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        assert time.monotonic() < deadline, f"{replica.name} not ready:\n{replica.log_text()}"
-        await asyncio.sleep(0.05)
+def kill(server: MmcServer) -> None:
+    os.kill(server.pid, signal.SIGKILL)
+    server.stop()  # reaps it
 
 
 async def call(
@@ -128,40 +97,19 @@ async def call(
         return resp.status, body
 
 
-async def admin_token(session: aiohttp.ClientSession, replica: Replica) -> str:
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
-        status, _ = await call(
-            browser,
-            "POST",
-            f"{replica.base}/auth",
-            json={"username": "admin", "password": ADMIN_PASSWORD},
-        )
-        assert status == 200
-        status, body = await call(
-            browser,
-            "POST",
-            f"{replica.base}/api/tokens",
-            json={"name": "test", "role": "admin"},
-            headers={"Origin": replica.base},
-        )
-        assert status == 201, body
-        token: str = body["token"]
-        return token
-
-
-async def connected_on(session: aiohttp.ClientSession, replica: Replica, token: str) -> set[str]:
-    status, listing = await call(session, "GET", f"{replica.base}/api/connections", token=token)
+async def connected_on(session: aiohttp.ClientSession, replica: MmcServer, token: str) -> set[str]:
+    status, listing = await call(session, "GET", f"{replica.base_url}/api/connections", token=token)
     assert status == 200, listing
     return {c["id"] for c in listing if c["status"]["connected"]}
 
 
 async def test_two_replicas_share_connections_sessions_and_throttling(
-    spawn: Any, pg_url: str, own_broker: MosquittoBroker
+    spawn: Spawn, pg_url: str, own_broker: MosquittoBroker
 ) -> None:
     # Both start at once on an empty database: one of them migrates, neither breaks.
     a, b = spawn("a", pg_url), spawn("b", pg_url)
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(ready(session, a), ready(session, b))
+        await asyncio.gather(a.wait_ready(), b.wait_ready())
         conn = await asyncpg.connect(pg_url)
         try:
             versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
@@ -171,7 +119,7 @@ async def test_two_replicas_share_connections_sessions_and_throttling(
         assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1))
         assert admins == 1
 
-        token = await admin_token(session, a)
+        token = await a.admin_token()
 
         # Created through A: B has a live link of its own within a second.
         body = plain_body(
@@ -182,11 +130,13 @@ async def test_two_replicas_share_connections_sessions_and_throttling(
                 "clientId": "fleet-mmc",
             },
         )
-        status, _ = await call(session, "POST", f"{a.base}/api/connections", token=token, json=body)
+        status, _ = await call(
+            session, "POST", f"{a.base_url}/api/connections", token=token, json=body
+        )
         assert status == 200
         created = time.monotonic()
         while "plain" not in await connected_on(session, b, token):
-            assert time.monotonic() - created < 1.0, b.log_text()
+            assert time.monotonic() - created < 1.0, b.log_tail()
             await asyncio.sleep(0.02)
         # Each with its own client id, so neither takes the other's session.
         await wait_until(lambda: "as fleet-mmc-b" in own_broker.log_text())
@@ -199,22 +149,26 @@ async def test_two_replicas_share_connections_sessions_and_throttling(
         # Changed through B: A reconnects with the new settings.
         body["name"] = "Renamed"
         status, _ = await call(
-            session, "PUT", f"{b.base}/api/connections/plain", token=token, json=body
+            session, "PUT", f"{b.base_url}/api/connections/plain", token=token, json=body
         )
         assert status == 200
         changed = time.monotonic()
         while True:
-            status, one = await call(session, "GET", f"{a.base}/api/connections/plain", token=token)
+            status, one = await call(
+                session, "GET", f"{a.base_url}/api/connections/plain", token=token
+            )
             if one["name"] == "Renamed":
                 break
             assert time.monotonic() - changed < 1.0
             await asyncio.sleep(0.02)
 
         # Deleted through B: A's link closes (a clean DISCONNECT the broker logs).
-        status, _ = await call(session, "DELETE", f"{b.base}/api/connections/plain", token=token)
+        status, _ = await call(
+            session, "DELETE", f"{b.base_url}/api/connections/plain", token=token
+        )
         assert status == 200
         deleted = time.monotonic()
-        while (await call(session, "GET", f"{a.base}/api/connections/plain", token=token))[
+        while (await call(session, "GET", f"{a.base_url}/api/connections/plain", token=token))[
             0
         ] != 404:
             assert time.monotonic() - deleted < 1.0
@@ -224,66 +178,71 @@ async def test_two_replicas_share_connections_sessions_and_throttling(
     # A session cookie from A is a session on B.
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         login = {"username": "admin", "password": ADMIN_PASSWORD}
-        assert (await call(browser, "POST", f"{a.base}/auth", json=login))[0] == 200
+        assert (await call(browser, "POST", f"{a.base_url}/auth", json=login))[0] == 200
         [cookie] = list(browser.cookie_jar)
         async with aiohttp.ClientSession() as other:
             headers = {"Cookie": f"{cookie.key}={cookie.value}"}
-            status, profile = await call(other, "GET", f"{b.base}/api/profile", headers=headers)
+            status, profile = await call(other, "GET", f"{b.base_url}/api/profile", headers=headers)
             assert status == 200
             assert profile["username"] == "admin"
             # ...and a logout through B ends it on A.
             assert (
-                await call(other, "POST", f"{b.base}/logout", headers={**headers, "Origin": b.base})
+                await call(
+                    other,
+                    "POST",
+                    f"{b.base_url}/logout",
+                    headers={**headers, "Origin": b.base_url},
+                )
             )[0] in (200, 204)
-        assert (await call(browser, "GET", f"{a.base}/api/profile"))[0] == 401
+        assert (await call(browser, "GET", f"{a.base_url}/api/profile"))[0] == 401
 
     # Failed logins count across replicas: 3 on A and 2 on B lock the user on both.
     async with aiohttp.ClientSession() as session:
         wrong = {"username": "admin", "password": "not-the-password"}
         for replica in (a, a, a, b, b):
-            assert (await call(session, "POST", f"{replica.base}/auth", json=wrong))[0] == 401
+            assert (await call(session, "POST", f"{replica.base_url}/auth", json=wrong))[0] == 401
         right = {"username": "admin", "password": ADMIN_PASSWORD}
         for replica in (a, b):
-            assert (await call(session, "POST", f"{replica.base}/auth", json=right))[0] == 429
+            assert (await call(session, "POST", f"{replica.base_url}/auth", json=right))[0] == 429
 
 
 async def test_the_other_replica_serves_everything_when_one_is_killed(
-    spawn: Any, pg_url: str, own_broker: MosquittoBroker
+    spawn: Spawn, pg_url: str, own_broker: MosquittoBroker
 ) -> None:
     a = spawn("a", pg_url)
     async with aiohttp.ClientSession() as session:
-        await ready(session, a)
+        await a.wait_ready()
         b = spawn("b", pg_url)
-        await ready(session, b)
-        token = await admin_token(session, a)
+        await b.wait_ready()
+        token = await a.admin_token()
         body = plain_body(own_broker)
-        assert (await call(session, "POST", f"{a.base}/api/connections", token=token, json=body))[
-            0
-        ] == 200
-        a.kill()
+        assert (
+            await call(session, "POST", f"{a.base_url}/api/connections", token=token, json=body)
+        )[0] == 200
+        kill(a)
 
         # B: reads, writes, logins and the brokers behind it, all still there.
-        assert (await call(session, "GET", f"{b.base}/readyz"))[0] == 200
+        assert (await call(session, "GET", f"{b.base_url}/readyz"))[0] == 200
         deadline = time.monotonic() + 5
         while "plain" not in await connected_on(session, b, token):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         status, info = await call(
-            session, "GET", f"{b.base}/api/projects/default/brokers/plain/info", token=token
+            session, "GET", f"{b.base_url}/api/projects/default/brokers/plain/info", token=token
         )
         assert status == 200, info
         second = plain_body(own_broker, id="second", name="Second")
         status, _ = await call(
-            session, "POST", f"{b.base}/api/connections", token=token, json=second
+            session, "POST", f"{b.base_url}/api/connections", token=token, json=second
         )
         assert status == 200
         assert await connected_on(session, b, token) == {"plain", "second"}
         login = {"username": "admin", "password": ADMIN_PASSWORD}
-        assert (await call(session, "POST", f"{b.base}/auth", json=login))[0] == 200
+        assert (await call(session, "POST", f"{b.base_url}/auth", json=login))[0] == 200
 
         # A comes back and finds everything, including what B did meanwhile.
         a2 = spawn("a2", pg_url)
-        await ready(session, a2)
+        await a2.wait_ready()
         deadline = time.monotonic() + 5
         while await connected_on(session, a2, token) != {"plain", "second"}:
             assert time.monotonic() < deadline
@@ -291,7 +250,7 @@ async def test_the_other_replica_serves_everything_when_one_is_killed(
 
 
 async def test_a_replica_that_loses_the_database_stays_alive_and_serves_reads(
-    spawn: Any, pg_url: str, own_broker: MosquittoBroker
+    spawn: Spawn, pg_url: str, own_broker: MosquittoBroker
 ) -> None:
     port = urlsplit(pg_url).port
     assert port is not None
@@ -308,10 +267,12 @@ async def test_a_replica_that_loses_the_database_stays_alive_and_serves_reads(
             # Every request asks the store: what works in the outage works without it.
             MMC_TOKEN_CACHE_SECONDS="0",
         )
-        await asyncio.gather(ready(session, a), ready(session, b))
-        token = await admin_token(session, a)
+        await asyncio.gather(a.wait_ready(), b.wait_ready())
+        token = await a.admin_token()
         body = plain_body(own_broker)
-        status, _ = await call(session, "POST", f"{a.base}/api/connections", token=token, json=body)
+        status, _ = await call(
+            session, "POST", f"{a.base_url}/api/connections", token=token, json=body
+        )
         assert status == 200
         deadline = time.monotonic() + 5
         while "plain" not in await connected_on(session, b, token):
@@ -319,45 +280,45 @@ async def test_a_replica_that_loses_the_database_stays_alive_and_serves_reads(
             await asyncio.sleep(0.05)
 
         login = {"username": "admin", "password": ADMIN_PASSWORD}
-        assert (await call(browser, "POST", f"{b.base}/auth", json=login))[0] == 200
-        assert (await call(browser, "GET", f"{b.base}/api/connections"))[0] == 200
+        assert (await call(browser, "POST", f"{b.base_url}/auth", json=login))[0] == 200
+        assert (await call(browser, "GET", f"{b.base_url}/api/connections"))[0] == 200
 
         proxy.cut()
-        status, ready_body = await call(session, "GET", f"{b.base}/readyz")
+        status, ready_body = await call(session, "GET", f"{b.base_url}/readyz")
         assert status == 503
         assert ready_body["database"] == {
             "backend": "postgresql",
             "status": "unavailable",
             "listening": ready_body["database"]["listening"],
         }
-        assert (await call(session, "GET", f"{b.base}/healthz"))[0] == 200
+        assert (await call(session, "GET", f"{b.base_url}/healthz"))[0] == 200
         # Reads from the links go on, for a caller the store confirmed before the outage.
         assert await connected_on(session, b, token) == {"plain"}
         status, info = await call(
-            session, "GET", f"{b.base}/api/projects/default/brokers/plain/info", token=token
+            session, "GET", f"{b.base_url}/api/projects/default/brokers/plain/info", token=token
         )
         assert status == 200, info
-        status, listing = await call(browser, "GET", f"{b.base}/api/connections")
+        status, listing = await call(browser, "GET", f"{b.base_url}/api/connections")
         assert status == 200, listing
         # Writes answer 503 and store nothing.
         second = plain_body(own_broker, id="second", name="Second")
         status, error = await call(
-            session, "POST", f"{b.base}/api/connections", token=token, json=second
+            session, "POST", f"{b.base_url}/api/connections", token=token, json=second
         )
         assert (status, error["code"]) == (503, "STORE_UNAVAILABLE")
         # Meanwhile A goes on, and its change waits for B in the database.
         status, _ = await call(
-            session, "POST", f"{a.base}/api/connections", token=token, json=second
+            session, "POST", f"{a.base_url}/api/connections", token=token, json=second
         )
         assert status == 200
         await asyncio.sleep(0.5)
-        assert b.proc.poll() is None
+        assert (await call(session, "GET", f"{b.base_url}/healthz"))[0] == 200
 
         proxy.restore()
-        await ready(session, b, timeout=15)
+        await b.wait_ready(timeout=15)
         deadline = time.monotonic() + 10
         while await connected_on(session, b, token) != {"plain", "second"}:
-            assert time.monotonic() < deadline, b.log_text()
+            assert time.monotonic() < deadline, b.log_tail()
             await asyncio.sleep(0.1)
 
 
