@@ -111,6 +111,7 @@ fmt: $(VENV)/.test-deps
 
 # Both start their own mosquitto brokers and mmc on 127.0.0.1, print a table with the
 # targets as pass/fail and write JSON to bench/results/. About 2 to 3 minutes each.
+# BENCH_ARGS="--store postgresql" measures mmc on a new database of the local PostgreSQL.
 bench: $(VENV)/.test-deps check-system  ## API latency/throughput vs bare MQTT and mosquitto_ctrl
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

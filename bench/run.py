@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cryptography.fernet import Fernet
 
 from bench.common import (
     BareControl,
@@ -40,6 +41,7 @@ from bench.common import (
     mosquitto_ctrl_times,
     run_load,
 )
+from tests.postgres import postgres_database
 
 RESULTS = Path(__file__).resolve().parent / "results"
 USER = "bench-user"
@@ -217,11 +219,32 @@ async def _prepare(
             raise RuntimeError(f"createClient on the reference broker: {entry}")
 
 
-async def run(sizes: Sizes, workdir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+async def run(
+    sizes: Sizes,
+    workdir: Path,
+    log: Callable[[str], None] = print,
+    *,
+    store: str = "sqlite",
+) -> dict[str, Any]:
+    if store == "postgresql":
+        # A database of its own on the local server (as the tests do), dropped afterwards.
+        async with postgres_database() as url:
+            env = {"MMC_DATABASE_URL": url, "MMC_SECRET_KEY": Fernet.generate_key().decode()}
+            return await _run(sizes, workdir, log, store, env)
+    return await _run(sizes, workdir, log, store, {})
+
+
+async def _run(
+    sizes: Sizes,
+    workdir: Path,
+    log: Callable[[str], None],
+    store: str,
+    env: dict[str, str],
+) -> dict[str, Any]:
     target = MosquittoBroker(workdir / "target", sys_interval=10)
     reference = MosquittoBroker(workdir / "reference", sys_interval=10)
     filler = MosquittoBroker(workdir / "filler", sys_interval=10)
-    mmc = MmcServer(workdir / "mmc")
+    mmc = MmcServer(workdir / "mmc", env=env)
     results: list[Stats] = []
     started = time.monotonic()
     try:
@@ -292,6 +315,7 @@ async def run(sizes: Sizes, workdir: Path, log: Callable[[str], None] = print) -
             broker.stop()
     return {
         "benchmark": "api",
+        "store": store,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "sizes": sizes.__dict__,
@@ -339,10 +363,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer requests, 1 s per case")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="mmc's store: a SQLite file, or a new database on the local PostgreSQL",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="mmc-bench-") as tmp:
-        outcome = asyncio.run(run(sizes, Path(tmp)))
+        outcome = asyncio.run(run(sizes, Path(tmp), store=args.store))
     print()
     print(report(outcome))
     print(f"\nwritten to {write_json(outcome, args.json, 'bench')}")
