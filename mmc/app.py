@@ -158,8 +158,10 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         pool,
         max_connections=settings.max_connections,
         connect_timeout=settings.connect_timeout,
+        on_follow=app[metrics_key].observe_follow,
     )
     app[connections_key] = service
+    app[metrics_key].watch_store(lambda: db.listening)
     await service.start()
     reconcile: asyncio.Task[None] | None = None
     try:

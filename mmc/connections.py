@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +105,11 @@ class ConnectionService:
         *,
         max_connections: int,
         connect_timeout: float,
+        on_follow: Callable[[str, str], None] | None = None,
     ) -> None:
         self._repo = repo
+        # (trigger, action) for every link changed to follow another process's write.
+        self._on_follow = on_follow
         self._pool = pool
         self._max = max_connections
         self._connect_timeout = connect_timeout
@@ -166,11 +169,11 @@ class ConnectionService:
 
     def changed(self, connection_id: str) -> None:
         """The change feed says another process wrote this connection: follow it."""
-        self._spawn(self.sync(connection_id))
+        self._spawn(self.sync(connection_id, trigger="notify"))
 
     def resync(self) -> None:
         """Changes may have gone unheard (the feed was down): compare everything."""
-        self._spawn(self.sync())
+        self._spawn(self.sync(trigger="resync"))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work, name="mmc-connections-sync")
@@ -181,9 +184,9 @@ class ConnectionService:
         """The safety net under the change feed: a full comparison every ``interval`` s."""
         while True:
             await asyncio.sleep(interval)
-            await self.sync()
+            await self.sync(trigger="reconcile")
 
-    async def sync(self, connection_id: str | None = None) -> None:
+    async def sync(self, connection_id: str | None = None, *, trigger: str = "resync") -> None:
         """Make this process's links what the store holds, for one connection or (None) all:
         open what is new, reopen what changed, close what is gone."""
         try:
@@ -196,19 +199,24 @@ class ConnectionService:
                     stored = {} if record is None else {record.id: record}
                     ids = [connection_id]
                 for cid in ids:
-                    await self._follow(cid, stored.get(cid))
+                    action = await self._follow(cid, stored.get(cid))
+                    if action is not None and self._on_follow is not None:
+                        self._on_follow(trigger, action)
         except StoreUnavailable as exc:
             # The next notification, resync or reconciliation tries again.
             log.warning("connections not synchronised with the store: %s", exc.message)
 
-    async def _follow(self, connection_id: str, record: ConnectionRecord | None) -> None:
+    async def _follow(self, connection_id: str, record: ConnectionRecord | None) -> str | None:
+        """What was done to the link (opened, reopened, closed), None when it was right."""
         link = self._pool.get(connection_id)
         if record is None:
-            if link is not None:
-                log.info("connection %s was deleted elsewhere: closing its link", connection_id)
-                self._forget(connection_id)
-                await self._pool.close(connection_id)
-        elif link is None or link.record != record:
+            if link is None:
+                return None
+            log.info("connection %s was deleted elsewhere: closing its link", connection_id)
+            self._forget(connection_id)
+            await self._pool.close(connection_id)
+            return "closed"
+        if link is None or link.record != record:
             log.info(
                 "connection %s was %s elsewhere: %s its link",
                 connection_id,
@@ -216,6 +224,8 @@ class ConnectionService:
                 "opening" if link is None else "reopening",
             )
             await self._open_stored(record)
+            return "opened" if link is None else "reopened"
+        return None
 
     async def _open_stored(self, record: ConnectionRecord) -> None:
         """Open a link for a record from the store; unusable TLS material fails the link

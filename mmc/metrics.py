@@ -6,7 +6,7 @@ Label values are bounded: route templates (not raw paths), known command names.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -46,6 +46,21 @@ class _LoopCollector(Collector):
         tasks = GaugeMetricFamily("mmc_asyncio_tasks", "asyncio tasks not yet done")
         tasks.add_metric([], len(asyncio.all_tasks(self.loop)) if self.loop is not None else 0)
         yield tasks
+
+
+class _StoreCollector(Collector):
+    """Whether this replica hears the others' changes (always 1 on SQLite): alert on 0."""
+
+    def __init__(self) -> None:
+        self.listening: Callable[[], bool] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.listening is not None:
+            gauge = GaugeMetricFamily(
+                "mmc_store_listening", "1 while the store's change feed is up"
+            )
+            gauge.add_metric([], 1 if self.listening() else 0)
+            yield gauge
 
 
 class Metrics:
@@ -89,8 +104,18 @@ class Metrics:
             "Audit entries that could not be stored (logged instead)",
             registry=r,
         )
+        # Links opened, reopened or closed because another replica changed a connection,
+        # by what told us: a healthy feed shows trigger="notify" only.
+        self.connections_followed = Counter(
+            "mmc_connections_followed",
+            "Links changed to follow the shared store",
+            ["trigger", "action"],
+            registry=r,
+        )
         self._pool = _PoolCollector()
         r.register(self._pool)
+        self._store = _StoreCollector()
+        r.register(self._store)
         # Children by label values (bounded: route templates, methods, statuses, commands):
         # labels() validates and locks on every call, and these run on every request.
         self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -102,6 +127,12 @@ class Metrics:
 
     def watch_pool(self, pool: BrokerPool) -> None:
         self._pool.pool = pool
+
+    def watch_store(self, listening: Callable[[], bool]) -> None:
+        self._store.listening = listening
+
+    def observe_follow(self, trigger: str, action: str) -> None:
+        self.connections_followed.labels(trigger, action).inc()
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

@@ -174,6 +174,11 @@ async def test_two_replicas_share_connections_sessions_and_throttling(
             assert time.monotonic() - deleted < 1.0
             await asyncio.sleep(0.02)
         await wait_until(lambda: "Client fleet-mmc-a disconnected." in own_broker.log_text())
+        async with session.get(f"{a.base_url}/metrics") as resp:
+            metrics = await resp.text()
+        for action in ("reopened", "closed"):
+            line = f'mmc_connections_followed_total{{action="{action}",trigger="notify"}} 1.0'
+            assert line in metrics
 
     # A session cookie from A is a session on B.
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
@@ -347,3 +352,7 @@ async def test_reconciliation_catches_changes_no_notification_announced(
     async with open_database(settings) as other, other.transaction() as tx:
         await tx.execute("DELETE FROM connections WHERE id = ?", ("quiet",))
     await wait_until(lambda: service.pool.get("quiet") is None)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'mmc_connections_followed_total{action="opened",trigger="reconcile"} 1.0' in metrics
+    assert 'mmc_connections_followed_total{action="closed",trigger="reconcile"} 1.0' in metrics
+    assert "mmc_store_listening 1.0" in metrics
