@@ -40,6 +40,20 @@ class SqliteTx(Tx):
         """Nobody else shares the file: nothing to tell."""
 
 
+async def _enable_wal(conn: aiosqlite.Connection, attempts: int = 100) -> None:
+    # On a new file, two connections switching at once can get SQLITE_BUSY at once: the
+    # busy handler is skipped where waiting could deadlock. Only a moment: try again.
+    for attempt in range(attempts):
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.02)
+        else:
+            return
+
+
 class SqliteDatabase(Database):
     """One aiosqlite connection shared by every request.
 
@@ -68,7 +82,7 @@ class SqliteDatabase(Database):
             await conn.execute("PRAGMA busy_timeout=5000")
             # WAL keeps readers going during a write; FULL makes an answered write
             # survive a crash of the process or the machine.
-            await conn.execute("PRAGMA journal_mode=WAL")
+            await _enable_wal(conn)
             await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA foreign_keys=ON")
             db = cls(conn)
