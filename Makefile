@@ -35,6 +35,7 @@ check-system:
 	[ -e /usr/include/mosquitto_broker.h ] || missing="$$missing mosquitto-dev"; \
 	[ -e /usr/include/mosquitto.h ] || missing="$$missing libmosquitto-dev"; \
 	[ -e /usr/include/cjson/cJSON.h ] || missing="$$missing libcjson-dev"; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing from Debian's packages:$$missing"; \

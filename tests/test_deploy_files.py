@@ -226,7 +226,6 @@ def test_replicated_variant_spreads_pods_and_budgets_disruptions() -> None:
     assert 1 <= allowed < replicas
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 @pytest.mark.parametrize(
     ("directory", "kinds"),
     [
@@ -237,7 +236,7 @@ def test_replicated_variant_spreads_pods_and_budgets_disruptions() -> None:
 )
 def test_kustomize_builds(directory: Path, kinds: list[str]) -> None:
     kubectl = shutil.which("kubectl")
-    assert kubectl is not None
+    assert kubectl is not None, "kubectl is required (`make test` installs kubernetes-client)"
     built = subprocess.run(
         [kubectl, "kustomize", str(directory)],
         capture_output=True,
