@@ -104,10 +104,6 @@ class ConnectionRepository:
         )
         return self._from_row(row) if row else None
 
-    async def count(self) -> int:
-        row = await self._db.fetch_one("SELECT COUNT(*) FROM connections")
-        return int(row[0]) if row else 0
-
     @staticmethod
     async def _check_project(tx: Tx, project_id: str) -> None:
         # In the write transaction: a project deleted by another replica meanwhile counts.
