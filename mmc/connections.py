@@ -192,14 +192,20 @@ class ConnectionService:
         try:
             async with self._lock:
                 if connection_id is None:
-                    stored = {record.id: record for record in await self._repo.list()}
-                    ids = [*stored, *(link.id for link in self._pool if link.id not in stored)]
+                    # Every write sets updated_at: only what differs is read and decrypted.
+                    versions = await self._repo.versions()
+                    gone = [link.id for link in self._pool if link.id not in versions]
+                    ids = [
+                        cid
+                        for cid, updated_at in versions.items()
+                        if (link := self._pool.get(cid)) is None
+                        or link.record.updated_at != updated_at
+                    ]
+                    ids += gone
                 else:
-                    record = await self._repo.get(connection_id)
-                    stored = {} if record is None else {record.id: record}
                     ids = [connection_id]
                 for cid in ids:
-                    action = await self._follow(cid, stored.get(cid))
+                    action = await self._follow(cid, await self._repo.get(cid))
                     if action is not None and self._on_follow is not None:
                         self._on_follow(trigger, action)
         except StoreUnavailable as exc:

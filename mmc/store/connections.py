@@ -97,6 +97,11 @@ class ConnectionRepository:
         )
         return [self._from_row(r) for r in rows]
 
+    async def versions(self) -> dict[str, int]:
+        """Every connection's id and ``updated_at``: what changed, without decrypting."""
+        rows = await self._db.fetch_all("SELECT id, updated_at FROM connections")
+        return {row[0]: row[1] for row in rows}
+
     async def get(self, connection_id: str) -> ConnectionRecord | None:
         row = await self._db.fetch_one(
             f"SELECT {_COLUMNS} FROM connections WHERE id = ?",  # noqa: S608
