@@ -131,7 +131,8 @@ async def test_row_counts(db: Database) -> None:
 
 async def test_writes_from_two_processes_are_serialised(settings: Settings) -> None:
     """Check-then-write stays true across replicas: of two admins demoted at once through
-    two stores, one keeps the role; failures counted at once from both are all counted."""
+    two stores, one keeps the role; of two connections inserted at the limit, one gets in;
+    failures counted at once from both are all counted."""
     async with opened(settings) as one, opened(settings) as two:
         await UserRepository(one).insert("ann", "hash", ("admin",))
         await UserRepository(one).insert("bob", "hash", ("admin",))
@@ -143,6 +144,17 @@ async def test_writes_from_two_processes_are_serialised(settings: Settings) -> N
         assert sorted(type(r).__name__ for r in results) == ["Conflict", "bool"]
         admins = [u for u in await UserRepository(two).list() if "admin" in u.roles]
         assert len(admins) == 1
+
+        # The connection limit, counted by two stores inserting at once: one gets in.
+        await ProjectRepository(one).ensure_default()
+        box = SecretBox(SECRET_KEY.encode())
+        inserted = await asyncio.gather(
+            ConnectionRepository(one, box).insert(record("x"), limit=1),
+            ConnectionRepository(two, box).insert(record("y"), limit=1),
+            return_exceptions=True,
+        )
+        assert sorted(type(r).__name__ for r in inserted) == ["ConnectionRecord", "NotAllowed"]
+        assert len(await ConnectionRepository(two, box).list()) == 1
 
         failures = [LoginFailureRepository(one), LoginFailureRepository(two)]
         await asyncio.gather(
