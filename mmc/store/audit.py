@@ -117,7 +117,8 @@ class AuditRepository:
                         done.set_result(None)
 
     async def _write(self, entries: list[AuditEntry]) -> None:
-        async with self._db.transaction() as tx:
+        # Appends and trims check nothing: no need to queue behind other replicas' writes.
+        async with self._db.transaction(serialised=False) as tx:
             await tx.execute_many(
                 f"INSERT INTO audit ({_INSERTED}) "  # noqa: S608
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -68,8 +68,9 @@ class Database(abc.ABC):
     """Reads run on their own; writes go through ``transaction()``.
 
     Write transactions are serialised store-wide (SQLite: one writer; PostgreSQL: an
-    advisory lock), so a check inside one (the last admin, the connection limit, a project
-    still in use) holds when it commits, whichever replica runs it. Do not nest them.
+    advisory lock, unless a transaction says it checks nothing), so a check inside one
+    (the last admin, the connection limit, a project still in use) holds when it commits,
+    whichever replica runs it. Do not nest them.
     """
 
     backend: ClassVar[str]
@@ -86,9 +87,10 @@ class Database(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def transaction(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+    def transaction(self, *, serialised: bool = True) -> contextlib.AbstractAsyncContextManager[Tx]:
         """Begin ... commit, or roll back on any error: nothing is half-written. Raises
-        StoreUnavailable when the store cannot take a write."""
+        StoreUnavailable when the store cannot take a write. ``serialised=False`` is for
+        writes that check nothing (appends): they need not wait for the others' turn."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

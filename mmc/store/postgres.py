@@ -137,13 +137,14 @@ class PostgresDatabase(Database):
                 pool.terminate()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def transaction(self, *, serialised: bool = True) -> AsyncIterator[Tx]:
         with _mapped("written"):
             async with (
                 self._pool.acquire(timeout=self._timeout) as conn,
                 conn.transaction(),
             ):
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                if serialised:
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
                 yield PostgresTx(conn)
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:

@@ -91,7 +91,8 @@ class SqliteDatabase(Database):
             yield db
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def transaction(self, *, serialised: bool = True) -> AsyncIterator[Tx]:
+        # SQLite has one writer at a time whatever the caller needs.
         async with self._write_lock:
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
