@@ -211,6 +211,8 @@ class ConnectionService:
         except StoreUnavailable as exc:
             # The next notification, resync or reconciliation tries again.
             log.warning("connections not synchronised with the store: %s", exc.message)
+        except Exception:  # a background task: log it, and let the next sync try again
+            log.exception("connections not synchronised with the store")
 
     async def _follow(self, connection_id: str, record: ConnectionRecord | None) -> str | None:
         """What was done to the link (opened, reopened, closed), None when it was right."""
