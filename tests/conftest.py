@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -51,13 +52,41 @@ def blob(data: bytes, *, typo: bool = False) -> dict[str, str]:
 
 
 async def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    detail: Callable[[], str] | None = None,
 ) -> None:
+    """Poll a predicate (plain or async) until it holds; fail after ``timeout`` seconds,
+    with ``detail()`` (a log tail, say) in the message."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        held = predicate()
+        if not isinstance(held, bool):
+            held = await held
+        if held:
+            return
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            extra = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"condition not met within {timeout} s{extra}")
         await asyncio.sleep(interval)
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    token: str | None = None,
+    **kwargs: Any,
+) -> tuple[int, Any]:
+    """One request to a server in another process: its status and JSON body (or None)."""
+    headers = kwargs.pop("headers", {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with session.request(method, url, headers=headers, **kwargs) as resp:
+        body = await resp.json() if resp.content_type == "application/json" else None
+        return resp.status, body
 
 
 def _require_mosquitto() -> None:

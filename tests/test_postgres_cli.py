@@ -42,21 +42,19 @@ def _mmc(
     )
 
 
+async def _serve_briefly(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`mmc serve` that is expected to give up at start-up."""
+    return await asyncio.to_thread(_mmc, tmp_path, "serve", "--port", str(free_port()), **env)
+
+
 async def test_serve_refuses_to_start_without_its_database_or_a_shared_key(
     tmp_path: Path, settings: Settings
 ) -> None:
     assert settings.database_url is not None
     parts = urlsplit(settings.database_url)
     closed = parts._replace(netloc=f"mmc:pw-never-shown@127.0.0.1:{free_port()}").geturl()
-    result = await asyncio.to_thread(
-        _mmc,
-        tmp_path,
-        "serve",
-        "--port",
-        str(free_port()),
-        MMC_DATABASE_URL=closed,
-        MMC_SECRET_KEY=SECRET_KEY,
-        MMC_DATABASE_TIMEOUT="2",
+    result = await _serve_briefly(
+        tmp_path, MMC_DATABASE_URL=closed, MMC_SECRET_KEY=SECRET_KEY, MMC_DATABASE_TIMEOUT="2"
     )
     assert result.returncode == 2
     output = result.stdout + result.stderr
@@ -67,14 +65,7 @@ async def test_serve_refuses_to_start_without_its_database_or_a_shared_key(
     assert "pw-never-shown" not in output
     assert "Traceback" not in output
 
-    result = await asyncio.to_thread(
-        _mmc,
-        tmp_path,
-        "serve",
-        "--port",
-        str(free_port()),
-        MMC_DATABASE_URL=settings.database_url,
-    )
+    result = await _serve_briefly(tmp_path, MMC_DATABASE_URL=settings.database_url)
     assert result.returncode == 2
     assert "MMC_SECRET_KEY is required with a PostgreSQL store" in result.stdout + result.stderr
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -22,7 +20,7 @@ from mmc.keys import connections_key
 from mmc.store import open_database
 from mmc.store.migrations import MIGRATIONS
 from tests.brokers import MosquittoBroker
-from tests.conftest import ADMIN_PASSWORD, SECRET_KEY, MakeClient, plain_body, wait_until
+from tests.conftest import ADMIN_PASSWORD, SECRET_KEY, MakeClient, call, plain_body, wait_until
 from tests.postgres import postgres_database
 from tests.tcp_proxy import TcpProxy
 
@@ -81,26 +79,15 @@ def kill(server: MmcServer) -> None:
     server.stop()  # reaps it
 
 
-async def call(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    *,
-    token: str | None = None,
-    **kwargs: Any,
-) -> tuple[int, Any]:
-    headers = kwargs.pop("headers", {})
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    async with session.request(method, url, headers=headers, **kwargs) as resp:
-        body = await resp.json() if resp.content_type == "application/json" else None
-        return resp.status, body
-
-
 async def connected_on(session: aiohttp.ClientSession, replica: MmcServer, token: str) -> set[str]:
     status, listing = await call(session, "GET", f"{replica.base_url}/api/connections", token=token)
     assert status == 200, listing
     return {c["id"] for c in listing if c["status"]["connected"]}
+
+
+async def has(session: aiohttp.ClientSession, replica: MmcServer, token: str, *ids: str) -> bool:
+    """Whether these connections, and no others, are connected on the replica."""
+    return await connected_on(session, replica, token) == set(ids)
 
 
 async def test_two_replicas_share_connections_sessions_and_throttling(
@@ -134,10 +121,9 @@ async def test_two_replicas_share_connections_sessions_and_throttling(
             session, "POST", f"{a.base_url}/api/connections", token=token, json=body
         )
         assert status == 200
-        created = time.monotonic()
-        while "plain" not in await connected_on(session, b, token):
-            assert time.monotonic() - created < 1.0, b.log_tail()
-            await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: has(session, b, token, "plain"), timeout=1.0, interval=0.02, detail=b.log_tail
+        )
         # Each with its own client id, so neither takes the other's session.
         await wait_until(lambda: "as fleet-mmc-b" in own_broker.log_text())
         assert "as fleet-mmc-a" in own_broker.log_text()
@@ -152,27 +138,24 @@ async def test_two_replicas_share_connections_sessions_and_throttling(
             session, "PUT", f"{b.base_url}/api/connections/plain", token=token, json=body
         )
         assert status == 200
-        changed = time.monotonic()
-        while True:
-            status, one = await call(
-                session, "GET", f"{a.base_url}/api/connections/plain", token=token
-            )
-            if one["name"] == "Renamed":
-                break
-            assert time.monotonic() - changed < 1.0
-            await asyncio.sleep(0.02)
+
+        async def renamed_on_a() -> bool:
+            _, one = await call(session, "GET", f"{a.base_url}/api/connections/plain", token=token)
+            return bool(one["name"] == "Renamed")
+
+        await wait_until(renamed_on_a, timeout=1.0, interval=0.02)
 
         # Deleted through B: A's link closes (a clean DISCONNECT the broker logs).
         status, _ = await call(
             session, "DELETE", f"{b.base_url}/api/connections/plain", token=token
         )
         assert status == 200
-        deleted = time.monotonic()
-        while (await call(session, "GET", f"{a.base_url}/api/connections/plain", token=token))[
-            0
-        ] != 404:
-            assert time.monotonic() - deleted < 1.0
-            await asyncio.sleep(0.02)
+
+        async def gone_on_a() -> bool:
+            url = f"{a.base_url}/api/connections/plain"
+            return (await call(session, "GET", url, token=token))[0] == 404
+
+        await wait_until(gone_on_a, timeout=1.0, interval=0.02)
         await wait_until(lambda: "Client fleet-mmc-a disconnected." in own_broker.log_text())
         async with session.get(f"{a.base_url}/metrics") as resp:
             metrics = await resp.text()
@@ -228,10 +211,7 @@ async def test_the_other_replica_serves_everything_when_one_is_killed(
 
         # B: reads, writes, logins and the brokers behind it, all still there.
         assert (await call(session, "GET", f"{b.base_url}/readyz"))[0] == 200
-        deadline = time.monotonic() + 5
-        while "plain" not in await connected_on(session, b, token):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: has(session, b, token, "plain"), timeout=5)
         status, info = await call(
             session, "GET", f"{b.base_url}/api/projects/default/brokers/plain/info", token=token
         )
@@ -248,10 +228,7 @@ async def test_the_other_replica_serves_everything_when_one_is_killed(
         # A comes back and finds everything, including what B did meanwhile.
         a2 = spawn("a2", pg_url)
         await a2.wait_ready()
-        deadline = time.monotonic() + 5
-        while await connected_on(session, a2, token) != {"plain", "second"}:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: has(session, a2, token, "plain", "second"), timeout=5)
 
 
 async def test_a_replica_that_loses_the_database_stays_alive_and_serves_reads(
@@ -279,10 +256,7 @@ async def test_a_replica_that_loses_the_database_stays_alive_and_serves_reads(
             session, "POST", f"{a.base_url}/api/connections", token=token, json=body
         )
         assert status == 200
-        deadline = time.monotonic() + 5
-        while "plain" not in await connected_on(session, b, token):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: has(session, b, token, "plain"), timeout=5)
 
         login = {"username": "admin", "password": ADMIN_PASSWORD}
         assert (await call(browser, "POST", f"{b.base_url}/auth", json=login))[0] == 200
@@ -321,10 +295,12 @@ async def test_a_replica_that_loses_the_database_stays_alive_and_serves_reads(
 
         proxy.restore()
         await b.wait_ready(timeout=15)
-        deadline = time.monotonic() + 10
-        while await connected_on(session, b, token) != {"plain", "second"}:
-            assert time.monotonic() < deadline, b.log_tail()
-            await asyncio.sleep(0.1)
+        await wait_until(
+            lambda: has(session, b, token, "plain", "second"),
+            timeout=10,
+            interval=0.1,
+            detail=b.log_tail,
+        )
 
 
 @pytest.mark.backends("postgresql")

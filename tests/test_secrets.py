@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -17,7 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from mmc.config import Settings
 from tests.brokers import MosquittoBroker, TlsMaterial, free_port
-from tests.conftest import Client, b64, blob, plain_body, tls_body
+from tests.conftest import Client, b64, blob, call, plain_body, tls_body
 from tests.test_cli_process import _wait_http
 from tests.test_durability import _serve
 
@@ -79,11 +78,6 @@ def _password_tokens(data: Path) -> list[str]:
     return [r[0] for r in rows] + [check[0]]
 
 
-async def _json(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
-    async with session.request(method, url, **kw) as resp:
-        return resp.status, await resp.json()
-
-
 async def test_rotate_while_the_server_reads_then_restart_with_the_new_key(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
@@ -98,15 +92,15 @@ async def test_rotate_while_the_server_reads_then_restart_with_the_new_key(
         jar = aiohttp.CookieJar(unsafe=True)
         async with aiohttp.ClientSession(cookie_jar=jar, headers={"Origin": base}) as session:
             login = {"username": "admin", "password": "admin-password-for-tests"}
-            assert (await _json(session, "POST", f"{base}/auth", json=login))[0] == 200
-            status, _ = await _json(
+            assert (await call(session, "POST", f"{base}/auth", json=login))[0] == 200
+            status, _ = await call(
                 session, "POST", f"{base}/api/connections", json=plain_body(broker)
             )
             assert status == 200
 
             # Readers keep going during the rotation (after the broker's features are known).
             dynsec = f"{base}/api/projects/default/brokers/plain/dynsec/clients"
-            assert (await _json(session, "GET", dynsec))[0] == 200
+            assert (await call(session, "GET", dynsec))[0] == 200
             stop = asyncio.Event()
             statuses: list[int] = []
 
@@ -116,7 +110,7 @@ async def test_rotate_while_the_server_reads_then_restart_with_the_new_key(
                         "/api/connections",
                         "/api/projects/default/brokers/plain/dynsec/clients",
                     ):
-                        statuses.append((await _json(session, "GET", base + path))[0])
+                        statuses.append((await call(session, "GET", base + path))[0])
 
             readers = [asyncio.ensure_future(read()) for _ in range(4)]
             result = await asyncio.to_thread(
@@ -139,7 +133,7 @@ async def test_rotate_while_the_server_reads_then_restart_with_the_new_key(
 
             # The running server only knows the old key: it refuses to change connections
             # (clearly, 503) rather than write secrets nobody could open after a restart.
-            status, body = await _json(
+            status, body = await call(
                 session, "PUT", f"{base}/api/connections/plain", json=plain_body(broker)
             )
             assert status == 503, body
@@ -159,15 +153,15 @@ async def test_rotate_while_the_server_reads_then_restart_with_the_new_key(
         await _wait_http(port, proc)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             login = {"username": "admin", "password": "admin-password-for-tests"}
-            assert (await _json(session, "POST", f"{base}/auth", json=login))[0] == 200
-            status, listing = await _json(session, "GET", f"{base}/api/connections")
+            assert (await call(session, "POST", f"{base}/auth", json=login))[0] == 200
+            status, listing = await call(session, "GET", f"{base}/api/connections")
             for _ in range(50):
                 if listing[0]["status"]["connected"]:
                     break
                 await asyncio.sleep(0.1)
-                status, listing = await _json(session, "GET", f"{base}/api/connections")
+                status, listing = await call(session, "GET", f"{base}/api/connections")
             assert listing[0]["status"]["connected"] is True  # the password decrypted
-            status, body = await _json(
+            status, body = await call(
                 session,
                 "PUT",
                 f"{base}/api/connections/plain",
@@ -175,7 +169,7 @@ async def test_rotate_while_the_server_reads_then_restart_with_the_new_key(
                 headers={"Origin": base},
             )
             assert status == 200, body
-            status, audit = await _json(session, "GET", f"{base}/api/audit?method=CLI")
+            status, audit = await call(session, "GET", f"{base}/api/audit?method=CLI")
             assert [e["route"] for e in audit["entries"]] == ["mmc secrets rotate"]
     finally:
         proc.terminate()
@@ -194,8 +188,8 @@ async def test_rotate_with_the_key_file_and_a_server_started_with_both_keys(
         await _wait_http(port, proc)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             login = {"username": "admin", "password": "admin-password-for-tests"}
-            assert (await _json(session, "POST", f"{base}/auth", json=login))[0] == 200
-            status, _ = await _json(
+            assert (await call(session, "POST", f"{base}/auth", json=login))[0] == 200
+            status, _ = await call(
                 session,
                 "POST",
                 f"{base}/api/connections",

@@ -4,7 +4,6 @@ writes serialised across processes, and the change feed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,17 +27,9 @@ from tests.tcp_proxy import TcpProxy
 pytestmark = pytest.mark.backends(*BACKENDS)
 
 
-@contextlib.asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[Database]:
-    if settings.database_backend == "sqlite":
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with open_database(settings) as db:
-        yield db
-
-
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[Database]:
-    async with opened(settings) as database:
+    async with open_database(settings) as database:
         yield database
 
 
@@ -51,7 +42,7 @@ async def test_migrations_apply_once_even_when_processes_start_together(
 ) -> None:
     # Four processes' worth of stores opening an empty database at the same moment.
     async def open_and_count() -> int:
-        async with opened(settings) as db:
+        async with open_database(settings) as db:
             row = await db.fetch_one("SELECT COUNT(*), MAX(version) FROM schema_migrations")
             assert row is not None
             assert row[1] == len(MIGRATIONS)
@@ -59,7 +50,7 @@ async def test_migrations_apply_once_even_when_processes_start_together(
 
     counts = await asyncio.gather(*(open_and_count() for _ in range(4)))
     assert counts == [len(MIGRATIONS)] * 4
-    async with opened(settings) as db:
+    async with open_database(settings) as db:
         assert await db.fetch_all("SELECT * FROM connections") == []
         await ProjectRepository(db).ensure_default()
         assert [p.id for p in await ProjectRepository(db).list()] == ["default"]
@@ -133,7 +124,7 @@ async def test_writes_from_two_processes_are_serialised(settings: Settings) -> N
     """Check-then-write stays true across replicas: of two admins demoted at once through
     two stores, one keeps the role; of two connections inserted at the limit, one gets in;
     failures counted at once from both are all counted."""
-    async with opened(settings) as one, opened(settings) as two:
+    async with open_database(settings) as one, open_database(settings) as two:
         await UserRepository(one).insert("ann", "hash", ("admin",))
         await UserRepository(one).insert("bob", "hash", ("admin",))
         results = await asyncio.gather(
@@ -177,7 +168,7 @@ async def test_the_change_feed_reports_committed_connection_changes(
 ) -> None:
     heard: list[str] = []
     resyncs: list[None] = []
-    async with opened(settings) as writer, opened(settings) as reader:
+    async with open_database(settings) as writer, open_database(settings) as reader:
         await ProjectRepository(writer).ensure_default()
         repo = ConnectionRepository(writer, SecretBox(SECRET_KEY.encode()))
         async with reader.listen(CONNECTIONS_CHANNEL, heard.append, lambda: resyncs.append(None)):
@@ -208,7 +199,7 @@ async def test_postgres_unreachable_and_lost(settings: Settings) -> None:
     async with TcpProxy.running("127.0.0.1", port) as proxy:
         url = settings.database_url.replace(f":{port}/", f":{proxy.port}/")
         proxied = settings.replace(database_url=url, database_timeout=1.0)
-        async with opened(proxied) as db:
+        async with open_database(proxied) as db:
             heard: list[str] = []
             resyncs: list[None] = []
             async with db.listen(CONNECTIONS_CHANNEL, heard.append, lambda: resyncs.append(None)):
@@ -228,7 +219,7 @@ async def test_postgres_unreachable_and_lost(settings: Settings) -> None:
 
         proxy.cut()
         with pytest.raises(StoreUnavailable, match="Cannot connect") as refused:
-            async with opened(proxied):
+            async with open_database(proxied):
                 pass
         message = str(refused.value.message)
         assert f"Cannot connect to the database {redact(url)}:" in message

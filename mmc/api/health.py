@@ -45,12 +45,10 @@ async def readyz(request: web.Request) -> web.Response:
         try:
             async with asyncio.timeout(2):
                 await db.ping()
-        except (TimeoutError, sqlite3.Error, ValueError) as exc:
+        except (TimeoutError, sqlite3.Error, ValueError, MmcError) as exc:
             state = "unavailable"
-            reasons.append(f"store does not answer: {exc or type(exc).__name__}")
-        except MmcError as exc:
-            state = "unavailable"
-            reasons.append(f"store does not answer: {exc.message}")
+            why = exc.message if isinstance(exc, MmcError) else str(exc) or type(exc).__name__
+            reasons.append(f"store does not answer: {why}")
         body["database"] = {"backend": db.backend, "status": state, "listening": db.listening}
     if reasons:
         return web.json_response({"status": "unavailable", "reasons": reasons, **body}, status=503)
