@@ -6,11 +6,16 @@ import asyncio
 import datetime as dt
 import logging
 import re
+import sys
 import time
+from types import FrameType
+from typing import Any
 
 import pytest
 
+from mmc.auth.passwords import dummy_hash, hash_cost, hash_password, verify_password
 from mmc.config import Settings
+from mmc.store import open_database
 from tests.conftest import ADMIN_PASSWORD, BACKENDS, Client, MakeClient, create_token, login, origin
 
 pytestmark = pytest.mark.backends(*BACKENDS)
@@ -567,3 +572,69 @@ async def test_passwords_and_tokens_never_in_responses_or_logs(
         assert "sam-secret-pw" not in text
         assert token not in text
         assert ADMIN_PASSWORD not in text
+
+
+async def stored_hash(settings: Settings, username: str) -> str:
+    async with open_database(settings) as db:
+        row = await db.fetch_one("SELECT password_hash FROM users WHERE username = ?", (username,))
+    assert row is not None
+    return str(row[0])
+
+
+async def test_a_login_rehashes_when_the_cost_changed(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    await make_client(settings, authenticated=False)  # bootstraps admin at the tests' cost
+    before = await stored_hash(settings, "admin")
+    assert hash_cost(before) == settings.password_hash_cost == 10
+
+    raised = await make_client(settings.replace(password_hash_cost=11), authenticated=False)
+    # A failed login changes nothing.
+    bad = {"username": "admin", "password": "wrong-guess-123"}
+    assert (await raised.post("/auth", json=bad)).status == 401
+    assert await stored_hash(settings, "admin") == before
+    await login(raised)
+    after = await stored_hash(settings, "admin")
+    assert after.startswith("scrypt$11$8$1$")
+    assert verify_password(ADMIN_PASSWORD, after)
+    # At the current cost already: left as it is.
+    await login(raised)
+    assert await stored_hash(settings, "admin") == after
+    # And the new hash logs in where the cost is lowered again (then rehashed back).
+    lowered = await make_client(settings, authenticated=False)
+    await login(lowered)
+    assert hash_cost(await stored_hash(settings, "admin")) == 10
+
+
+async def test_no_password_is_hashed_or_verified_on_the_event_loop(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    """A profiler on the loop's thread (sys.setprofile is per thread; the executor's
+    threads are not watched) records every call of the hashing functions there."""
+    client = await make_client(settings.replace(password_hash_cost=11), authenticated=False)
+    dummy_hash.cache_clear()  # the unknown user's first failed login computes it
+    watched = {hash_password.__code__, verify_password.__code__}
+    on_loop: list[str] = []
+
+    def profiler(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code in watched:
+            on_loop.append(frame.f_code.co_name)
+
+    previous = sys.getprofile()
+    sys.setprofile(profiler)
+    try:
+        hash_password("the detector works", 10)
+        assert on_loop == ["hash_password"]
+        on_loop.clear()
+        statuses = [
+            (await client.post("/auth", json=body)).status
+            for body in (
+                {"username": "nobody", "password": "guess-one-1"},
+                {"username": "admin", "password": "guess-two-2"},
+                {"username": "admin", "password": ADMIN_PASSWORD},
+            )
+        ]
+    finally:
+        sys.setprofile(previous)
+    assert statuses == [401, 401, 200]
+    assert on_loop == []
