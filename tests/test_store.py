@@ -297,3 +297,11 @@ def test_backend_is_chosen_by_the_url(tmp_path: Path) -> None:
     assert (lite.database_backend, lite.db_path) == ("sqlite", Path("/var/lib/mmc/store.db"))
     assert Settings(database_url="sqlite:///rel.db").db_path == Path("rel.db")
     assert issubclass(PostgresDatabase, Database)
+
+
+async def test_a_limit_of_zero_or_below_never_locks(db: Database) -> None:
+    repo = LoginFailureRepository(db)
+    for attempts in (0, -1):
+        subject = {f"addr:off{attempts}": Limit(attempts, 60_000, 30_000)}
+        for i in range(30):
+            assert (await repo.reserve(subject, "user:x", 1000 + i, window=60_000)).allowed

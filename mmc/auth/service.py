@@ -162,7 +162,9 @@ class AuthService:
         none up to login_max_failures, then login_username_delay doubling per attempt,
         at most login_username_max_delay."""
         s = self._settings
-        beyond = attempts - s.login_max_failures
+        # Where the pair limit is off, after as many attempts as its default allows.
+        free = s.login_max_failures if s.login_max_failures > 0 else Settings.login_max_failures
+        beyond = attempts - free
         if beyond <= 0 or s.login_username_delay <= 0:
             return 0.0
         return float(

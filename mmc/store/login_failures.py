@@ -20,7 +20,7 @@ from mmc.store.db import Database, Tx
 
 @dataclass(frozen=True)
 class Limit:
-    """``attempts`` within ``window`` ms lock the subject for ``lockout`` ms."""
+    """``attempts`` within ``window`` ms lock the subject for ``lockout`` ms (0: never)."""
 
     attempts: int
     window: int
@@ -106,7 +106,7 @@ class LoginFailureRepository:
             for subject in sorted(limited):
                 limit = limited[subject]
                 attempts, locked_until = await _reserve_one(tx, subject, now, limit)
-                if limit.attempts and attempts > limit.attempts:
+                if limit.attempts > 0 and attempts > limit.attempts:
                     refused_until = max(refused_until, locked_until)
             if refused_until:
                 return Reservation(False, refused_until, 0)
