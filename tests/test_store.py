@@ -176,6 +176,7 @@ async def test_login_attempts_are_reserved_atomically(settings: Settings) -> Non
         allowed = [a for a in answers if a.allowed]
         assert len(allowed) == 5
         assert sorted(a.counted for a in allowed) == [1, 2, 3, 4, 5]
+        assert [a.counted for a in allowed if a.locks] == [5]  # the one that set the lock
         assert {a.locked_until for a in answers if not a.allowed} == {now + 30_000}
         # Only evaluated attempts count on the username.
         row = await one.fetch_one(

@@ -206,6 +206,13 @@ class AuthService:
                 # From the time now: another attempt may have set the lock after ``now``.
                 retry_after=math.ceil((reservation.locked_until - now_ms()) / 1000),
             )
+        if reservation.locks:
+            log.warning(
+                "login attempts for %r from %s reached a limit: further ones refused for %d s",
+                username,
+                address,
+                s.login_lockout,
+            )
         delay = self._username_delay(reservation.counted)
         if delay:
             # A sleep, not a lock: no transaction or hashing slot is held meanwhile.

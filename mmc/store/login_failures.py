@@ -30,11 +30,13 @@ class Limit:
 @dataclass(frozen=True)
 class Reservation:
     """Whether the attempt may be evaluated; if not, until when (ms) it is refused. Also
-    how many attempts the counted-only subject has seen in its window, this one included."""
+    how many attempts the counted-only subject has seen in its window, this one included,
+    and whether this (allowed) attempt reached a limit, locking the next ones out."""
 
     allowed: bool
     locked_until: int
     counted: int
+    locks: bool = False
 
 
 # One attempt on one subject, in a single statement. The row's old values decide:
@@ -100,18 +102,20 @@ class LoginFailureRepository:
         whether it may be evaluated: none of them was locked and none is past its limit.
         Only an allowed attempt is counted on ``counted`` (which never locks), so that
         refused ones (429, no password checked) do not add to it."""
-        refused_until = 0
+        refused, until, locks = False, 0, False
         async with self._db.transaction() as tx:
             # A fixed order: two transactions never wait on each other's rows crosswise.
             for subject in sorted(limited):
                 limit = limited[subject]
                 attempts, locked_until = await _reserve_one(tx, subject, now, limit)
-                if limit.attempts > 0 and attempts > limit.attempts:
-                    refused_until = max(refused_until, locked_until)
-            if refused_until:
-                return Reservation(False, refused_until, 0)
+                if limit.attempts > 0 and attempts >= limit.attempts:
+                    refused = refused or attempts > limit.attempts
+                    locks = locks or attempts == limit.attempts
+                    until = max(until, locked_until)
+            if refused:
+                return Reservation(False, until, 0)
             attempts, _ = await _reserve_one(tx, counted, now, Limit(0, window, 0))
-        return Reservation(True, 0, attempts)
+        return Reservation(True, until, attempts, locks)
 
     async def succeeded(self, clear: str, give_back: list[str], now: int) -> None:
         """A login succeeded: forget ``clear``'s attempts unless it is locked (a lock runs
