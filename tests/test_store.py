@@ -306,3 +306,14 @@ async def test_a_limit_of_zero_or_below_never_locks(db: Database) -> None:
         subject = {f"addr:off{attempts}": Limit(attempts, 60_000, 30_000)}
         for i in range(30):
             assert (await repo.reserve(subject, "user:x", 1000 + i, window=60_000)).allowed
+
+
+async def test_purge_keeps_locks_and_current_windows(db: Database) -> None:
+    repo = LoginFailureRepository(db)
+    limit = {"addr:10.0.0.1": Limit(1, 60_000, 500_000)}
+    await repo.reserve(limit, "user:old", 1000, window=60_000)  # locks until 501_000
+    await repo.reserve({"addr:10.0.0.2": Limit(5, 60_000, 1)}, "user:new", 200_000, window=60_000)
+    await repo.purge(before=100_000, now=300_000)
+    rows = await db.fetch_all("SELECT subject FROM login_failures ORDER BY subject")
+    # user:old's window is over; the address lock and the recent counters stay.
+    assert [r[0] for r in rows] == ["addr:10.0.0.1", "addr:10.0.0.2", "user:new"]
