@@ -65,6 +65,20 @@ def check_password_strength(password: str) -> None:
         )
 
 
+def username_delay(settings: Settings, attempts: int) -> float:
+    """Seconds an attempt on a username waits before it is evaluated, given the attempts
+    on that username (from any address) in the window, this one included: none up to
+    login_max_failures, then login_username_delay doubling per attempt, at most
+    login_username_max_delay."""
+    s = settings
+    # Where the pair limit is off, after as many attempts as its default allows.
+    free = s.login_max_failures if s.login_max_failures > 0 else Settings.login_max_failures
+    beyond = attempts - free
+    if beyond <= 0 or s.login_username_delay <= 0:
+        return 0.0
+    return float(min(s.login_username_delay * 2 ** min(beyond - 1, 30), s.login_username_max_delay))
+
+
 class AuthService:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.users = UserRepository(db)
@@ -156,21 +170,6 @@ class AuthService:
 
     # -- logins -------------------------------------------------------------------
 
-    def _username_delay(self, attempts: int) -> float:
-        """Seconds an attempt on a username waits before it is evaluated, given the
-        attempts on that username (from any address) in the window, this one included:
-        none up to login_max_failures, then login_username_delay doubling per attempt,
-        at most login_username_max_delay."""
-        s = self._settings
-        # Where the pair limit is off, after as many attempts as its default allows.
-        free = s.login_max_failures if s.login_max_failures > 0 else Settings.login_max_failures
-        beyond = attempts - free
-        if beyond <= 0 or s.login_username_delay <= 0:
-            return 0.0
-        return float(
-            min(s.login_username_delay * 2 ** min(beyond - 1, 30), s.login_username_max_delay)
-        )
-
     async def login(self, username: str, password: str, address: str) -> str:
         """A new session id for the user, or Unauthorized / TooManyRequests.
 
@@ -178,7 +177,7 @@ class AuthService:
         - (address, username): login_max_failures attempts lock the pair for login_lockout;
           so an attacker locks out their own guesses, not the real user elsewhere;
         - address: login_address_max_failures attempts, whatever the usernames, lock it;
-        - username: attempts from every address slow it down (_username_delay), without a
+        - username: attempts from every address slow it down (username_delay), without a
           lock that a botnet could hold over the real user.
         The attempt is counted before the password is checked, so N guesses sent at once
         are evaluated at most up to the limits. A success clears the pair and gives back
@@ -213,7 +212,7 @@ class AuthService:
                 address,
                 s.login_lockout,
             )
-        delay = self._username_delay(reservation.counted)
+        delay = username_delay(s, reservation.counted)
         if delay:
             # A sleep, not a lock: no transaction or hashing slot is held meanwhile.
             log.info("login for %r from %s delayed %.2f s", username, address, delay)
