@@ -42,6 +42,9 @@ ENV_NAMES: dict[str, str] = {
     "MMC_DATABASE_TIMEOUT": "database_timeout",
     "MMC_RECONCILE_INTERVAL": "reconcile_interval",
     "MMC_REPLICA_ID": "replica_id",
+    "MMC_LOGIN_ADDRESS_MAX_FAILURES": "login_address_max_failures",
+    "MMC_LOGIN_USERNAME_DELAY": "login_username_delay",
+    "MMC_LOGIN_USERNAME_MAX_DELAY": "login_username_max_delay",
 }
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -83,10 +86,17 @@ class Settings:
     # Seconds without a request after which a browser session ends; and at the most.
     session_idle_timeout: float = 3600.0
     session_max_age: float = 7 * 24 * 3600.0
-    # Failed logins: this many within the window lock the username and the address.
+    # Login attempts within the window (seconds): login_max_failures lock that username
+    # from that client address, login_address_max_failures lock the address for every
+    # username, both for login_lockout seconds. Beyond login_max_failures, each attempt
+    # on a username (from anywhere) first waits login_username_delay seconds, doubling per
+    # attempt up to login_username_max_delay. 0 turns a limit or the delay off.
     login_max_failures: int = 5
+    login_address_max_failures: int = 20
     login_failure_window: float = 900.0
     login_lockout: float = 300.0
+    login_username_delay: float = 0.25
+    login_username_max_delay: float = 5.0
     # scrypt work factor, log2(n); stored with each hash, so it can be raised later.
     password_hash_cost: int = 15
     # Comma-separated addresses/networks whose X-Forwarded-* headers are believed.

@@ -6,14 +6,25 @@ import asyncio
 import datetime as dt
 import logging
 import re
+import sys
 import time
+from types import FrameType
+from typing import Any
 
 import pytest
 
+from mmc.auth.passwords import dummy_hash, hash_cost, hash_password, verify_password
+from mmc.auth.service import username_delay
 from mmc.config import Settings
+from mmc.store import open_database
 from tests.conftest import ADMIN_PASSWORD, BACKENDS, Client, MakeClient, create_token, login, origin
 
 pytestmark = pytest.mark.backends(*BACKENDS)
+
+
+def referer(client: Client) -> dict[str, str]:
+    """What a browser sends following a link on one of our pages."""
+    return {"Referer": f"http://{client.host}:{client.port}/ui/page"}
 
 
 def _cookie_header(resp_headers: object) -> str:
@@ -94,7 +105,8 @@ async def test_logout_and_profile(anon_client: Client) -> None:
     await login(anon_client)
     profile = await (await anon_client.get("/api/profile")).json()
     assert profile == {"username": "admin", "roles": ["admin"], "authenticatedBy": "session"}
-    resp = await anon_client.get("/logout")
+    # The MMC UI's logout link: a navigation from one of our pages (Referer).
+    resp = await anon_client.get("/logout", headers=referer(anon_client))
     assert resp.status == 200
     assert (await anon_client.get("/api/profile")).status == 401
     assert await (await anon_client.get("/validate-session")).json() == {"valid": False}
@@ -290,8 +302,8 @@ async def test_lockout_after_failed_logins(
     assert resp.status == 429
     assert 1 <= int(resp.headers["Retry-After"]) <= 2
     assert (await resp.json())["code"] == "TOO_MANY_REQUESTS"
-    # The address is locked too: another username from here is refused.
-    assert (await client.post("/auth", json={"username": "other", "password": "x"})).status == 429
+    # Only that username from this address is locked: another one is still evaluated.
+    assert (await client.post("/auth", json={"username": "other", "password": "x"})).status == 401
     await asyncio.sleep(1.6)
     await login(client)
     assert "login failed for 'admin'" in caplog.text
@@ -299,23 +311,237 @@ async def test_lockout_after_failed_logins(
     assert ADMIN_PASSWORD not in caplog.text
 
 
-async def test_cookie_writes_need_same_origin(anon_client: Client) -> None:
+def from_address(address: str) -> dict[str, str]:
+    """A request relayed by the trusted proxy (127.0.0.1) for a client at ``address``."""
+    return {"X-Forwarded-For": address}
+
+
+async def test_guesses_sent_at_once_are_evaluated_at_most_up_to_the_limit(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(settings, authenticated=False)
+    wrong = {"username": "admin", "password": "wrong-guess-123"}
+    answers = await asyncio.gather(*(client.post("/auth", json=wrong) for _ in range(20)))
+    statuses = sorted(resp.status for resp in answers)
+    # 401: the password was checked; 429: refused before that.
+    assert statuses.count(401) == settings.login_max_failures, statuses
+    assert statuses.count(401) + statuses.count(429) == 20, statuses
+    for resp in answers:
+        if resp.status == 429:
+            assert 1 <= int(resp.headers["Retry-After"]) <= settings.login_lockout
+    # Locked: the right password from the same address is not even checked.
+    right = {"username": "admin", "password": ADMIN_PASSWORD}
+    resp = await client.post("/auth", json=right)
+    assert resp.status == 429
+    assert int(resp.headers["Retry-After"]) >= 1
+
+
+async def test_an_attacker_cannot_lock_the_real_admin_out(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(
+        settings.replace(trusted_proxies="127.0.0.1/32", login_username_delay=0.05),
+        authenticated=False,
+    )
+    wrong = {"username": "admin", "password": "wrong-guess-123"}
+    attacker = from_address("203.0.113.5")
+    for _ in range(5):
+        assert (await client.post("/auth", json=wrong, headers=attacker)).status == 401
+    resp = await client.post("/auth", json=wrong, headers=attacker)
+    assert resp.status == 429
+    assert "Retry-After" in resp.headers
+    # The real admin, elsewhere, still gets in.
+    right = {"username": "admin", "password": ADMIN_PASSWORD}
+    resp = await client.post("/auth", json=right, headers=from_address("198.51.100.7"))
+    assert resp.status == 200
+    # ...and the attacker's pair is still locked.
+    assert (await client.post("/auth", json=right, headers=attacker)).status == 429
+
+
+async def test_an_address_is_locked_across_usernames(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(
+        settings.replace(trusted_proxies="127.0.0.1/32"), authenticated=False
+    )
+    spray = from_address("203.0.113.9")
+    limit = settings.login_address_max_failures
+    assert limit == 20
+    for i in range(limit):
+        body = {"username": f"user{i}", "password": "Winter2026!"}
+        assert (await client.post("/auth", json=body, headers=spray)).status == 401, i
+    right = {"username": "admin", "password": ADMIN_PASSWORD}
+    resp = await client.post("/auth", json=right, headers=spray)
+    assert resp.status == 429
+    assert 1 <= int(resp.headers["Retry-After"]) <= settings.login_lockout
+    # Another address is not concerned.
+    assert (
+        await client.post("/auth", json=right, headers=from_address("198.51.100.7"))
+    ).status == 200
+
+
+async def test_a_successful_login_does_not_clear_an_address_lock(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(
+        settings.replace(trusted_proxies="127.0.0.1/32", login_address_max_failures=3),
+        authenticated=False,
+    )
+    shared = from_address("192.0.2.50")
+    for name in ("ann", "bob"):
+        body = {"username": name, "password": "wrong-guess-123"}
+        assert (await client.post("/auth", json=body, headers=shared)).status == 401
+    # The third attempt from the address is evaluated, succeeds, and the lock it reached
+    # stays: a valid account of the attacker's must not reset their address.
+    right = {"username": "admin", "password": ADMIN_PASSWORD}
+    assert (await client.post("/auth", json=right, headers=shared)).status == 200
+    resp = await client.post("/auth", json={"username": "cid", "password": "x"}, headers=shared)
+    assert resp.status == 429
+    assert "Retry-After" in resp.headers
+    assert (await client.post("/auth", json=right, headers=shared)).status == 429
+
+
+async def test_logins_that_succeed_behind_one_address_never_lock_it(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(
+        settings.replace(trusted_proxies="127.0.0.1/32", login_address_max_failures=3),
+        authenticated=False,
+    )
+    right = {"username": "admin", "password": ADMIN_PASSWORD}
+    for _ in range(6):
+        assert (
+            await client.post("/auth", json=right, headers=from_address("192.0.2.60"))
+        ).status == 200
+
+
+async def test_guesses_on_one_username_from_many_addresses_slow_it_down(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(
+        settings.replace(
+            trusted_proxies="127.0.0.1/32",
+            login_max_failures=2,
+            login_username_delay=0.3,
+            login_username_max_delay=0.5,
+        ),
+        authenticated=False,
+    )
+    wrong = {"username": "admin", "password": "wrong-guess-123"}
+
+    async def attempt(address: str, body: dict[str, str]) -> tuple[int, float]:
+        started = time.monotonic()
+        resp = await client.post("/auth", json=body, headers=from_address(address))
+        return resp.status, time.monotonic() - started
+
+    # Up to login_max_failures: no delay.
+    for i in range(2):
+        status, took = await attempt(f"203.0.113.{i}", wrong)
+        assert (status, took < 0.25) == (401, True)
+    # Then 0.3 s; the loop serves others meanwhile.
+    delayed = asyncio.ensure_future(attempt("203.0.113.10", wrong))
+    await asyncio.sleep(0.05)
+    assert (await client.get("/healthz")).status == 200
+    assert not delayed.done()
+    status, took = await delayed
+    assert (status, took >= 0.3) == (401, True)
+    # Then 0.6 s, capped at 0.5 s.
+    status, took = await attempt("203.0.113.11", wrong)
+    assert (status, took >= 0.5) == (401, True)
+    # No lock: the real admin gets in, only later.
+    right = {"username": "admin", "password": ADMIN_PASSWORD}
+    status, took = await attempt("198.51.100.7", right)
+    assert (status, took >= 0.5) == (200, True)
+
+
+async def test_cookie_writes_from_other_sites_are_refused(anon_client: Client) -> None:
     await login(anon_client)
     body = {"name": "t", "role": "viewer"}
-    resp = await anon_client.post("/api/tokens", json=body)
-    assert resp.status == 403
-    assert "Cross-site" in (await resp.json())["message"]
-    resp = await anon_client.post(
-        "/api/tokens", json=body, headers={"Origin": "http://evil.example"}
-    )
-    assert resp.status == 403
     base = f"http://{anon_client.host}:{anon_client.port}"
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},  # a sandboxed frame, a page that sends no referrer
+        {"Referer": "http://evil.example/page"},
+        {"Origin": "http://evil.example", "Referer": f"{base}/ui"},  # Origin decides
+        {"Sec-Fetch-Site": "cross-site"},
+    ):
+        resp = await anon_client.post("/api/tokens", json=body, headers=headers)
+        assert resp.status == 403, headers
+        assert "Cross-site" in (await resp.json())["message"]
     resp = await anon_client.post("/api/tokens", json=body, headers={"Referer": f"{base}/ui"})
     assert resp.status == 201
     resp = await anon_client.post("/api/tokens", json=body, headers=origin(anon_client))
     assert resp.status == 201
     # Reads need no Origin.
     assert (await anon_client.get("/api/tokens")).status == 200
+
+
+async def test_cookie_writes_without_origin_or_referer_are_allowed(anon_client: Client) -> None:
+    """The Cedalo docs' cookie-jar curl flow: no browser, so no Origin and no Referer."""
+    await login(anon_client)
+    resp = await anon_client.post("/api/tokens", json={"name": "jar", "role": "viewer"})
+    sent = resp.request_info.headers
+    assert "Origin" not in sent
+    assert "Referer" not in sent
+    assert "Cookie" in sent
+    assert resp.status == 201, await resp.text()
+    resp = await anon_client.delete(f"/api/tokens/{(await resp.json())['id']}")
+    assert resp.status == 204
+
+
+async def test_a_cross_site_form_cannot_log_the_browser_in(anon_client: Client) -> None:
+    form = {"username": "admin", "password": ADMIN_PASSWORD}
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "http://evil.example/login"},
+    ):
+        resp = await anon_client.post("/auth", data=form, headers=headers)
+        assert resp.status == 403, headers
+        assert (await resp.json())["code"] == "NOT_ALLOWED"
+        assert "mmc_session" not in resp.cookies
+    assert await (await anon_client.get("/validate-session")).json() == {"valid": False}
+    # Our own login page, and scripts that send neither header, log in.
+    resp = await anon_client.post("/auth", data=form, headers=origin(anon_client))
+    assert resp.status == 200
+    resp = await anon_client.post("/auth", json=form)
+    assert "Origin" not in resp.request_info.headers
+    assert resp.status == 200
+
+
+async def test_other_sites_cannot_log_the_browser_out(anon_client: Client) -> None:
+    await login(anon_client)
+    for method, headers in (
+        ("POST", {"Origin": "http://evil.example"}),
+        ("POST", {"Origin": "null"}),
+        # A cross-site link or redirect: the Lax cookie goes along with a GET navigation.
+        ("GET", {"Referer": "http://evil.example/"}),
+        ("GET", {"Sec-Fetch-Site": "cross-site"}),
+        # Nothing shows it comes from this site (a page that sends no referrer).
+        ("GET", {}),
+    ):
+        resp = await anon_client.request(method, "/logout", headers=headers)
+        assert resp.status == 403, (method, headers)
+        assert "Cross-site" in (await resp.json())["message"]
+        assert (await anon_client.get("/api/profile")).status == 200, (method, headers)
+
+    # From our own pages, typed into the address bar, or POSTed by a script: logged out.
+    for method, headers in (
+        ("GET", referer(anon_client)),
+        ("GET", {"Sec-Fetch-Site": "same-origin"}),
+        ("GET", {"Sec-Fetch-Site": "none"}),
+        ("POST", origin(anon_client)),
+        ("POST", {}),
+    ):
+        await login(anon_client)
+        resp = await anon_client.request(method, "/logout", headers=headers)
+        assert resp.status == 200, (method, headers)
+        assert (await anon_client.get("/api/profile")).status == 401, (method, headers)
+
+    # Without a session there is nothing to end: scripts without a cookie get 200.
+    anon_client.session.cookie_jar.clear()
+    assert (await anon_client.get("/logout")).status == 200
+    assert (await anon_client.post("/logout")).status == 200
 
 
 async def test_token_requests_need_no_origin(client: Client) -> None:
@@ -347,3 +573,80 @@ async def test_passwords_and_tokens_never_in_responses_or_logs(
         assert "sam-secret-pw" not in text
         assert token not in text
         assert ADMIN_PASSWORD not in text
+
+
+async def stored_hash(settings: Settings, username: str) -> str:
+    async with open_database(settings) as db:
+        row = await db.fetch_one("SELECT password_hash FROM users WHERE username = ?", (username,))
+    assert row is not None
+    return str(row[0])
+
+
+async def test_a_login_rehashes_when_the_cost_changed(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    await make_client(settings, authenticated=False)  # bootstraps admin at the tests' cost
+    before = await stored_hash(settings, "admin")
+    assert hash_cost(before) == settings.password_hash_cost == 10
+
+    raised = await make_client(settings.replace(password_hash_cost=11), authenticated=False)
+    # A failed login changes nothing.
+    bad = {"username": "admin", "password": "wrong-guess-123"}
+    assert (await raised.post("/auth", json=bad)).status == 401
+    assert await stored_hash(settings, "admin") == before
+    await login(raised)
+    after = await stored_hash(settings, "admin")
+    assert after.startswith("scrypt$11$8$1$")
+    assert verify_password(ADMIN_PASSWORD, after)
+    # At the current cost already: left as it is.
+    await login(raised)
+    assert await stored_hash(settings, "admin") == after
+    # And the new hash logs in where the cost is lowered again (then rehashed back).
+    lowered = await make_client(settings, authenticated=False)
+    await login(lowered)
+    assert hash_cost(await stored_hash(settings, "admin")) == 10
+
+
+async def test_no_password_is_hashed_or_verified_on_the_event_loop(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    """A profiler on the loop's thread (sys.setprofile is per thread; the executor's
+    threads are not watched) records every call of the hashing functions there."""
+    client = await make_client(settings.replace(password_hash_cost=11), authenticated=False)
+    dummy_hash.cache_clear()  # the unknown user's first failed login computes it
+    watched = {hash_password.__code__, verify_password.__code__}
+    on_loop: list[str] = []
+
+    def profiler(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code in watched:
+            on_loop.append(frame.f_code.co_name)
+
+    previous = sys.getprofile()
+    sys.setprofile(profiler)
+    try:
+        hash_password("the detector works", 10)
+        assert on_loop == ["hash_password"]
+        on_loop.clear()
+        statuses = [
+            (await client.post("/auth", json=body)).status
+            for body in (
+                {"username": "nobody", "password": "guess-one-1"},
+                {"username": "admin", "password": "guess-two-2"},
+                {"username": "admin", "password": ADMIN_PASSWORD},
+            )
+        ]
+    finally:
+        sys.setprofile(previous)
+    assert statuses == [401, 401, 200]
+    assert on_loop == []
+
+
+def test_the_username_delay_doubles_up_to_its_cap() -> None:
+    settings = Settings()  # 5 attempts free, then 0.25 s doubling, at most 5 s
+    delays = [username_delay(settings, n) for n in range(1, 13)]
+    assert delays == [0, 0, 0, 0, 0, 0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    assert username_delay(settings, 10**6) == 5.0
+    assert username_delay(settings.replace(login_username_delay=0), 50) == 0
+    # With the pair limit off, the delay still starts after the default's 5 attempts.
+    assert username_delay(settings.replace(login_max_failures=0), 5) == 0
+    assert username_delay(settings.replace(login_max_failures=0), 6) == 0.25

@@ -16,7 +16,7 @@ from mmc.errors import Conflict, InvalidInput, NotAllowed, StoreUnavailable
 from mmc.store import open_database
 from mmc.store.connections import ConnectionRecord, ConnectionRepository
 from mmc.store.db import CONNECTIONS_CHANNEL, Database
-from mmc.store.login_failures import LoginFailureRepository
+from mmc.store.login_failures import Limit, LoginFailureRepository
 from mmc.store.migrations import MIGRATIONS
 from mmc.store.postgres import PostgresDatabase, dialect, redact
 from mmc.store.projects import ProjectRepository
@@ -150,8 +150,8 @@ async def test_writes_from_two_processes_are_serialised(settings: Settings) -> N
         failures = [LoginFailureRepository(one), LoginFailureRepository(two)]
         await asyncio.gather(
             *(
-                failures[i % 2].record_failure(
-                    ["user:carol"], 1000 + i, window=60_000, limit=100, lockout=1000
+                failures[i % 2].reserve(
+                    {"addr:x": Limit(100, 60_000, 1000)}, "user:carol", 1000 + i, window=60_000
                 )
                 for i in range(20)
             )
@@ -161,6 +161,62 @@ async def test_writes_from_two_processes_are_serialised(settings: Settings) -> N
         )
         assert row is not None
         assert row[0] == 20
+
+
+async def test_login_attempts_are_reserved_atomically(settings: Settings) -> None:
+    """20 attempts at once through two stores: exactly the limit (5) may be evaluated,
+    the rest are refused until the lock ends; nothing written later lowers the lock."""
+    pair = {"pair:10.0.0.9 admin": Limit(5, 60_000, 30_000)}
+    async with open_database(settings) as one, open_database(settings) as two:
+        repos = [LoginFailureRepository(one), LoginFailureRepository(two)]
+        now = 1_000_000
+        answers = await asyncio.gather(
+            *(repos[i % 2].reserve(pair, "user:admin", now, window=60_000) for i in range(20))
+        )
+        allowed = [a for a in answers if a.allowed]
+        assert len(allowed) == 5
+        assert sorted(a.counted for a in allowed) == [1, 2, 3, 4, 5]
+        assert [a.counted for a in allowed if a.locks] == [5]  # the one that set the lock
+        assert {a.locked_until for a in answers if not a.allowed} == {now + 30_000}
+        # Only evaluated attempts count on the username.
+        row = await one.fetch_one(
+            "SELECT failures FROM login_failures WHERE subject = ?", ("user:admin",)
+        )
+        assert row is not None
+        assert row[0] == 5
+
+        # A success while locked neither clears nor lowers the lock; a refused retry
+        # does not extend it.
+        await repos[0].succeeded("pair:10.0.0.9 admin", ["user:admin"], now + 1)
+        later = await repos[1].reserve(pair, "user:admin", now + 10_000, window=60_000)
+        assert (later.allowed, later.locked_until) == (False, now + 30_000)
+        # When the lock has ended, counting starts over.
+        after = await repos[0].reserve(pair, "user:admin", now + 30_001, window=60_000)
+        assert after.allowed
+        row = await one.fetch_one(
+            "SELECT failures FROM login_failures WHERE subject = ?", ("pair:10.0.0.9 admin",)
+        )
+        assert row is not None
+        assert row[0] == 1
+
+
+async def test_an_address_lock_survives_a_success(db: Database) -> None:
+    repo = LoginFailureRepository(db)
+    address = {"addr:10.0.0.7": Limit(3, 60_000, 30_000)}
+    now = 5_000_000
+    for i in range(3):
+        assert (await repo.reserve(address, f"user:u{i}", now + i, window=60_000)).allowed
+    # The third attempt locked the address; the third login succeeding changes nothing.
+    await repo.succeeded("pair:10.0.0.7 u2", ["addr:10.0.0.7", "user:u2"], now + 3)
+    refused = await repo.reserve(address, "user:u3", now + 4, window=60_000)
+    assert (refused.allowed, refused.locked_until) == (False, now + 2 + 30_000)
+
+    # Below the limit, a success gives back its own attempt: logins that succeed
+    # behind a shared address never add up to a lock.
+    shared = {"addr:10.0.0.8": Limit(3, 60_000, 30_000)}
+    for i in range(10):
+        assert (await repo.reserve(shared, "user:ok", now + i, window=60_000)).allowed
+        await repo.succeeded("pair:10.0.0.8 ok", ["addr:10.0.0.8", "user:ok"], now + i)
 
 
 async def test_the_change_feed_reports_committed_connection_changes(
@@ -242,3 +298,22 @@ def test_backend_is_chosen_by_the_url(tmp_path: Path) -> None:
     assert (lite.database_backend, lite.db_path) == ("sqlite", Path("/var/lib/mmc/store.db"))
     assert Settings(database_url="sqlite:///rel.db").db_path == Path("rel.db")
     assert issubclass(PostgresDatabase, Database)
+
+
+async def test_a_limit_of_zero_or_below_never_locks(db: Database) -> None:
+    repo = LoginFailureRepository(db)
+    for attempts in (0, -1):
+        subject = {f"addr:off{attempts}": Limit(attempts, 60_000, 30_000)}
+        for i in range(30):
+            assert (await repo.reserve(subject, "user:x", 1000 + i, window=60_000)).allowed
+
+
+async def test_purge_keeps_locks_and_current_windows(db: Database) -> None:
+    repo = LoginFailureRepository(db)
+    limit = {"addr:10.0.0.1": Limit(1, 60_000, 500_000)}
+    await repo.reserve(limit, "user:old", 1000, window=60_000)  # locks until 501_000
+    await repo.reserve({"addr:10.0.0.2": Limit(5, 60_000, 1)}, "user:new", 200_000, window=60_000)
+    await repo.purge(before=100_000, now=300_000)
+    rows = await db.fetch_all("SELECT subject FROM login_failures ORDER BY subject")
+    # user:old's window is over; the address lock and the recent counters stay.
+    assert [r[0] for r in rows] == ["addr:10.0.0.1", "addr:10.0.0.2", "user:new"]

@@ -1,15 +1,22 @@
 """Browser login compatible with the MMC: POST /auth, GET /logout, GET /validate-session,
-and the caller's own profile."""
+and the caller's own profile.
+
+Login and logout change what a browser is, so they follow the cross-site rule of cookie
+writes (``mmc.web.auth``) though they need no login: a cross-site form must neither log
+the browser in (into an account of the attacker's) nor out. ``GET /logout`` (the MMC
+UI's link) ends a session only when the request shows it comes from this site.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from mmc.errors import NotAllowed
 from mmc.keys import audit_user_key, auth_key, identity_key, settings_key
 from mmc.openapi import doc
 from mmc.schemas.responses import ProfileSchema, SuccessSchema, ValidSessionSchema
 from mmc.schemas.users import login_schema
-from mmc.web.auth import SESSION_COOKIE, identify
+from mmc.web.auth import CROSS_SITE_MESSAGE, SESSION_COOKIE, cross_site, identify, same_origin
 from mmc.web.body import load, read_json
 from mmc.web.proxy import client_address, is_https
 
@@ -40,9 +47,11 @@ def _set_cookie(request: web.Request, response: web.Response, value: str) -> Non
     body=login_schema,
     body_content_types=("application/json", "application/x-www-form-urlencoded"),
     responses={200: SuccessSchema()},
-    errors=(401, 429),
+    errors=(401, 403, 429),
 )
 async def login(request: web.Request) -> web.Response:
+    if cross_site(request):
+        raise NotAllowed(CROSS_SITE_MESSAGE)
     if request.content_type in FORM_TYPES:
         form = await request.post()
         body = {k: v for k, v in form.items() if isinstance(v, str)}
@@ -61,10 +70,24 @@ async def login(request: web.Request) -> web.Response:
     return response
 
 
-@doc("Log out: ends the session", responses={200: SuccessSchema()})
+@doc(
+    "Log out: ends the session (GET: only from a page of this site; scripts use POST)",
+    responses={200: SuccessSchema()},
+    errors=(403,),
+)
 async def _logout(request: web.Request) -> web.Response:
     session_id = request.cookies.get(SESSION_COOKIE)
     if session_id:
+        # A GET is a navigation the Lax cookie follows from any site: it needs proof of
+        # coming from ours. A POST from another site always says so (Origin).
+        refused = not same_origin(request) if request.method == "GET" else cross_site(request)
+        if refused:
+            raise NotAllowed(
+                CROSS_SITE_MESSAGE
+                if request.method != "GET"
+                else "Cross-site request refused: log out with POST /logout, "
+                "or from a page of this site"
+            )
         identity = await identify(request)
         if identity is not None:
             request[identity_key] = identity  # for the audit trail

@@ -42,7 +42,25 @@ def verify_password(password: str, encoded: str) -> bool:
     return True
 
 
+def hash_cost(encoded: str) -> int | None:
+    """The cost (log2 n) a stored hash was made with; None when it is not ours."""
+    parts = encoded.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt" or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
 @functools.lru_cache(maxsize=4)
 def dummy_hash(cost: int) -> str:
     """Verified against when the user does not exist, so the answer takes as long."""
     return hash_password(secrets.token_hex(8), cost)
+
+
+def verify_or_dummy(password: str, encoded: str | None, cost: int) -> bool:
+    """``verify_password`` against the user's hash, or (no such user) against a dummy one
+    of the current cost, which is False but takes as long. Both are CPU work, including
+    the dummy's first computation: run this through an executor, never on the loop."""
+    if encoded is None:
+        verify_password(password, dummy_hash(cost))
+        return False
+    return verify_password(password, encoded)

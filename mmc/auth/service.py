@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from mmc.auth.passwords import dummy_hash, hash_password, verify_password
+from mmc.auth.passwords import hash_cost, hash_password, verify_or_dummy
 from mmc.auth.permissions import Role
 from mmc.config import Settings
 from mmc.errors import (
@@ -25,7 +25,7 @@ from mmc.errors import (
     Unauthorized,
 )
 from mmc.store.db import Database, now_ms
-from mmc.store.login_failures import LoginFailureRepository
+from mmc.store.login_failures import Limit, LoginFailureRepository
 from mmc.store.sessions import SessionRecord, SessionRepository
 from mmc.store.tokens import TokenRecord, TokenRepository
 from mmc.store.users import UserRecord, UserRepository
@@ -65,6 +65,20 @@ def check_password_strength(password: str) -> None:
         )
 
 
+def username_delay(settings: Settings, attempts: int) -> float:
+    """Seconds an attempt on a username waits before it is evaluated, given the attempts
+    on that username (from any address) in the window, this one included: none up to
+    login_max_failures, then login_username_delay doubling per attempt, at most
+    login_username_max_delay."""
+    s = settings
+    # Where the pair limit is off, after as many attempts as its default allows.
+    free = s.login_max_failures if s.login_max_failures > 0 else Settings.login_max_failures
+    beyond = attempts - free
+    if beyond <= 0 or s.login_username_delay <= 0:
+        return 0.0
+    return float(min(s.login_username_delay * 2 ** min(beyond - 1, 30), s.login_username_max_delay))
+
+
 class AuthService:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.users = UserRepository(db)
@@ -92,11 +106,31 @@ class AuthService:
                 None, hash_password, password, self._settings.password_hash_cost
             )
 
-    async def _verify(self, password: str, encoded: str) -> bool:
+    async def _verify(self, password: str, encoded: str | None) -> bool:
+        """Whether the password matches ``encoded`` (None: no such user, so a dummy hash
+        is checked instead, which takes as long). Off the loop, either way."""
         async with self._hashing:
             return await asyncio.get_running_loop().run_in_executor(
-                None, verify_password, password, encoded
+                None, verify_or_dummy, password, encoded, self._settings.password_hash_cost
             )
+
+    async def _rehash_if_cost_changed(self, user: UserRecord, password: str) -> None:
+        """After a successful login: store a hash of the current cost when the user's is
+        of another (raising password_hash_cost takes effect as users log in)."""
+        if hash_cost(user.password_hash) == self._settings.password_hash_cost:
+            return
+        new_hash = await self.hash(password)
+        try:
+            # Only over the hash just verified: a password changed meanwhile stays.
+            if await self.users.replace_hash(user.username, user.password_hash, new_hash):
+                log.info(
+                    "rehashed the password of %r with cost %d",
+                    user.username,
+                    self._settings.password_hash_cost,
+                )
+        except StoreUnavailable as exc:
+            # The login stands; the next one tries again.
+            log.warning("could not store the rehashed password of %r: %s", user.username, exc)
 
     # -- bootstrap ----------------------------------------------------------------
 
@@ -128,43 +162,68 @@ class AuthService:
             log.info("created the first admin user %r from MMC_ADMIN_PASSWORD", username)
 
     async def purge_sessions(self) -> None:
-        """Forget sessions idle past the timeout (they are refused anyway)."""
-        await self._sessions.delete_idle(now_ms() - int(self._settings.session_idle_timeout * 1000))
+        """Forget sessions idle past the timeout (they are refused anyway), and login
+        counters whose window has passed and that hold no lock."""
+        now = now_ms()
+        await self._sessions.delete_idle(now - int(self._settings.session_idle_timeout * 1000))
+        await self._failures.purge(now - int(self._settings.login_failure_window * 1000), now)
 
     # -- logins -------------------------------------------------------------------
 
     async def login(self, username: str, password: str, address: str) -> str:
-        """A new session id for the user, or Unauthorized / TooManyRequests."""
+        """A new session id for the user, or Unauthorized / TooManyRequests.
+
+        Throttling, counted in the store across replicas within login_failure_window:
+        - (address, username): login_max_failures attempts lock the pair for login_lockout;
+          so an attacker locks out their own guesses, not the real user elsewhere;
+        - address: login_address_max_failures attempts, whatever the usernames, lock it;
+        - username: attempts from every address slow it down (username_delay), without a
+          lock that a botnet could hold over the real user.
+        The attempt is counted before the password is checked, so N guesses sent at once
+        are evaluated at most up to the limits. A success clears the pair and gives back
+        its own attempt on the address and the username, never lifting a lock.
+        """
+        s = self._settings
         now = now_ms()
-        subjects = [f"user:{username.lower()}", f"addr:{address}"]
-        locked_until = await self._failures.locked_until(subjects)
-        if locked_until > now:
+        name = username.lower()
+        window = int(s.login_failure_window * 1000)
+        lockout = int(s.login_lockout * 1000)
+        pair, addr, user_subject = f"pair:{address} {name}", f"addr:{address}", f"user:{name}"
+        reservation = await self._failures.reserve(
+            {
+                pair: Limit(s.login_max_failures, window, lockout),
+                addr: Limit(s.login_address_max_failures, window, lockout),
+            },
+            user_subject,
+            now,
+            window=window,
+        )
+        if not reservation.allowed:
             log.warning("login refused for %r from %s: locked out", username, address)
             raise TooManyRequests(
                 "Too many failed logins; try again later",
-                retry_after=math.ceil((locked_until - now) / 1000),
+                # From the time now: another attempt may have set the lock after ``now``.
+                retry_after=math.ceil((reservation.locked_until - now_ms()) / 1000),
             )
+        if reservation.locks:
+            log.warning(
+                "login attempts for %r from %s reached a limit: further ones refused for %d s",
+                username,
+                address,
+                s.login_lockout,
+            )
+        delay = username_delay(s, reservation.counted)
+        if delay:
+            # A sleep, not a lock: no transaction or hashing slot is held meanwhile.
+            log.info("login for %r from %s delayed %.2f s", username, address, delay)
+            await asyncio.sleep(delay)
         user = await self.users.get(username)
-        ok = await self._verify(
-            password, user.password_hash if user else dummy_hash(self._settings.password_hash_cost)
-        )
+        ok = await self._verify(password, user.password_hash if user else None)
         if user is None or not ok:
-            s = self._settings
-            locked = await self._failures.record_failure(
-                subjects,
-                now,
-                window=int(s.login_failure_window * 1000),
-                limit=s.login_max_failures,
-                lockout=int(s.login_lockout * 1000),
-            )
             log.warning("login failed for %r from %s", username, address)
-            if locked:
-                log.warning(
-                    "login locked for %r and %s for %d s", username, address, s.login_lockout
-                )
             raise Unauthorized()
-        for subject in subjects:
-            await self._failures.clear(subject)
+        await self._failures.succeeded(pair, [addr, user_subject], now_ms())
+        await self._rehash_if_cost_changed(user, password)
         session_id = secrets.token_urlsafe(32)
         await self._sessions.create(digest(session_id), user.username)
         log.info("user %r logged in from %s", user.username, address)

@@ -89,6 +89,16 @@ class UserRepository:
                 await self._require_an_admin(tx)
         return changed > 0
 
+    async def replace_hash(self, username: str, old_hash: str, new_hash: str) -> bool:
+        """Store a new hash of the same password, only if the stored one is still
+        ``old_hash`` (a password changed meanwhile wins)."""
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
+                "UPDATE users SET password_hash = ? WHERE username = ? AND password_hash = ?",
+                (new_hash, username, old_hash),
+            )
+        return changed > 0
+
     async def delete(self, username: str, *, keep_an_admin: bool = True) -> bool:
         async with self._db.transaction() as tx:
             deleted = await tx.execute("DELETE FROM users WHERE username = ?", (username,)) > 0

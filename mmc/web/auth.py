@@ -2,8 +2,11 @@
 
 Who: a ``Bearer`` application token, or the session cookie set by ``POST /auth``.
 What: the route's entry in ``mmc.auth.permissions.ROUTE_PERMISSIONS``.
-Cross-site: a state-changing request authenticated by cookie must come from our
-own origin (``Origin``, else ``Referer``); token requests are not exposed to that.
+Cross-site: a state-changing request authenticated by cookie is refused when it says it
+comes from another site (``Origin``, else ``Referer``, not ours; ``Origin: null`` too).
+One that sends neither is a script's (curl with a cookie jar): browsers always send
+``Origin`` on a cross-site POST, and the SameSite=Lax cookie is not sent on cross-site
+subrequests at all. Token requests are not exposed to any of this.
 """
 
 from __future__ import annotations
@@ -46,10 +49,10 @@ async def identify(request: web.Request) -> Identity | None:
     return None
 
 
-def _same_origin(request: web.Request) -> bool:
-    source = request.headers.get("Origin") or request.headers.get("Referer")
-    if not source or source == "null":
-        return False
+CROSS_SITE_MESSAGE = "Cross-site request refused: Origin or Referer must be this site"
+
+
+def _ours(request: web.Request, source: str) -> bool:
     parts = urlsplit(source)
     networks = request.app[settings_key].trusted_networks
     expected_scheme = "https" if is_https(request, networks) else "http"
@@ -57,6 +60,30 @@ def _same_origin(request: web.Request) -> bool:
         parts.scheme == expected_scheme
         and parts.netloc.lower() == public_host(request, networks).lower()
     )
+
+
+def _source(request: web.Request) -> str | None:
+    return request.headers.get("Origin") or request.headers.get("Referer") or None
+
+
+def cross_site(request: web.Request) -> bool:
+    """Whether the request says it comes from another site: an ``Origin`` (else
+    ``Referer``) not ours, ``null`` included, or, with neither, a browser's
+    ``Sec-Fetch-Site`` saying so. Neither header at all: not a browser's cross-site
+    request (those always carry ``Origin`` when they are POSTs)."""
+    source = _source(request)
+    if source is not None:
+        return source == "null" or not _ours(request, source)
+    return request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site")
+
+
+def same_origin(request: web.Request) -> bool:
+    """Whether the request shows it comes from our own pages (``Origin``/``Referer``
+    ours), or from the user (``Sec-Fetch-Site: none``: typed, a bookmark)."""
+    source = _source(request)
+    if source is not None:
+        return source != "null" and _ours(request, source)
+    return request.headers.get("Sec-Fetch-Site", "").lower() in ("same-origin", "none")
 
 
 @web.middleware
@@ -80,10 +107,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
     if not allowed(identity.roles, permission):
         raise NotAllowed()
-    if (
-        identity.method == "session"
-        and request.method not in SAFE_METHODS
-        and not _same_origin(request)
-    ):
-        raise NotAllowed("Cross-site request refused: Origin or Referer must be this site")
+    if identity.method == "session" and request.method not in SAFE_METHODS and cross_site(request):
+        raise NotAllowed(CROSS_SITE_MESSAGE)
     return await handler(request)
