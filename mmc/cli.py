@@ -257,8 +257,6 @@ async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
-    if settings.database_backend == "sqlite":
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with open_database(settings) as db:
         auth = AuthService(db, settings)
         if args.action == "list":

@@ -13,6 +13,7 @@ import aiosqlite
 
 from mmc.errors import StoreUnavailable
 from mmc.store.db import Database, IntegrityViolation, Row, Tx
+from mmc.store.files import prepare_sqlite_file
 from mmc.store.migrations import migrate
 
 
@@ -81,7 +82,7 @@ class SqliteDatabase(Database):
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, path: Path) -> AsyncIterator[SqliteDatabase]:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(prepare_sqlite_file, path)
         async with aiosqlite.connect(path, isolation_level=None) as conn:
             conn.row_factory = aiosqlite.Row
             # First: switching to WAL needs a moment alone with the file, and another
