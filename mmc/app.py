@@ -115,6 +115,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             db,
             max_rows=settings.audit_max_rows,
             retention_days=settings.audit_retention_days,
+            max_refusals=settings.audit_max_refusals,
         )
         yield
 

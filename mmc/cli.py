@@ -192,7 +192,10 @@ async def _audit_cli(db: Database, settings: Settings, action: str, target: dict
     except (KeyError, OSError):
         user = "unknown"
     repo = AuditRepository(
-        db, max_rows=settings.audit_max_rows, retention_days=settings.audit_retention_days
+        db,
+        max_rows=settings.audit_max_rows,
+        retention_days=settings.audit_retention_days,
+        max_refusals=settings.audit_max_refusals,
     )
     await repo.insert(
         AuditEntry(
