@@ -186,7 +186,7 @@ class Float(mf.Field[float]):
 
     default_error_messages = {  # noqa: RUF012
         "invalid": "must be a number",
-        "special": "must be a finite number (not nan or inf)",
+        "special": "must be a finite number, not nan or inf",
     }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
