@@ -11,7 +11,8 @@ import pytest
 
 from mmc.config import Settings
 from mmc.keys import audit_key, db_key
-from mmc.store.audit import AuditEntry, AuditQuery
+from mmc.store import migrations, open_database
+from mmc.store.audit import AuditEntry, AuditQuery, AuditRepository
 from mmc.store.db import now_ms
 from tests.brokers import MosquittoBroker
 from tests.conftest import ADMIN_PASSWORD, BACKENDS, Client, MakeClient, create_token, plain_body
@@ -285,3 +286,57 @@ async def test_group_commit_numbers_both_classes(
     assert {"r29", "r27", "r25", "r23"} <= kept
     assert {"r28", "r26", "r10"} <= kept
     assert "r21" not in kept
+
+
+async def test_entries_stored_before_the_split_are_classified(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store written by an mmc without the strangers' cap: its rows are sorted into the
+    two classes by the migration, numbered on, and capped from the next insert."""
+    first_new = next(
+        i for i, m in enumerate(migrations.MIGRATIONS) if "unauthenticated" in m.sqlite
+    )
+    columns = (
+        "at, request_id, username, auth_method, client, method, route, target, status, "
+        "outcome, error_code, duration_ms"
+    )
+    old_rows = [
+        ("admin", "session", 201, "success"),
+        (None, None, 401, "denied"),  # anonymous refusal
+        ("admin", "password", 401, "denied"),  # failed login
+        ("admin", "password", 200, "success"),  # login
+        ("token:ci", "token", 403, "denied"),  # a logged-in user refused
+    ]
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:first_new])
+        async with open_database(settings) as db, db.transaction() as tx:
+            for user, method, status, outcome in old_rows:
+                await tx.execute(
+                    f"INSERT INTO audit ({columns}) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        now_ms(),
+                        "old",
+                        user,
+                        method,
+                        "1.2.3.4",
+                        "POST",
+                        "/x",
+                        "{}",
+                        status,
+                        outcome,
+                        None,
+                        1,
+                    ),
+                )
+    async with open_database(settings) as db:
+        rows = await db.fetch_all("SELECT unauthenticated, seq, id FROM audit ORDER BY id")
+        assert [r[0] for r in rows] == [0, 1, 1, 0, 0]
+        assert all(r[1] == r[2] for r in rows)
+        repo = AuditRepository(db, max_rows=2, max_refusals=1)
+        await repo.insert(
+            AuditEntry("new", "admin", "session", "h", "POST", "/y", {}, 201, None, 1)
+        )
+        await repo.insert(AuditEntry("anon", None, None, "h", "POST", "/y", {}, 401, None, 1))
+        kept = [(e.request_id, e.username, e.status) for e in await repo.query(AuditQuery())]
+        assert kept == [("anon", None, 401), ("new", "admin", 201), ("old", "token:ci", 403)]
