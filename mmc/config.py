@@ -73,14 +73,15 @@ class Settings:
     # Seconds without a request after which a browser session ends; and at the most.
     session_idle_timeout: float = 3600.0
     session_max_age: float = 7 * 24 * 3600.0
-    # Failed logins: this many within the window lock the username and the address.
+    # Login attempts within the window (seconds): login_max_failures lock that username
+    # from that client address, login_address_max_failures lock the address for every
+    # username, both for login_lockout seconds. Beyond login_max_failures, each attempt
+    # on a username (from anywhere) first waits login_username_delay seconds, doubling per
+    # attempt up to login_username_max_delay. 0 turns a limit or the delay off.
     login_max_failures: int = 5
+    login_address_max_failures: int = 20
     login_failure_window: float = 900.0
     login_lockout: float = 300.0
-    # Failures from one client address, across usernames, that lock the address.
-    login_address_max_failures: int = 20
-    # Failures for one username from many addresses slow it down: this many seconds per
-    # attempt, growing, at most login_username_max_delay.
     login_username_delay: float = 0.25
     login_username_max_delay: float = 5.0
     # scrypt work factor, log2(n); stored with each hash, so it can be raised later.
@@ -357,10 +358,11 @@ class SettingsSchema(Schema):
     token_cache_seconds = Float(validate=validate.Range(min=0, max=60, error="must be 0-60"))
     session_idle_timeout = Float(validate=POSITIVE)
     session_max_age = Float(validate=POSITIVE)
-    login_max_failures = Integer(validate=AT_LEAST_ONE)
+    # 0 turns a limit (or the delay) off.
+    login_max_failures = Integer(validate=NOT_NEGATIVE)
     login_failure_window = Float(validate=POSITIVE)
     login_lockout = Float(validate=NOT_NEGATIVE)
-    login_address_max_failures = Integer(validate=AT_LEAST_ONE)
+    login_address_max_failures = Integer(validate=NOT_NEGATIVE)
     login_username_delay = Float(validate=NOT_NEGATIVE)
     login_username_max_delay = Float(validate=NOT_NEGATIVE)
     password_hash_cost = Integer(validate=validate.Range(min=10, max=20, error="must be 10-20"))

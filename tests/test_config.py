@@ -150,7 +150,7 @@ def test_toml_infinity_is_refused_naming_the_key(tmp_path: Path) -> None:
         ("", {"MMC_BASE_PATH": "/a/../b"}, "MMC_BASE_PATH: is not a plain URL path"),
         ("", {"MMC_HOST": "a\nb"}, "MMC_HOST: must not contain control characters"),
         ("", {"MMC_AUDIT_MAX_REFUSALS": "-1"}, "MMC_AUDIT_MAX_REFUSALS: must not be negative"),
-        ("", {"MMC_LOGIN_ADDRESS_MAX_FAILURES": "0"}, "MMC_LOGIN_ADDRESS_MAX_FAILURES"),
+        ("", {"MMC_LOGIN_ADDRESS_MAX_FAILURES": "-1"}, "MMC_LOGIN_ADDRESS_MAX_FAILURES: must not"),
         ("", {"MMC_LOGIN_USERNAME_DELAY": "-0.5"}, "MMC_LOGIN_USERNAME_DELAY"),
         ("", {"MMC_HTTP_HEADER_TIMEOUT": "nan"}, "MMC_HTTP_HEADER_TIMEOUT: must be a finite"),
         ("", {"MMC_HTTP_MAX_CONNECTIONS": "0"}, "MMC_HTTP_MAX_CONNECTIONS: must be at least 1"),
