@@ -80,11 +80,8 @@ async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     loop = asyncio.get_running_loop()
-    if settings.database_backend == "sqlite":
-        await loop.run_in_executor(
-            None, lambda: settings.data_dir.mkdir(parents=True, exist_ok=True)
-        )
-    elif not settings.secret_key:
+    # open_database creates the data directory of a SQLite store (0700).
+    if settings.database_backend != "sqlite" and not settings.secret_key:
         # A key file in each replica's data directory would differ between replicas:
         # each would refuse the connections another one stored.
         raise SecretKeyError(
@@ -118,6 +115,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             db,
             max_rows=settings.audit_max_rows,
             retention_days=settings.audit_retention_days,
+            max_refusals=settings.audit_max_refusals,
         )
         yield
 

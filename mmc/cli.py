@@ -192,7 +192,10 @@ async def _audit_cli(db: Database, settings: Settings, action: str, target: dict
     except (KeyError, OSError):
         user = "unknown"
     repo = AuditRepository(
-        db, max_rows=settings.audit_max_rows, retention_days=settings.audit_retention_days
+        db,
+        max_rows=settings.audit_max_rows,
+        retention_days=settings.audit_retention_days,
+        max_refusals=settings.audit_max_refusals,
     )
     await repo.insert(
         AuditEntry(
@@ -257,8 +260,6 @@ async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _users(settings: Settings, args: argparse.Namespace) -> int:
-    if settings.database_backend == "sqlite":
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with open_database(settings) as db:
         auth = AuthService(db, settings)
         if args.action == "list":

@@ -12,6 +12,11 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 
 
 class JsonFormatter(logging.Formatter):
+    # The timestamp ends in "Z": it must be UTC, whatever the machine's time zone.
+    @staticmethod
+    def converter(seconds: float | None = None, /) -> time.struct_time:
+        return time.gmtime(seconds)
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from typing import Any
@@ -10,7 +11,8 @@ import pytest
 
 from mmc.config import Settings
 from mmc.keys import audit_key, db_key
-from mmc.store.audit import AuditEntry
+from mmc.store import migrations, open_database
+from mmc.store.audit import AuditEntry, AuditQuery, AuditRepository
 from mmc.store.db import now_ms
 from tests.brokers import MosquittoBroker
 from tests.conftest import ADMIN_PASSWORD, BACKENDS, Client, MakeClient, create_token, plain_body
@@ -195,3 +197,146 @@ async def test_only_admins_read_the_trail(client: Client) -> None:
     token = await create_token(client, "editor")
     resp = await client.get("/api/audit", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 403
+
+
+async def test_strangers_cannot_flush_the_trail(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    """400 anonymous POST /api/projects with the cap at 200 evicted every admin entry:
+    strangers' entries have a cap of their own and evict only each other."""
+    capped = settings.replace(audit_max_rows=200, audit_max_refusals=20)
+    client = await make_client(capped)
+    anon = await make_client(capped, authenticated=False)
+    for i in range(3):
+        resp = await client.post("/api/projects", json={"id": f"p{i}", "name": f"P{i}"})
+        assert resp.status == 201
+    mine = [e for e in await _entries(client, limit=1000) if e["user"] is not None]
+    assert len(mine) == 5  # the fixture's login and token, the three projects
+
+    for i in range(400):
+        resp = await anon.post("/api/projects", json={"id": f"x{i}", "name": "x"})
+        assert resp.status == 401
+    bad = {"username": "admin", "password": "wrong-password-9"}
+    for _ in range(3):
+        assert (await anon.post("/auth", json=bad)).status in (401, 429)
+    # Logging out without a session is a stranger's request too.
+    assert (await anon.post("/logout")).status == 200
+
+    entries = await _entries(client, limit=1000)
+    kept = [e for e in entries if e not in mine]
+    # Every entry of a logged-in user is still there...
+    assert [e for e in entries if e in mine] == mine
+    # ...and the strangers' entries are the 20 newest of theirs.
+    assert len(kept) == 20
+    assert kept[0]["route"] == "/logout"
+    assert [e["route"] for e in kept[1:4]] == ["/auth"] * 3
+    assert all(e["route"] == "/api/projects" and e["status"] == 401 for e in kept[4:])
+    assert await client.app[audit_key].count() == 25
+
+    # The logged-in class keeps its own cap, counted apart from the strangers'.
+    for i in range(3, 203):
+        resp = await client.post("/api/projects", json={"id": f"p{i}", "name": f"P{i}"})
+        assert resp.status == 201
+    entries = await _entries(client, limit=1000)
+    assert len(entries) == 200 + 20
+    # The strangers' entries are untouched by the users' cap.
+    assert [e for e in entries if e in kept] == kept
+
+
+async def test_strangers_entries_are_not_kept_with_a_cap_of_zero(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    capped = settings.replace(audit_max_refusals=0)
+    client = await make_client(capped)
+    anon = await make_client(capped, authenticated=False)
+    before = await client.app[audit_key].count()
+    assert (await anon.post("/api/projects", json={"id": "x", "name": "x"})).status == 401
+    assert (await client.post("/api/projects", json={"id": "y", "name": "y"})).status == 201
+    assert await client.app[audit_key].count() == before + 1
+
+
+async def test_group_commit_numbers_both_classes(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    # Entries arriving together are written in one transaction, each class numbered on.
+    client = await make_client(settings.replace(audit_max_rows=10, audit_max_refusals=4))
+    repo = client.app[audit_key]
+
+    def entry(i: int, user: str | None) -> AuditEntry:
+        return AuditEntry(
+            f"r{i}",
+            user,
+            "token" if user else None,
+            "127.0.0.1",
+            "POST",
+            "/x",
+            {},
+            401 if user is None else 201,
+            None,
+            1,
+        )
+
+    await asyncio.gather(*(repo.insert(entry(i, None if i % 2 else "u")) for i in range(30)))
+    rows = await client.app[db_key].fetch_all(
+        "SELECT unauthenticated, COUNT(*), MAX(seq) - MIN(seq) FROM audit "
+        "GROUP BY unauthenticated ORDER BY unauthenticated"
+    )
+    assert [tuple(r) for r in rows] == [(0, 10, 9), (1, 4, 3)]
+    kept = {e.request_id for e in await repo.query(AuditQuery(limit=100))}
+    assert {"r29", "r27", "r25", "r23"} <= kept
+    assert {"r28", "r26", "r10"} <= kept
+    assert "r21" not in kept
+
+
+async def test_entries_stored_before_the_split_are_classified(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store written by an mmc without the strangers' cap: its rows are sorted into the
+    two classes by the migration, numbered on, and capped from the next insert."""
+    first_new = next(
+        i for i, m in enumerate(migrations.MIGRATIONS) if "unauthenticated" in m.sqlite
+    )
+    columns = (
+        "at, request_id, username, auth_method, client, method, route, target, status, "
+        "outcome, error_code, duration_ms"
+    )
+    old_rows = [
+        ("admin", "session", 201, "success"),
+        (None, None, 401, "denied"),  # anonymous refusal
+        ("admin", "password", 401, "denied"),  # failed login
+        ("admin", "password", 200, "success"),  # login
+        ("token:ci", "token", 403, "denied"),  # a logged-in user refused
+    ]
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:first_new])
+        async with open_database(settings) as db, db.transaction() as tx:
+            for user, method, status, outcome in old_rows:
+                await tx.execute(
+                    f"INSERT INTO audit ({columns}) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        now_ms(),
+                        "old",
+                        user,
+                        method,
+                        "1.2.3.4",
+                        "POST",
+                        "/x",
+                        "{}",
+                        status,
+                        outcome,
+                        None,
+                        1,
+                    ),
+                )
+    async with open_database(settings) as db:
+        rows = await db.fetch_all("SELECT unauthenticated, seq, id FROM audit ORDER BY id")
+        assert [r[0] for r in rows] == [0, 1, 1, 0, 0]
+        assert all(r[1] == r[2] for r in rows)
+        repo = AuditRepository(db, max_rows=2, max_refusals=1)
+        await repo.insert(
+            AuditEntry("new", "admin", "session", "h", "POST", "/y", {}, 201, None, 1)
+        )
+        await repo.insert(AuditEntry("anon", None, None, "h", "POST", "/y", {}, 401, None, 1))
+        kept = [(e.request_id, e.username, e.status) for e in await repo.query(AuditQuery())]
+        assert kept == [("anon", None, 401), ("new", "admin", 201), ("old", "token:ci", 403)]

@@ -163,7 +163,9 @@ async def test_oversized_body_is_413(client: Client, broker: MosquittoBroker) ->
         headers={"Content-Type": "application/json"},
     )
     assert resp.status == 413
-    _assert_error_shape(await resp.json(), 413, "PAYLOAD_TOO_LARGE")
+    answer = await resp.json()
+    _assert_error_shape(answer, 413, "PAYLOAD_TOO_LARGE")
+    assert answer["message"] == "Request body is too large (limit 1048576 bytes)"
     await _assert_nothing_stored(client)
 
 

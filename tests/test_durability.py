@@ -20,6 +20,7 @@ import pytest
 
 from mmc.config import Settings
 from mmc.keys import db_key
+from mmc.store.sqlite import SqliteDatabase
 from tests.brokers import MosquittoBroker, free_port
 from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, login, plain_body
 from tests.test_cli_process import _wait_http
@@ -104,14 +105,18 @@ async def test_a_full_or_read_only_store_refuses_writes_and_keeps_serving_reads(
         await login(browser)
         db = client.app[db_key]
         # The browser's session is due for its "last seen" write on its next request.
-        await db.fetch_one("UPDATE sessions SET last_seen = last_seen - 120000")
+        async with db.transaction() as tx:
+            await tx.execute("UPDATE sessions SET last_seen = last_seen - 120000")
 
         if fault == "disk full":
             filler = _fill(disk)
             refused = await _writes_until_refused(client, broker)
             expected = "database or disk is full"
         else:
-            await db.fetch_one("PRAGMA query_only = ON")
+            # On the writer's connection (reads have one of their own, query_only already).
+            assert isinstance(db, SqliteDatabase)
+            writer = db._conn
+            await writer.execute("PRAGMA query_only = ON")
             refused = await (
                 await client.post("/api/tokens", json={"name": "t", "role": "viewer"})
             ).json()
@@ -148,7 +153,7 @@ async def test_a_full_or_read_only_store_refuses_writes_and_keeps_serving_reads(
         if fault == "disk full":
             filler.unlink()
         else:
-            await db.fetch_one("PRAGMA query_only = OFF")
+            await writer.execute("PRAGMA query_only = OFF")
         resp = await client.post("/api/tokens", json={"name": "again", "role": "viewer"})
         assert resp.status == 201
         await client.close()

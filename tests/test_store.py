@@ -109,6 +109,49 @@ async def test_a_failing_transaction_leaves_nothing_behind(db: Database) -> None
     assert await db.get_meta("x") == "2"
 
 
+class _Undo(Exception):
+    pass
+
+
+async def test_reads_never_see_a_write_in_progress(db: Database) -> None:
+    """A refused change (the last admin demoted, then rolled back) must never be seen by
+    a read, such as an authorisation check, while its transaction is open; and reads do
+    not wait for the writer."""
+    users = UserRepository(db)
+    await users.insert("ann", "hash", ("admin",))
+    written = asyncio.Event()
+    release = asyncio.Event()
+
+    async def demote_then_undo() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("UPDATE users SET roles = ? WHERE username = ?", ("viewer", "ann"))
+            await tx.execute("INSERT INTO meta (name, value) VALUES (?, ?)", ("probe", "1"))
+            # The transaction itself sees its rows...
+            assert await tx.fetch_one("SELECT value FROM meta WHERE name = ?", ("probe",))
+            written.set()
+            await release.wait()
+            raise _Undo
+
+    task = asyncio.get_running_loop().create_task(demote_then_undo())
+    try:
+        await asyncio.wait_for(written.wait(), 5)
+        # ...nobody else does, and reading does not queue behind the open transaction.
+        async with asyncio.timeout(2):
+            assert await db.get_meta("probe") is None
+            ann = await users.get("ann")
+            assert ann is not None
+            assert ann.roles == ("admin",)
+    finally:
+        release.set()
+        with pytest.raises(_Undo):
+            await task
+    assert await db.get_meta("probe") is None
+
+    # A committed write is seen by the very next read.
+    await db.set_meta("probe", "2")
+    assert await db.get_meta("probe") == "2"
+
+
 async def test_row_counts(db: Database) -> None:
     users = UserRepository(db)
     await users.insert("ann", "hash", ("admin",))

@@ -167,16 +167,42 @@ def build_ssl_context(material: TlsMaterial) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     if material.cert_pem and material.key_pem:
-        # The ssl module loads a client chain only from a file: write it 0600, load, remove.
-        fd, path = tempfile.mkstemp(prefix="mmc-", suffix=".pem")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(material.cert_pem)
-                fh.write(material.key_pem)
-            ctx.load_cert_chain(path)
-        finally:
-            os.unlink(path)
+        _load_client_chain(ctx, material.cert_pem + material.key_pem)
     return ctx
+
+
+def _in_memory_files() -> bool:
+    return hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+
+
+def _load_client_chain(ctx: ssl.SSLContext, pem: str) -> None:
+    """The ssl module loads a client chain only from a path. On Linux that path is an
+    anonymous memory file (memfd), reopened through /proc/self/fd: the private key never
+    reaches a disk, and nothing is left behind whatever happens to the process. Elsewhere:
+    a 0600 file in a fresh 0700 temporary directory, removed at once."""
+    data = pem.encode("ascii")
+    if _in_memory_files():
+        fd = os.memfd_create("mmc-client-chain", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, data)
+            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="mmc-") as directory:  # mode 0700
+        path = os.path.join(directory, "chain.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        ctx.load_cert_chain(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def context_from_base64(

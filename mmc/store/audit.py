@@ -2,8 +2,16 @@
 
 Rows are written by ``mmc.web.audit`` (one per state-changing request) and by the
 command line. They never hold a request body, so they never hold a secret. The
-retention caps (``audit_retention_days``, ``audit_max_rows``) are applied in the
-same transaction as each insert: the table cannot outgrow them.
+retention caps are applied in the same transaction as each insert: the table cannot
+outgrow them.
+
+Two classes of entries are capped apart. A stranger's entry (``unauthenticated``: no
+login, and not a login that succeeded: a refused anonymous request, a failed login, a
+logout without a session) counts toward ``audit_max_refusals`` and evicts only the
+oldest strangers' entries; every other entry (what logged-in users and the command
+line did, successful logins) counts toward ``audit_max_rows``. Anybody can send
+anonymous requests by the thousand a second; they must not push the records of real
+changes out. ``audit_retention_days`` applies to both.
 """
 
 from __future__ import annotations
@@ -51,6 +59,12 @@ class AuditEntry:
     def outcome(self) -> str:
         return outcome_of(self.status)
 
+    @property
+    def unauthenticated(self) -> bool:
+        """A stranger's entry: nobody logged in (no username), or a login that failed
+        (the username is only the one tried)."""
+        return self.username is None or (self.auth_method == "password" and self.status >= 400)
+
 
 @dataclass(frozen=True)
 class AuditQuery:
@@ -87,9 +101,19 @@ class AuditRepository:
     into the next transaction together, so concurrent writers share one fsync instead of
     queueing for one each. ``insert`` still returns only once its row is committed."""
 
-    def __init__(self, db: Database, *, max_rows: int = 0, retention_days: float = 0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_rows: int = 0,
+        retention_days: float = 0,
+        max_refusals: int = 10_000,
+    ) -> None:
+        """``max_rows``: entries of logged-in users (0: no cap); ``max_refusals``: of
+        strangers (0: none kept); ``retention_days``: of both (0: no limit)."""
         self._db = db
         self._max_rows = max_rows
+        self._max_refusals = max_refusals
         self._retention_ms = int(retention_days * DAY_MS)
         self._queue: list[tuple[AuditEntry, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -117,12 +141,22 @@ class AuditRepository:
                         done.set_result(None)
 
     async def _write(self, entries: list[AuditEntry]) -> None:
+        if not self._max_refusals:
+            entries = [entry for entry in entries if not entry.unauthenticated]
         # Appends and trims check nothing: no need to queue behind other replicas' writes.
+        # (So on PostgreSQL two replicas may number a class alike at the same moment: a
+        # cap may then keep a row or two more, never fewer.)
         async with self._db.transaction(serialised=False) as tx:
-            await tx.execute_many(
-                f"INSERT INTO audit ({_INSERTED}) "  # noqa: S608
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
+            last: dict[bool, int] = {}
+            for stranger in {entry.unauthenticated for entry in entries}:
+                row = await tx.fetch_one(
+                    "SELECT MAX(seq) FROM audit WHERE unauthenticated = ?", (int(stranger),)
+                )
+                last[stranger] = int(row[0]) if row and row[0] is not None else 0
+            rows: list[tuple[Any, ...]] = []
+            for entry in entries:
+                last[entry.unauthenticated] += 1
+                rows.append(
                     (
                         entry.at,
                         entry.request_id,
@@ -136,16 +170,25 @@ class AuditRepository:
                         entry.outcome,
                         entry.error_code,
                         entry.duration_ms,
+                        int(entry.unauthenticated),
+                        last[entry.unauthenticated],
                     )
-                    for entry in entries
-                ],
-            )
-            # Both caps use an index (rowid, at): cheap when there is nothing to delete.
-            if self._max_rows:
-                row = await tx.fetch_one("SELECT MAX(id) FROM audit")
-                newest = row[0] if row else None
-                if newest is not None:
-                    await tx.execute("DELETE FROM audit WHERE id <= ?", (newest - self._max_rows,))
+                )
+            if rows:
+                await tx.execute_many(
+                    f"INSERT INTO audit ({_INSERTED}, unauthenticated, seq) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            # Each cap is one range of the (unauthenticated, seq) index: cheap when there
+            # is nothing to delete.
+            for stranger, newest in last.items():
+                cap = self._max_refusals if stranger else self._max_rows
+                if cap:
+                    await tx.execute(
+                        "DELETE FROM audit WHERE unauthenticated = ? AND seq <= ?",
+                        (int(stranger), newest - cap),
+                    )
             if self._retention_ms:
                 await tx.execute("DELETE FROM audit WHERE at < ?", (now_ms() - self._retention_ms,))
 

@@ -129,6 +129,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         + _AUDIT_COLUMNS,
     ),
     portable("CREATE INDEX audit_at ON audit (at)"),
+    # Entries of strangers (requests without a login that did not log in: refusals,
+    # failed logins) are capped apart from the others and only evict each other, so
+    # anonymous requests cannot push the records of real changes out. ``seq`` numbers
+    # each class on its own, so either cap is one indexed comparison.
+    portable("ALTER TABLE audit ADD COLUMN unauthenticated INTEGER NOT NULL DEFAULT 0"),
+    portable("ALTER TABLE audit ADD COLUMN seq BIGINT NOT NULL DEFAULT 0"),
+    portable(
+        "UPDATE audit SET unauthenticated = 1 "
+        "WHERE username IS NULL OR (auth_method = 'password' AND status >= 400)"
+    ),
+    portable("UPDATE audit SET seq = id"),
+    portable("CREATE INDEX audit_class_seq ON audit (unauthenticated, seq)"),
 )
 
 

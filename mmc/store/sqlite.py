@@ -1,4 +1,4 @@
-"""The embedded backend: one SQLite file, one aiosqlite connection, one process."""
+"""The embedded backend: one SQLite file, one process, a connection to write and one to read."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import aiosqlite
 
 from mmc.errors import StoreUnavailable
 from mmc.store.db import Database, IntegrityViolation, Row, Tx
+from mmc.store.files import prepare_sqlite_file
 from mmc.store.migrations import migrate
 
 
@@ -55,26 +56,33 @@ async def _enable_wal(conn: aiosqlite.Connection, attempts: int = 100) -> None:
 
 
 class SqliteDatabase(Database):
-    """One aiosqlite connection shared by every request.
+    """Two aiosqlite connections: one writes, the other reads.
 
     SQLite has one transaction per connection: two requests that both ran ``BEGIN`` on
     it would see "cannot start a transaction within a transaction", and one's ROLLBACK
     would undo the other's statements. ``transaction()`` therefore holds a lock from
     ``BEGIN IMMEDIATE`` to ``COMMIT``/``ROLLBACK``: writes queue, each whole or not at all.
+
+    Reads go to a connection of their own. On the writer's connection they would see the
+    rows of a transaction still open, which may yet be rolled back (a refused "demote the
+    last admin" was visible to authorisation checks for a moment). Under WAL a reader
+    sees the last commit and never waits for the writer: each read is its own snapshot,
+    so a write is visible to the next read once ``transaction()`` has returned.
     """
 
     backend: ClassVar[str] = "sqlite"
     shared: ClassVar[bool] = False
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._conn = conn
+        self._reader = reader
         self._tx = SqliteTx(conn)
         self._write_lock = asyncio.Lock()
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, path: Path) -> AsyncIterator[SqliteDatabase]:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(prepare_sqlite_file, path)
         async with aiosqlite.connect(path, isolation_level=None) as conn:
             conn.row_factory = aiosqlite.Row
             # First: switching to WAL needs a moment alone with the file, and another
@@ -85,10 +93,16 @@ class SqliteDatabase(Database):
             await _enable_wal(conn)
             await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA foreign_keys=ON")
-            db = cls(conn)
-            async with db.transaction() as tx:
-                await migrate(tx, cls.backend)
-            yield db
+            # The file is in WAL mode now (that is persistent): the reader needs no switch.
+            async with aiosqlite.connect(path, isolation_level=None) as reader:
+                reader.row_factory = aiosqlite.Row
+                await reader.execute("PRAGMA busy_timeout=5000")
+                # A read that tried to write would be a bug: make it fail, not succeed.
+                await reader.execute("PRAGMA query_only=ON")
+                db = cls(conn, reader)
+                async with db.transaction() as tx:
+                    await migrate(tx, cls.backend)
+                yield db
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, serialised: bool = True) -> AsyncIterator[Tx]:
@@ -111,7 +125,7 @@ class SqliteDatabase(Database):
     # One trip to aiosqlite's thread per query (execute + fetch + close would be three,
     # each a wake-up of the event loop): this runs on every authenticated request.
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
-        return cast(list[Row], list(await self._conn.execute_fetchall(sql, tuple(params))))
+        return cast(list[Row], list(await self._reader.execute_fetchall(sql, tuple(params))))
 
     async def ping(self) -> None:
         await self.fetch_one("SELECT 1")

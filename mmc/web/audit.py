@@ -7,6 +7,10 @@ route template), the target (the path parameters), the outcome (status, error
 code), the duration and the request id. Never a body, a header or a query string,
 so never a password, key or token.
 
+Entries of strangers (no login, and not a login that succeeded) are kept under a cap
+of their own (``audit_max_refusals``) and evict only each other: anonymous requests
+cannot flush the record of what logged-in users did (see ``mmc.store.audit``).
+
 The row is written after the handler has answered and before the answer is sent,
 with the status the client gets: a failed write is never recorded as a success.
 

@@ -78,7 +78,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
-def _render_http_exception(exc: web.HTTPException) -> web.Response:
+def _render_http_exception(
+    exc: web.HTTPException, request: web.Request | None = None
+) -> web.Response:
     """aiohttp's own 404/405/413... in our error shape."""
     error: MmcError
     match exc.status:
@@ -93,8 +95,10 @@ def _render_http_exception(exc: web.HTTPException) -> web.Response:
         case 405:
             error = MethodNotAllowed(f"Method {getattr(exc, 'method', '')} is not allowed here")
         case 413:
+            # aiohttp keeps the limit only in its text: it is the app's client_max_size.
+            limit = request.app[settings_key].max_body_size if request is not None else None
             error = PayloadTooLarge(
-                f"Request body is too large (limit {getattr(exc, 'max_size', '?')} bytes)"
+                f"Request body is too large (limit {limit} bytes)" if limit is not None else None
             )
         case _:
             return web.json_response(
@@ -117,7 +121,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _render_http_exception(exc)
+        response = _render_http_exception(exc, request)
         request[error_code_key] = _code_of(exc.status)
         return response
     except Exception:
