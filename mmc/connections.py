@@ -8,7 +8,7 @@ import ipaddress
 import json
 import logging
 import ssl
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -349,6 +349,27 @@ class ConnectionService:
             self._forget(connection_id)
             await self._pool.close(connection_id)
         return self.listing()
+
+    async def store_broker_password(
+        self, connection_ids: Sequence[str], username: str, password: str
+    ) -> list[str]:
+        """mmc changed ``username``'s password on the broker these connections log in to:
+        store it for each of them that still logs in as that user, and give their links the
+        stored record (same ``updated_at``: the change feed does not reopen them). The ids
+        stored; raises when the store cannot be written."""
+        done: list[str] = []
+        async with self._lock:
+            for connection_id in connection_ids:
+                stored = await self._repo.get(connection_id)
+                if stored is None or stored.username != username:
+                    continue
+                record = await self._repo.update(stored.replace(password=password))
+                link = self._pool.get(connection_id)
+                if link is not None:
+                    link.record = record
+                    self._wire[connection_id] = to_wire(record)
+                done.append(connection_id)
+        return done
 
     def _check_name(self, name: str, connection_id: str) -> None:
         for link in self._pool:

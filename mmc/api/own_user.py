@@ -1,0 +1,226 @@
+"""The dynamic-security routes' side of "mmc must not cut off its own access".
+
+``Guard.of(request)`` gives a route what it needs: whether the request says ``?force=true``,
+mmc's own logins on the broker (mmc.brokers.own_access.Login, from every connection that
+reaches the same host and port), and the connections service.
+
+``Guard.change`` wraps a resource route's change and ``Guard.run`` a list of plugin commands
+(passthrough, envelope, apply). Both refuse what would lock mmc out (409 CONFLICT, see
+mmc.brokers.own_access), and handle what mosquitto does to its own login:
+
+- After a change of a user, or of that user's groups or roles, mosquitto 2.0 disconnects
+  every client of the user before it answers, so mmc's own login never gets the answer.
+  Such a command goes to the broker alone (the other commands' answers are not lost with
+  its own); a lost answer counts as done (the plugin disconnects only after the change,
+  modifyClient excepted: it also does on some errors) and mmc waits for its link to log
+  back in before it answers (not when forced: it may never get back in).
+- A new password for an own user (setClientPassword, modifyClient with ``password``):
+  the links logging in as that user are given it before it is sent, so that they log back
+  in with it. An error answer means the broker kept the old one: the links get it back.
+  Otherwise mmc waits for the link to log back in, which proves the broker has the new
+  password, and stores it for those connections (``ConnectionService.store_broker_password``).
+  Should the broker refuse it at that login, the old one is put back and the request fails
+  (503). If the store cannot be written after the broker took the password, the request
+  fails with 503 STORE_UNAVAILABLE saying so: this process keeps using the new password,
+  a restart or another replica would not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from marshmallow import EXCLUDE, Schema, fields
+
+from mmc.brokers import own_access
+from mmc.brokers.dynsec import Dynsec
+from mmc.brokers.link import BrokerLink
+from mmc.connections import ConnectionService, target
+from mmc.errors import BrokerUnavailable, MmcError, StoreUnavailable
+from mmc.keys import connections_key, settings_key
+from mmc.store.connections import ConnectionRecord
+from mmc.web.body import load
+
+T = TypeVar("T")
+Run = Callable[[Dynsec, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+
+force_schema = Schema.from_dict({"force": fields.Boolean(load_default=False)})(unknown=EXCLUDE)
+# mosquitto's CONNACK refusals of a login (MQTT 3.1.1 and 5 names, see mmc.brokers.status).
+_LOGIN_REFUSED = frozenset({"NOT_AUTHORIZED", "BAD_USERNAME_OR_PASSWORD"})
+
+
+def forced(request: web.Request) -> bool:
+    """``?force=true``: do it even if it cuts mmc off the broker."""
+    return bool(load(force_schema, dict(request.query))["force"])
+
+
+def _address(url: str) -> tuple[str, int]:
+    _, _, host, port = target(url)
+    return host, port
+
+
+def same_broker(service: ConnectionService, link: BrokerLink) -> list[BrokerLink]:
+    """The links of this process that reach the broker ``link`` reaches (same host and port)."""
+    here = _address(link.record.url)
+    return [other for other in service.pool if _address(other.record.url) == here]
+
+
+def logins(links: Sequence[BrokerLink]) -> list[own_access.Login]:
+    users: dict[str, list[BrokerLink]] = {}
+    for link in links:
+        if link.record.username:
+            users.setdefault(link.record.username, []).append(link)
+    out = []
+    for username, mine in users.items():
+        ids = {link.client_id for link in mine}
+        # A client id the user chose, used as is: no generated one, no per-replica suffix.
+        fixed = len(ids) == 1 and all(link.client_id == link.record.client_id for link in mine)
+        out.append(
+            own_access.Login(
+                username, tuple(link.id for link in mine), ids.pop() if fixed else None
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Guard:
+    service: ConnectionService
+    force: bool
+    # How long to wait for a link the broker closed after a password change to log back in.
+    reconnect_timeout: float
+
+    @classmethod
+    def of(cls, request: web.Request) -> Guard:
+        return cls(
+            request.app[connections_key],
+            forced(request),
+            request.app[settings_key].connect_timeout + 1,
+        )
+
+    async def change(
+        self, link: BrokerLink, ds: Dynsec, change: Callable[[Dynsec], Awaitable[None]]
+    ) -> None:
+        """A resource route's change, checked first (its commands recorded, not sent)."""
+        commands = await own_access.recorded(ds, change)
+        mine = same_broker(self.service, link)
+        outcome = await own_access.check(ds, commands, logins(mine), force=self.force)
+        if not outcome.alone:
+            await change(ds)
+            return
+        # A resource route changes one client: one password at most.
+        password = next(iter(outcome.passwords.values()), None)
+
+        async def send() -> bool:
+            await change(ds)
+            return True
+
+        await self._alone(link, mine, send, lambda _: False, password)
+
+    async def run(
+        self, link: BrokerLink, ds: Dynsec, commands: list[dict[str, Any]], run: Run
+    ) -> list[dict[str, Any]]:
+        """Plugin commands, checked first; their answers in order."""
+        mine = same_broker(self.service, link)
+        outcome = await own_access.check(ds, commands, logins(mine), force=self.force)
+        if not outcome.alone:
+            return await run(ds, commands)
+        entries: list[dict[str, Any]] = []
+        chunk: list[dict[str, Any]] = []
+        for i, command in enumerate(commands):
+            if i not in outcome.alone:
+                chunk.append(command)
+                continue
+            if chunk:
+                entries += await run(ds, chunk)
+                chunk = []
+
+            async def send(one: dict[str, Any] = command) -> dict[str, Any]:
+                [entry] = await run(ds, [one])
+                return entry
+
+            entry = await self._alone(
+                link, mine, send, lambda e: "error" in e, outcome.passwords.get(i)
+            )
+            # No answer: mosquitto closed the connection after the change (see _alone).
+            entries.append(entry if entry is not None else {"command": command["command"]})
+        if chunk:
+            entries += await run(ds, chunk)
+        return entries
+
+    async def _alone(
+        self,
+        link: BrokerLink,
+        mine: Sequence[BrokerLink],
+        send: Callable[[], Awaitable[T]],
+        refused: Callable[[T], bool],
+        password: tuple[str, str] | None,
+    ) -> T | None:
+        """Send a change after which mosquitto closes mmc's connection (a change of its
+        user, or of that user's groups or roles): its answer, or None when the broker
+        closed the connection first, which it does only once the change is made
+        (modifyClient excepted: it also does on some errors).
+
+        With a new ``password`` for an own user, see the module docstring."""
+        if not link.connected:
+            raise BrokerUnavailable(f"Broker {link.id} is not connected")
+        users: list[BrokerLink] = []
+        old: dict[str, ConnectionRecord] = {}
+        if password is not None:
+            users = [other for other in mine if other.record.username == password[0]]
+            old = {other.id: other.record for other in users}
+            for other in users:
+                other.record = other.record.replace(password=password[1])
+
+        def restore() -> None:
+            for other in users:
+                if password is not None and other.record.password == password[1]:
+                    other.record = old[other.id]
+
+        answer: T | None = None
+        try:
+            answer = await send()
+        except BrokerUnavailable:
+            if not users and self.force:
+                return None  # forced: mmc may well not get back in; do not wait for it
+        except BaseException:
+            restore()
+            raise
+        if answer is not None and refused(answer):
+            restore()
+            return answer
+        if answer is None and not await link.wait_connected(self.reconnect_timeout):
+            error = link.status.error
+            reason = error.message if error else "no reason given"
+            if link in users and error is not None and error.code in _LOGIN_REFUSED:
+                restore()
+                link.reconnect_now()
+                raise BrokerUnavailable(
+                    f"The broker closed mmc's connection but refuses the new password of "
+                    f"{link.record.username!r}: mmc logs in with the old one again"
+                )
+            if password is not None:
+                await self._store(users, *password)
+            raise BrokerUnavailable(
+                "The broker closed mmc's connection after the change, and it has not "
+                f"logged back in within {self.reconnect_timeout:g} s ({reason})"
+                + ("; the new password is stored" if password is not None else "")
+            )
+        if password is not None:
+            await self._store(users, *password)
+        return answer
+
+    async def _store(self, users: Sequence[BrokerLink], username: str, password: str) -> None:
+        ids = [other.id for other in users]
+        try:
+            await self.service.store_broker_password(ids, username, password)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, MmcError) else type(exc).__name__
+            raise StoreUnavailable(
+                f"The broker took the new password of {username!r}, but mmc could not store "
+                f"it for connection {', '.join(ids)} ({reason}). This process keeps using "
+                "it; after a restart, or on another replica, mmc would log in with the old "
+                "one: send it with PUT /api/connections/{id}."
+            ) from exc
