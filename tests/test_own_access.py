@@ -194,6 +194,13 @@ async def test_every_connection_to_the_broker_is_protected(
     await wait_until(lambda: link.connected)
     assert "watcher" in (await call(client, "GET", f"{dynsec_path('second')}/clients"))["clients"]
 
+    # An import through this connection leaves the other connection's user alone too.
+    document = {"clients": [{"username": "admin", "roles": [{"rolename": "admin"}]}]}
+    report = await call(client, "POST", f"{DS}/import", document)
+    assert {"username": "watcher", "action": "delete"}.items() <= report["skipped"][0].items()
+    assert report["commands"] == []
+    await call(client, "GET", f"{DS}/clients/watcher")
+
     # The other connection's password, changed through this one, is stored for it.
     await call(client, "PUT", f"{DS}/clients/watcher/password", {"password": "watcher-new"})
     repo = ConnectionRepository(client.app[db_key], client.app[secret_box_key])

@@ -27,7 +27,7 @@ from aiohttp import web
 from marshmallow import Schema, fields
 
 from mmc.api.brokers import connected_project_broker
-from mmc.api.own_user import Guard, force_schema
+from mmc.api.own_user import Guard, force_schema, own_usernames
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
@@ -343,7 +343,9 @@ async def import_(request: web.Request) -> web.Response:
     document = await read_valid(request, schemas.document_schema)
     ds = await Dynsec.of(link)
     report = await ds.import_document(
-        document, dry_run=dry_run, protected_client=link.record.username
+        document,
+        dry_run=dry_run,
+        protected_client=own_usernames(request.app[connections_key], link),
     )
     return _json(report)
 
@@ -405,7 +407,9 @@ async def _apply_to(link: BrokerLink, body: Mapping[str, Any], guard: Guard) -> 
     if "commands" in body:
         return {"responses": await guard.run(link, ds, body["commands"], _run)}
     return await ds.import_document(
-        body["document"], dry_run=body["dry_run"], protected_client=link.record.username
+        body["document"],
+        dry_run=body["dry_run"],
+        protected_client=own_usernames(guard.service, link),
     )
 
 

@@ -67,6 +67,11 @@ def same_broker(service: ConnectionService, link: BrokerLink) -> list[BrokerLink
     return [other for other in service.pool if _address(other.record.url) == here]
 
 
+def own_usernames(service: ConnectionService, link: BrokerLink) -> list[str]:
+    """The users mmc logs in to ``link``'s broker with (an import never changes them)."""
+    return [u for other in same_broker(service, link) if (u := other.record.username)]
+
+
 def logins(links: Sequence[BrokerLink]) -> list[own_access.Login]:
     users: dict[str, list[BrokerLink]] = {}
     for link in links:
