@@ -48,6 +48,12 @@ BASE = f"{BROKER}/dynsec"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Change = Callable[[Dynsec, str, dict[str, Any]], Awaitable[None]]
 
+OWN_ACCESS_NOTE = (
+    "409 CONFLICT when the change would cut mmc off the broker (deleting, disabling or "
+    "changing the client id of a user mmc logs in with, or taking away its "
+    "$CONTROL/dynamic-security grants); ?force=true does it anyway."
+)
+
 _dry_run_schema = Schema.from_dict({"dryRun": fields.Boolean(load_default=False)})()
 
 
@@ -199,8 +205,10 @@ def _change_handler(
     @doc(
         summary,
         body=None if or_query else schema,
-        query=schema if or_query else None,
+        query=schema if or_query else force_schema,
         responses={200: OBJECT},
+        errors=(409,),
+        description=OWN_ACCESS_NOTE,
     )
     async def handler(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
@@ -246,7 +254,13 @@ def _add_kind_routes(kind: Kind) -> None:
         return _json(await kind.get(await Dynsec.of(link), request.match_info["name"]))
 
     @routes.delete(item)
-    @doc(f"Delete a {one}", query=force_schema, responses={204: None}, errors=(409,))
+    @doc(
+        f"Delete a {one}",
+        query=force_schema,
+        responses={204: None},
+        errors=(409,),
+        description=OWN_ACCESS_NOTE,
+    )
     async def delete(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
         name = request.match_info["name"]
@@ -370,8 +384,10 @@ async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any
 @doc(
     "Send one plugin command (the MMC's endpoint)",
     body=schemas.CommandSchema(),
+    query=force_schema,
     responses={200: OBJECT},
     errors=(409,),
+    description=OWN_ACCESS_NOTE,
 )
 async def command(request: web.Request) -> web.Response:
     """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
@@ -387,7 +403,10 @@ async def command(request: web.Request) -> web.Response:
 @doc(
     "Send the plugin's own envelope {commands}",
     body=schemas.CommandsSchema(),
+    query=force_schema,
     responses={200: OBJECT},
+    errors=(409,),
+    description=OWN_ACCESS_NOTE,
 )
 async def commands(request: web.Request) -> web.Response:
     """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
@@ -428,7 +447,10 @@ async def _apply_one(link: BrokerLink, body: Mapping[str, Any], guard: Guard) ->
 @doc(
     "Run commands or an import on every broker of the project (one entry per broker)",
     body=schemas.ApplySchema(),
+    query=force_schema,
     responses={207: OBJECT},
+    description="A broker whose own access the commands would cut off gets a 409 entry "
+    "unless ?force=true.",
 )
 async def apply(request: web.Request) -> web.Response:
     """Run the same commands, or the same import, on every broker of the project (207)."""
