@@ -194,6 +194,13 @@ async def test_every_connection_to_the_broker_is_protected(
     await wait_until(lambda: link.connected)
     assert "watcher" in (await call(client, "GET", f"{dynsec_path('second')}/clients"))["clients"]
 
+    # Forced, in the query string beside the membership's key.
+    await _refused(client, "DELETE", f"{DS}/clients/watcher/roles?rolename=ctl")
+    answer = await call(client, "DELETE", f"{DS}/clients/watcher/roles?rolename=ctl&force=true")
+    assert answer["roles"] == []
+    await call(client, "POST", f"{DS}/clients/watcher/roles", {"rolename": "ctl"})
+    await wait_until(lambda: link.connected)
+
     # An import through this connection leaves the other connection's user alone too.
     document = {"clients": [{"username": "admin", "roles": [{"rolename": "admin"}]}]}
     report = await call(client, "POST", f"{DS}/import", document)
