@@ -71,6 +71,14 @@ async def test_own_user_cannot_be_deleted_disabled_or_given_another_client_id(
     await _refused(
         client, "POST", ENVELOPE, {"commands": [{"command": "disableClient", "username": "admin"}]}
     )
+    # Odd types in passthrough commands reach the plugin, which refuses them (no 500).
+    for odd in (
+        {"command": "deleteClient", "username": ["admin"]},
+        {"command": "removeGroupRole", "groupname": {"g": 1}, "rolename": 5},
+        {"command": "addGroupRole", "groupname": ["g"], "rolename": None, "priority": "x"},
+        {"command": "setClientPassword", "username": "admin", "password": 7},
+    ):
+        await call(client, "POST", COMMAND, odd, status=400)
     # Removing the client id is harmless; other users are not protected.
     await call(client, "PUT", f"{DS}/clients/admin/clientid", {"clientid": None})
     await call(client, "POST", f"{DS}/clients", {"username": "other", "password": "p"}, status=201)

@@ -149,8 +149,11 @@ class Guard:
             entry = await self._alone(
                 link, mine, send, lambda e: "error" in e, outcome.passwords.get(i)
             )
-            # No answer: mosquitto closed the connection after the change (see _alone).
-            entries.append(entry if entry is not None else {"command": command["command"]})
+            if entry is None:  # mosquitto closed the connection after the change (_alone)
+                entry = {"command": command["command"]}
+                if "correlationData" in command:
+                    entry["correlationData"] = command["correlationData"]
+            entries.append(entry)
         if chunk:
             entries += await run(ds, chunk)
         return entries

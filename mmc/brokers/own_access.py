@@ -236,11 +236,11 @@ class State:
         name = _lower(command)
         clients = [c for u in users if (c := self.clients.get(u)) is not None]
         if name in _CLOSES_CLIENT:
-            return command.get("username") in set(users)
+            return _str(command.get("username")) in set(users)
         if name in _CLOSES_GROUP:
-            return any(command.get("groupname") in c["groups"] for c in clients)
+            return any(_str(command.get("groupname")) in c["groups"] for c in clients)
         if name in _CLOSES_ROLE:
-            rolename = command.get("rolename")
+            rolename = _str(command.get("rolename"))
             return any(
                 rolename in c["roles"]
                 or any(
@@ -298,8 +298,11 @@ class State:
         client = self._client(cmd)
         if client is None:
             return
-        roles = _refs(cmd.get("roles"), "rolename") if "roles" in cmd else None
-        groups = _refs(cmd.get("groups"), "groupname") if "groups" in cmd else None
+        if "roles" in cmd and not isinstance(cmd["roles"], list):
+            return  # the plugin refuses the command
+        # (A "groups" that is not a list is ignored by the plugin.)
+        roles = _refs(cmd["roles"], "rolename") if "roles" in cmd else None
+        groups = _refs(cmd["groups"], "groupname") if _is_list(cmd, "groups") else None
         if (roles and not self._known(roles, self.roles)) or (
             groups and not self._known(groups, self.groups)
         ):
@@ -350,11 +353,13 @@ class State:
             return
         groupname = cmd["groupname"]
         if "roles" in cmd:
-            roles = _refs(cmd.get("roles"), "rolename")
+            if not isinstance(cmd["roles"], list):
+                return  # the plugin refuses the command
+            roles = _refs(cmd["roles"], "rolename")
             if not self._known(roles, self.roles):
                 return
             group["roles"] = roles
-        if "clients" in cmd:
+        if _is_list(cmd, "clients"):
             members = _refs(cmd.get("clients"), "username")
             for username, client in self.clients.items():
                 if client is None:
@@ -393,7 +398,7 @@ class State:
 
     def _do_modifyrole(self, cmd: Mapping[str, Any]) -> None:
         role = self._role(cmd)
-        if role is not None and "acls" in cmd:
+        if role is not None and _is_list(cmd, "acls"):
             role["acls"] = _acls(cmd.get("acls"))
 
     def _do_deleterole(self, cmd: Mapping[str, Any]) -> None:
@@ -420,6 +425,10 @@ class State:
         if role is not None:
             key = (str(cmd.get("acltype", "")).lower(), cmd.get("topic"))
             role["acls"] = [a for a in role["acls"] if (a["acltype"], a["topic"]) != key]
+
+
+def _is_list(cmd: Mapping[str, Any], key: str) -> bool:
+    return isinstance(cmd.get(key), list)
 
 
 def _priority(cmd: Mapping[str, Any]) -> int:
@@ -520,7 +529,7 @@ def changes_password(command: Mapping[str, Any], users: set[str]) -> bool:
     password = command.get("password")
     return (
         _lower(command) in ("setclientpassword", "modifyclient")
-        and command.get("username") in users
+        and _str(command.get("username")) in users
         and isinstance(password, str)
         and password != ""  # refused by setClientPassword, ignored by modifyClient
     )
@@ -531,7 +540,7 @@ def _relevant(commands: Sequence[Mapping[str, Any]], users: set[str]) -> bool:
         name = _lower(command)
         if name in _GROUP_ROLE_COMMANDS:
             return True
-        if name in _CLIENT_COMMANDS and command.get("username") in users:
+        if name in _CLIENT_COMMANDS and _str(command.get("username")) in users:
             return True
     return False
 
