@@ -79,6 +79,13 @@ async def test_own_user_cannot_be_deleted_disabled_or_given_another_client_id(
         {"command": "setClientPassword", "username": "admin", "password": 7},
     ):
         await call(client, "POST", COMMAND, odd, status=400)
+    # mosquitto 2.0 would change the password, then fail on the role and disconnect mmc.
+    before = await _state(client)
+    bad_role = {"command": "modifyClient", "username": "admin", "password": "zzz-zzz"}
+    for roles in ([{"rolename": "no-such-role"}], "admin"):
+        await call(client, "POST", COMMAND, {**bad_role, "roles": roles}, status=400)
+    assert await _state(client) == before
+    assert await can_login(own_broker, "admin", own_broker.admin_password)
     # Removing the client id is harmless; other users are not protected.
     await call(client, "PUT", f"{DS}/clients/admin/clientid", {"clientid": None})
     await call(client, "POST", f"{DS}/clients", {"username": "other", "password": "p"}, status=201)

@@ -11,9 +11,10 @@ mmc.brokers.own_access), and handle what mosquitto does to its own login:
 - After a change of a user, or of that user's groups or roles, mosquitto 2.0 disconnects
   every client of the user before it answers, so mmc's own login never gets the answer.
   Such a command goes to the broker alone (the other commands' answers are not lost with
-  its own); a lost answer counts as done (the plugin disconnects only after the change,
-  modifyClient excepted: it also does on some errors) and mmc waits for its link to log
-  back in before it answers (not when forced: it may never get back in).
+  its own); a lost answer counts as done (the plugin disconnects only after the change;
+  the modifyClient errors after which it disconnects too are refused beforehand by
+  own_access) and mmc waits for its link to log back in before it answers (not when
+  forced: it may never get back in).
 - A new password for an own user (setClientPassword, modifyClient with ``password``):
   the links logging in as that user are given it before it is sent, so that they log back
   in with it. An error answer means the broker kept the old one: the links get it back.

@@ -31,13 +31,12 @@ connection passwords in step (see mmc.api.own_user).
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmc.brokers.dynsec import Dynsec
-from mmc.errors import Conflict
+from mmc.errors import Conflict, InvalidInput
 
 # What mmc needs to use the dynamic-security API: send requests, be sent the responses,
 # and subscribe to them (on every reconnect).
@@ -199,9 +198,6 @@ class State:
     clients: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     groups: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     roles: dict[str, dict[str, Any] | None] = field(default_factory=dict)
-
-    def copy(self) -> State:
-        return copy.deepcopy(self)
 
     # -- access
 
@@ -570,6 +566,28 @@ def _explicit_problem(command: Mapping[str, Any], login: Login) -> str | None:
     return None
 
 
+def _check_modify_roles(state: State, command: Mapping[str, Any]) -> None:
+    """A modifyClient of an own user whose roles the plugin would refuse: mosquitto 2.0
+    changes the client id and password first, then answers the error and disconnects mmc
+    (the answer is lost). Refused here, before anything changes."""
+    if _lower(command) != "modifyclient" or "roles" not in command:
+        return
+    roles = command["roles"]
+    if not isinstance(roles, list) or not all(
+        isinstance(r, Mapping) and isinstance(r.get("rolename"), str) for r in roles
+    ):
+        raise InvalidInput(
+            "'roles' not an array or missing/invalid rolename",
+            info={"roles": ["A list of {rolename, priority?}."]},
+        )
+    unknown = sorted(r["rolename"] for r in roles if state.roles.get(r["rolename"]) is None)
+    if unknown:
+        raise InvalidInput(
+            "Role not found",
+            info={"roles": [f"Unknown role {name!r}." for name in unknown]},
+        )
+
+
 def _lost(before: frozenset[tuple[str, str]], after: frozenset[tuple[str, str]]) -> str:
     return ", ".join(
         f"{acltype} on {topic}" for acltype, topic in NEEDED if (acltype, topic) in before - after
@@ -593,7 +611,7 @@ async def check(
         if changes_password(command, users):
             outcome.passwords[i] = (command["username"], command["password"])
     outcome.alone = set(outcome.passwords)
-    if not _relevant(commands, users):
+    if not users or not _relevant(commands, users):
         return outcome
 
     state = State()
@@ -617,6 +635,7 @@ async def check(
                 problem = _explicit_problem(command, login)
                 if problem is not None:
                     raise _conflict(command, login, problem)
+                _check_modify_roles(state, command)
         state.apply(command)
     if not force:
         _compare(state, before, by_user, None)
