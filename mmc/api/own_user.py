@@ -169,8 +169,8 @@ class Guard:
     ) -> T | None:
         """Send a change after which mosquitto closes mmc's connection (a change of its
         user, or of that user's groups or roles): its answer, or None when the broker
-        closed the connection first, which it does only once the change is made
-        (modifyClient excepted: it also does on some errors).
+        closed the connection first, which it does only once the change is made (see the
+        module docstring for modifyClient).
 
         With a new ``password`` for an own user, see the module docstring."""
         if not link.connected:
