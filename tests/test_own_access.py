@@ -3,12 +3,16 @@ route, ``?force=true``, and password changes of its own user kept in the store."
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import Any
 
+import asyncpg
 import pytest
 
 from mmc.brokers.link import BrokerLink
 from mmc.brokers.own_access import NEEDED, State, subscription_covered, topic_matches
+from mmc.config import Settings
 from mmc.keys import connections_key, db_key, secret_box_key
 from mmc.store.connections import ConnectionRepository
 from mmc.store.db import now_ms
@@ -331,3 +335,48 @@ async def test_own_password_change_is_stored_and_the_link_logs_back_in(
     assert await stored_password() == "fourth"
     assert link.record.password == "fourth"
     await after_broker_restart()
+
+
+async def _refuse_connection_updates(settings: Settings, database_url: str | None) -> None:
+    """Make the store refuse every change of a connection, as a broken store would."""
+    if database_url is None:
+        with contextlib.closing(sqlite3.connect(settings.data_dir / "mmc.sqlite3")) as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON connections "
+                "BEGIN INSERT INTO no_such_table VALUES (1); END"
+            )
+            db.commit()
+        return
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'read-only for the test' USING ERRCODE = 'read_only_sql_transaction';"
+            " END $$ LANGUAGE plpgsql;"
+            "CREATE TRIGGER refuse BEFORE UPDATE ON connections "
+            "FOR EACH ROW EXECUTE FUNCTION refuse();"
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.backends(*BACKENDS)
+async def test_a_password_the_store_cannot_keep_is_reported_and_used_until_restart(
+    client: Client, own_broker: MosquittoBroker, settings: Settings, database_url: str | None
+) -> None:
+    await connect(client, own_broker)
+    link = client.app[connections_key].pool.require("plain")
+    await _refuse_connection_updates(settings, database_url)
+    answer = await call(
+        client, "PUT", f"{DS}/clients/admin/password", {"password": "unsaved"}, status=503
+    )
+    assert answer["code"] == "STORE_UNAVAILABLE"
+    assert "The broker took the new password of 'admin'" in answer["message"]
+    assert "This process keeps using it" in answer["message"]
+    repo = ConnectionRepository(client.app[db_key], client.app[secret_box_key])
+    record = await repo.get("plain")
+    assert record is not None
+    assert record.password == own_broker.admin_password
+    assert link.record.password == "unsaved"
+    await _restart(own_broker, link)
+    await _still_works(client)
