@@ -83,6 +83,17 @@ async def test_own_user_cannot_be_deleted_disabled_or_given_another_client_id(
         {"command": "setClientPassword", "username": "admin", "password": 7},
     ):
         await call(client, "POST", COMMAND, odd, status=400)
+    # The plugin reads names up to a NUL: "admin\0x" is admin (refused here with 409, or
+    # with 400 by name validation; either way nothing is sent).
+    for method, path, body in (
+        ("DELETE", f"{DS}/clients/admin%00x", None),
+        ("POST", COMMAND, {"command": "deleteClient", "username": "admin\u0000x"}),
+        ("POST", COMMAND, {"command": "disableClient", "username": "admin\u0000"}),
+    ):
+        before = await _state(client)
+        resp = await client.request(method, path, json=body)
+        assert resp.status in (400, 409), await resp.text()
+        assert await _state(client) == before
     # mosquitto 2.0 would change the password, then fail on the role and disconnect mmc.
     before = await _state(client)
     bad_role = {"command": "modifyClient", "username": "admin", "password": "zzz-zzz"}
@@ -334,6 +345,15 @@ async def test_own_password_change_is_stored_and_the_link_logs_back_in(
     assert refused["message"] == "Empty password is not allowed"
     assert await stored_password() == "fourth"
     assert link.record.password == "fourth"
+    await after_broker_restart()
+
+    # The plugin keeps a password up to a NUL, and so does mmc (unless validation refuses
+    # the NUL outright: then nothing changes).
+    nul = {"command": "setClientPassword", "username": "admin", "password": "fifth\u0000tail"}
+    resp = await client.post(COMMAND, json=nul)
+    assert resp.status in (200, 400), await resp.text()
+    expected = "fifth" if resp.status == 200 else "fourth"
+    assert await stored_password() == expected
     await after_broker_restart()
 
 

@@ -125,15 +125,21 @@ def _lower(command: Mapping[str, Any]) -> str:
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    """A name as the plugin reads it: a string, up to the first NUL (C strings end there)."""
+    return value.split("\x00", 1)[0] if isinstance(value, str) else None
+
+
+def _name(command: Mapping[str, Any], key: str) -> str:
+    return _str(command.get(key)) or ""
 
 
 def _refs(refs: Any, key: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for ref in refs if isinstance(refs, list) else ():
-        if isinstance(ref, Mapping) and isinstance(ref.get(key), str):
+        name = _str(ref.get(key)) if isinstance(ref, Mapping) else None
+        if isinstance(ref, Mapping) and name is not None:
             priority = ref.get("priority", -1)
-            out[ref[key]] = priority if isinstance(priority, int) else -1
+            out[name] = priority if isinstance(priority, int) else -1
     return out
 
 
@@ -143,7 +149,7 @@ def _acls(acls: Any) -> list[dict[str, Any]]:
     out = [
         {
             "acltype": str(a.get("acltype", "")).lower(),
-            "topic": a.get("topic"),
+            "topic": _str(a.get("topic")),
             "priority": a.get("priority", -1) if isinstance(a.get("priority", -1), int) else -1,
             "allow": bool(a.get("allow", False)),
         }
@@ -270,7 +276,7 @@ class State:
 
     def _do_deleteclient(self, cmd: Mapping[str, Any]) -> None:
         if self._client(cmd) is not None:
-            self.clients[cmd["username"]] = None
+            self.clients[_name(cmd, "username")] = None
 
     def _do_disableclient(self, cmd: Mapping[str, Any]) -> None:
         client = self._client(cmd)
@@ -347,7 +353,7 @@ class State:
         group = self._group(cmd)
         if group is None:
             return
-        groupname = cmd["groupname"]
+        groupname = _name(cmd, "groupname")
         if "roles" in cmd:
             if not isinstance(cmd["roles"], list):
                 return  # the plugin refuses the command
@@ -368,7 +374,7 @@ class State:
     def _do_deletegroup(self, cmd: Mapping[str, Any]) -> None:
         if self._group(cmd) is None:
             return
-        groupname = cmd["groupname"]
+        groupname = _name(cmd, "groupname")
         self.groups[groupname] = None
         for client in self.clients.values():
             if client is not None:
@@ -400,7 +406,7 @@ class State:
     def _do_deleterole(self, cmd: Mapping[str, Any]) -> None:
         if self._role(cmd) is None:
             return
-        rolename = cmd["rolename"]
+        rolename = _name(cmd, "rolename")
         self.roles[rolename] = None
         for owner in (*self.clients.values(), *self.groups.values()):
             if owner is not None:
@@ -419,7 +425,7 @@ class State:
     def _do_removeroleacl(self, cmd: Mapping[str, Any]) -> None:
         role = self._role(cmd)
         if role is not None:
-            key = (str(cmd.get("acltype", "")).lower(), cmd.get("topic"))
+            key = (str(cmd.get("acltype", "")).lower(), _str(cmd.get("topic")))
             role["acls"] = [a for a in role["acls"] if (a["acltype"], a["topic"]) != key]
 
 
@@ -511,8 +517,9 @@ async def _load(
 def _names(commands: Sequence[Mapping[str, Any]], key: str, plural: str) -> set[str]:
     names: set[str] = set()
     for command in commands:
-        if isinstance(command.get(key), str):
-            names.add(command[key])
+        name = _str(command.get(key))
+        if name is not None:
+            names.add(name)
         names |= set(_refs(command.get(plural), key))
     return names
 
@@ -522,12 +529,11 @@ def _names(commands: Sequence[Mapping[str, Any]], key: str, plural: str) -> set[
 
 def changes_password(command: Mapping[str, Any], users: set[str]) -> bool:
     """Does the command set the password of one of ``users``?"""
-    password = command.get("password")
     return (
         _lower(command) in ("setclientpassword", "modifyclient")
         and _str(command.get("username")) in users
-        and isinstance(password, str)
-        and password != ""  # refused by setClientPassword, ignored by modifyClient
+        # "" is refused by setClientPassword and ignored by modifyClient.
+        and bool(_str(command.get("password")))
     )
 
 
@@ -580,7 +586,7 @@ def _check_modify_roles(state: State, command: Mapping[str, Any]) -> None:
             "'roles' not an array or missing/invalid rolename",
             info={"roles": ["A list of {rolename, priority?}."]},
         )
-    unknown = sorted(r["rolename"] for r in roles if state.roles.get(r["rolename"]) is None)
+    unknown = sorted(name for r in roles if state.roles.get(name := _name(r, "rolename")) is None)
     if unknown:
         raise InvalidInput(
             "Role not found",
@@ -609,7 +615,8 @@ async def check(
     users = set(by_user)
     for i, command in enumerate(commands):
         if changes_password(command, users):
-            outcome.passwords[i] = (command["username"], command["password"])
+            # What the broker keeps: up to a NUL, as for names.
+            outcome.passwords[i] = (_name(command, "username"), _name(command, "password"))
     outcome.alone = set(outcome.passwords)
     if not users or not _relevant(commands, users):
         return outcome
@@ -629,8 +636,7 @@ async def check(
         if not force:
             if _lower(command) in _BOUNDARIES:
                 _compare(state, before, by_user, command)
-            username = command.get("username")
-            login = by_user.get(username) if isinstance(username, str) else None
+            login = by_user.get(_name(command, "username"))
             if login is not None and state.clients.get(login.username) is not None:
                 problem = _explicit_problem(command, login)
                 if problem is not None:
