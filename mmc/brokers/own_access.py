@@ -24,8 +24,13 @@ port) in this process, not only the one the request goes through: several connec
 log in to one broker as different users. Connections that reach the same broker under
 another address or listener are not recognised.
 
+Names are compared as the plugin reads them: up to the first NUL. A ``modifyClient`` of an
+own user naming an unknown role is refused (400) too: mosquitto 2.0 would apply its client
+id and password, then fail and disconnect mmc, whose answer would be lost.
+
 ``check`` also reports password changes of own users, so the caller can keep the stored
-connection passwords in step (see mmc.api.own_user).
+connection passwords in step, and which commands make mosquitto disconnect an own login
+(see mmc.api.own_user).
 """
 
 from __future__ import annotations
