@@ -16,8 +16,10 @@ lock one of mmc's own logins out of the broker, unless the request says ``force`
   priority order (ties: by name) with each group's roles, each role's ACLs of the type in
   priority order; the first ACL whose topic matches decides; none matching means denied
   (``$CONTROL`` topics never fall through to the default ACL access). It is checked after
-  the last command and before every ``deleteRole``/``deleteGroup`` (which go to the broker
-  in a message of their own, so access must hold up to there).
+  the last command, before every command that goes to the broker in a message of its own
+  (``deleteRole``, ``deleteGroup``, and those after which mosquitto disconnects an own
+  login), and after each of the latter (mmc must log back in and send the rest). So a batch
+  must grant the new access before it takes the old away.
 
 An own login is the username of every connection reaching the same broker address (host and
 port) in this process, not only the one the request goes through: several connections may
@@ -636,10 +638,12 @@ async def check(
     )
     before = {u: state.grants(u) for u in users if state.clients.get(u) is not None}
     for i, command in enumerate(commands):
-        if state.closes(command, users):
+        closes = state.closes(command, users)
+        if closes:
             outcome.alone.add(i)
         if not force:
-            if _lower(command) in _BOUNDARIES:
+            if closes or _lower(command) in _BOUNDARIES:
+                # It starts a message of its own: mmc must be able to send it.
                 _compare(state, before, by_user, command)
             login = by_user.get(_name(command, "username"))
             if login is not None and state.clients.get(login.username) is not None:
@@ -648,6 +652,9 @@ async def check(
                     raise _conflict(command, login, problem)
                 _check_modify_roles(state, command)
         state.apply(command)
+        if closes and not force:
+            # mosquitto disconnects mmc after it: mmc must log back in, and send the rest.
+            _compare(state, before, by_user, command)
     if not force:
         _compare(state, before, by_user, None)
     return outcome
