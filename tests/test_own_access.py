@@ -166,6 +166,19 @@ async def test_own_access_cannot_be_taken_away_through_roles_groups_or_acls(
         ]
     }
     await _refused(client, "POST", ENVELOPE, reverse)
+    # Deleting a role or group the own user has but does not need: mosquitto disconnects mmc
+    # (for a role, already when mmc first takes it away from its holders); it is done.
+    await call(client, "POST", f"{DS}/roles", {"rolename": "extra"}, status=201)
+    await call(client, "POST", f"{DS}/groups", {"groupname": "spare"}, status=201)
+    await call(client, "POST", f"{DS}/clients/admin/roles", {"rolename": "extra"})
+    await call(client, "POST", f"{DS}/clients/admin/groups", {"groupname": "spare"})
+    await call(client, "DELETE", f"{DS}/roles/extra", status=204)
+    await call(client, "GET", f"{DS}/roles/extra", status=404)
+    await call(client, "DELETE", f"{DS}/groups/spare", status=204)
+    await call(client, "GET", f"{DS}/groups/spare", status=404)
+    admin = await call(client, "GET", f"{DS}/clients/admin")
+    assert admin["roles"] == []
+    assert admin["groups"] == [{"groupname": "ops"}]
     # A batch that grants first and takes away after keeps access: allowed.
     swap = {
         "commands": [

@@ -11,10 +11,12 @@ mmc.brokers.own_access), and handle what mosquitto does to its own login:
 - After a change of a user, or of that user's groups or roles, mosquitto 2.0 disconnects
   every client of the user before it answers, so mmc's own login never gets the answer.
   Such a command goes to the broker alone (the other commands' answers are not lost with
-  its own); a lost answer counts as done (the plugin disconnects only after the change;
-  the modifyClient errors after which it disconnects too are refused beforehand by
-  own_access) and mmc waits for its link to log back in before it answers (not when
-  forced: it may never get back in).
+  its own; a resource route's commands are recorded and sent this way too). mmc waits for
+  its link to log back in (not when forced: it may never get back in), and a lost answer
+  counts as done: the plugin disconnects only after the change (the modifyClient errors
+  after which it disconnects too are refused beforehand by own_access). A delete is checked
+  by reading its target: mmc takes a role away from its holders before ``deleteRole``, and
+  that alone may disconnect it; then the delete is sent once more.
 - A new password for an own user (setClientPassword, modifyClient with ``password``):
   the links logging in as that user are given it before it is sent, so that they log back
   in with it. An error answer means the broker kept the old one: the links get it back.
@@ -36,6 +38,7 @@ from aiohttp import web
 from marshmallow import EXCLUDE, Schema, fields
 
 from mmc.brokers import own_access
+from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
 from mmc.connections import ConnectionService, target
@@ -48,6 +51,12 @@ T = TypeVar("T")
 Run = Callable[[Dynsec, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 
 force_schema = Schema.from_dict({"force": fields.Boolean(load_default=False)})(unknown=EXCLUDE)
+# How to see whether a delete took place: the read that finds its target.
+_PROBES = {
+    "deleteclient": ("getClient", "username"),
+    "deletegroup": ("getGroup", "groupname"),
+    "deleterole": ("getRole", "rolename"),
+}
 # mosquitto's CONNACK refusals of a login (MQTT 3.1.1 and 5 names, see mmc.brokers.status).
 _LOGIN_REFUSED = frozenset({"NOT_AUTHORIZED", "BAD_USERNAME_OR_PASSWORD"})
 
@@ -116,14 +125,16 @@ class Guard:
         if not outcome.alone:
             await change(ds)
             return
-        # A resource route changes one client: one password at most.
-        password = next(iter(outcome.passwords.values()), None)
 
-        async def send() -> bool:
-            await change(ds)
-            return True
+        async def run(d: Dynsec, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return await d.run(chunk)
 
-        await self._alone(link, mine, send, lambda _: False, password)
+        # The recorded commands, each one that disconnects mmc alone; the first error stops
+        # them, as it stops the route's own calls.
+        entries = await self._split(link, mine, ds, commands, outcome, run, stop_on_error=True)
+        for command, entry in zip(commands, entries, strict=False):
+            if "error" in entry:
+                raise error_for(str(command.get("command")), str(entry["error"]))
 
     async def run(
         self, link: BrokerLink, ds: Dynsec, commands: list[dict[str, Any]], run: Run
@@ -133,15 +144,37 @@ class Guard:
         outcome = await own_access.check(ds, commands, logins(mine), force=self.force)
         if not outcome.alone:
             return await run(ds, commands)
+        return await self._split(link, mine, ds, commands, outcome, run)
+
+    async def _split(
+        self,
+        link: BrokerLink,
+        mine: Sequence[BrokerLink],
+        ds: Dynsec,
+        commands: list[dict[str, Any]],
+        outcome: own_access.Outcome,
+        run: Run,
+        *,
+        stop_on_error: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Send ``commands`` in order, each of ``outcome.alone`` in a message of its own."""
         entries: list[dict[str, Any]] = []
         chunk: list[dict[str, Any]] = []
+
+        async def flush() -> bool:
+            """Send the commands gathered so far; False when an error says stop."""
+            nonlocal chunk
+            if chunk:
+                entries.extend(await run(ds, chunk))
+                chunk = []
+            return not (stop_on_error and any("error" in entry for entry in entries))
+
         for i, command in enumerate(commands):
             if i not in outcome.alone:
                 chunk.append(command)
                 continue
-            if chunk:
-                entries += await run(ds, chunk)
-                chunk = []
+            if not await flush():
+                return entries
 
             async def send(one: dict[str, Any] = command) -> dict[str, Any]:
                 [entry] = await run(ds, [one])
@@ -151,13 +184,35 @@ class Guard:
                 link, mine, send, lambda e: "error" in e, outcome.passwords.get(i)
             )
             if entry is None:  # mosquitto closed the connection after the change (_alone)
-                entry = {"command": command["command"]}
-                if "correlationData" in command:
-                    entry["correlationData"] = command["correlationData"]
+                entry = await self._confirm(link, ds, command, send)
             entries.append(entry)
-        if chunk:
-            entries += await run(ds, chunk)
+            if stop_on_error and "error" in entry:
+                return entries
+        await flush()
         return entries
+
+    async def _confirm(
+        self,
+        link: BrokerLink,
+        ds: Dynsec,
+        command: dict[str, Any],
+        send: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """The answer to ``command`` was lost to mosquitto closing mmc's connection. That
+        means done, except for a delete whose target is still there: what mmc sends before
+        it (removing a role from its holders before ``deleteRole``) closed the connection
+        first. Then it is sent once more (the holders are gone: no disconnect this time)."""
+        done = {"command": command.get("command")}
+        if "correlationData" in command:
+            done["correlationData"] = command["correlationData"]
+        probe = _PROBES.get(str(command.get("command", "")).lower())
+        if probe is None or (self.force and not link.connected):
+            return done
+        read, key = probe
+        found = await ds.send({"command": read, key: command.get(key)})
+        if "error" in found:
+            return done
+        return await send()
 
     async def _alone(
         self,
