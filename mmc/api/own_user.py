@@ -249,6 +249,8 @@ class Guard:
         except BrokerUnavailable:
             if not users and self.force:
                 return None  # forced: mmc may well not get back in; do not wait for it
+            # Closed on purpose by the broker, which takes us back at once: no backoff.
+            link.reconnect_now()
         except BaseException:
             restore()
             raise
