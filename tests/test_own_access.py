@@ -301,6 +301,39 @@ def test_access_is_decided_as_the_plugin_does() -> None:
     state.apply({"command": "addClientRole", "username": "u", "rolename": "a", "priority": 1})
     state.apply({"command": "addClientRole", "username": "u", "rolename": "deny", "priority": 2})
     assert state.grants("u") == frozenset()
+    # Equal priorities: by role name ("a" before "deny").
+    state.apply({"command": "removeClientRole", "username": "u", "rolename": "deny"})
+    state.apply({"command": "addClientRole", "username": "u", "rolename": "deny", "priority": 1})
+    assert state.grants("u") == frozenset(NEEDED)
+    # Inside a role, the ACL of higher priority decides; a literal subscription comes first.
+    state.apply(
+        {
+            "command": "addRoleACL",
+            "rolename": "a",
+            "acltype": "publishClientSend",
+            "topic": "$CONTROL/dynamic-security/v1",
+            "allow": False,
+            "priority": 5,
+        }
+    )
+    assert ("publishClientSend", "$CONTROL/dynamic-security/v1") not in state.grants("u")
+    state.apply(
+        {
+            "command": "addRoleACL",
+            "rolename": "a",
+            "acltype": "subscribeLiteral",
+            "topic": "$CONTROL/dynamic-security/v1/response",
+            "allow": False,
+            "priority": -10,
+        }
+    )
+    assert ("subscribe", "$CONTROL/dynamic-security/v1/response") not in state.grants("u")
+    # Deleting a role takes it from every holder; a group's membership follows modifyGroup.
+    state.apply({"command": "deleteRole", "rolename": "a"})
+    assert state.clients["u"] is not None
+    assert state.clients["u"]["roles"] == {"deny": 1}
+    state.apply({"command": "modifyGroup", "groupname": "g", "clients": []})
+    assert state.clients["u"]["groups"] == {}
 
 
 @pytest.mark.backends(*BACKENDS)
