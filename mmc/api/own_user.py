@@ -102,9 +102,11 @@ def logins(links: Sequence[BrokerLink]) -> list[own_access.Login]:
 
 @dataclass(frozen=True)
 class Guard:
+    """One request's protection of mmc's own access (see the module docstring)."""
+
     service: ConnectionService
     force: bool
-    # How long to wait for a link the broker closed after a password change to log back in.
+    # How long to wait for a link the broker closed after a change to log back in.
     reconnect_timeout: float
 
     @classmethod
