@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import json
 import logging
 import ssl
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +63,37 @@ def to_wire(record: ConnectionRecord) -> dict[str, Any]:
     return out
 
 
+def target(url: str) -> tuple[bool, bool, str, int]:
+    """Where a URL sends the login: (TLS, WebSocket, host, port), normalised so that only a
+    real change of address counts (``tcp``/``mqtt`` and ``ssl``/``tls``/``mqtts`` are the
+    same transport; default ports; host case; a trailing dot; IPv6 spelling)."""
+    endpoint = Endpoint.from_url(url)
+    host = endpoint.host.lower().rstrip(".")
+    with contextlib.suppress(ValueError):
+        host = ipaddress.ip_address(host).compressed
+    return endpoint.tls, endpoint.websocket_path is not None, host, endpoint.port
+
+
+def _resend_message(stored: ConnectionRecord, url: str, what: str) -> list[str]:
+    return [
+        f"The URL now points at another broker ({stored.url} -> {url}): the stored {what} "
+        "is only sent to the address it was given for. Send it again, or null to connect "
+        "without it."
+    ]
+
+
 def merge(data: Mapping[str, Any], stored: ConnectionRecord | None) -> ConnectionRecord:
     """Build the record a request asks for. Secrets it leaves out are kept from ``stored``:
-    a client that sends back what it read keeps the password and key it cannot read."""
+    a client that sends back what it read keeps the password and key it cannot read.
+
+    Only while the connection points at the same broker (see ``target``): when the scheme,
+    host or port change, stored secrets are never kept, so whoever may edit a connection
+    cannot have its password or key sent to an address of their choice. A request that
+    would have kept one (a username without ``password``, a ``cert`` without ``key.data``)
+    is refused with 400 naming it, rather than connecting without it unnoticed.
+    """
+    moved = stored is not None and target(stored.url) != target(data["url"])
+    problems: dict[str, Any] = {}
     credentials = data.get("credentials")
     username = password = client_id = None
     if credentials:
@@ -72,15 +102,35 @@ def merge(data: Mapping[str, Any], stored: ConnectionRecord | None) -> Connectio
         if "password" in credentials:
             password = credentials["password"]
         elif stored is not None and username is not None:
-            password = stored.password
+            if not moved:
+                password = stored.password
+            elif stored.password is not None:
+                problems["credentials"] = {
+                    "password": _resend_message(stored, data["url"], "password")
+                }
     cert = (data.get("cert") or {}).get("data")
     key = None
     if "key" in data and data["key"] is not None:
         key = data["key"].get("data")
-        if key is None and stored is not None:
+        keeps_key = key is None
+    else:
+        keeps_key = "key" not in data and cert is not None
+    if keeps_key and stored is not None:
+        if not moved:
             key = stored.key
-    elif "key" not in data and stored is not None and cert is not None:
-        key = stored.key
+        elif stored.key is not None:
+            problems["key"] = {"data": _resend_message(stored, data["url"], "client private key")}
+    if problems:
+        names = [
+            n
+            for f, n in (("credentials", "credentials.password"), ("key", "key.data"))
+            if f in problems
+        ]
+        raise InvalidInput(
+            f"The connection now points at another broker: send {' and '.join(names)} "
+            "again (or null to connect without)",
+            info=problems,
+        )
     return ConnectionRecord(
         id=data["id"],
         name=data["name"],
@@ -299,6 +349,27 @@ class ConnectionService:
             self._forget(connection_id)
             await self._pool.close(connection_id)
         return self.listing()
+
+    async def store_broker_password(
+        self, connection_ids: Sequence[str], username: str, password: str
+    ) -> list[str]:
+        """mmc changed ``username``'s password on the broker these connections log in to:
+        store it for each of them that still logs in as that user, and give their links the
+        stored record (same ``updated_at``: the change feed does not reopen them). The ids
+        stored; raises when the store cannot be written."""
+        done: list[str] = []
+        async with self._lock:
+            for connection_id in connection_ids:
+                stored = await self._repo.get(connection_id)
+                if stored is None or stored.username != username:
+                    continue
+                record = await self._repo.update(stored.replace(password=password))
+                link = self._pool.get(connection_id)
+                if link is not None:
+                    link.record = record
+                    self._wire[connection_id] = to_wire(record)
+                done.append(connection_id)
+        return done
 
     def _check_name(self, name: str, connection_id: str) -> None:
         for link in self._pool:

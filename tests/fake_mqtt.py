@@ -7,6 +7,8 @@ Modes:
   the capability probes in ``FAST_COMMANDS`` are answered at once, so the client
   believes the plugin is there and sends real commands, which then take too long.
 
+Every mode records the username and password of each CONNECT (``logins``).
+
 Loopback only; every connection ends when the client closes or ``close()`` is called.
 """
 
@@ -47,6 +49,30 @@ def _string(buf: bytes, pos: int) -> tuple[str, int]:
     return buf[pos + 2 : pos + 2 + length].decode(), pos + 2 + length
 
 
+def parse_connect(body: bytes) -> tuple[str | None, bytes | None]:
+    """The username and password of an MQTT v3.1.1 or v5 CONNECT packet's body."""
+    _, pos = _string(body, 0)  # protocol name
+    version, flags = body[pos], body[pos + 1]
+    pos += 4  # version, flags, keep alive
+    if version == 5:
+        props, pos = _read_varint(body, pos)
+        pos += props
+    _, pos = _string(body, pos)  # client id
+    if flags & 0x04:  # will: (v5 properties), topic, payload
+        if version == 5:
+            props, pos = _read_varint(body, pos)
+            pos += props
+        _, pos = _string(body, pos)
+        pos += 2 + int.from_bytes(body[pos : pos + 2], "big")
+    username = password = None
+    if flags & 0x80:
+        username, pos = _string(body, pos)
+    if flags & 0x40:
+        length = int.from_bytes(body[pos : pos + 2], "big")
+        password = body[pos + 2 : pos + 2 + length]
+    return username, password
+
+
 def publish_packet(topic: str, payload: bytes) -> bytes:
     name = topic.encode()
     body = len(name).to_bytes(2, "big") + name + b"\x00" + payload
@@ -84,6 +110,8 @@ class FakeBroker:
         self.port = 0
         self.connects = 0
         self.control_requests = 0
+        # (username, password) of every CONNECT received, None where the flag was unset.
+        self.logins: list[tuple[str | None, bytes | None]] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -137,6 +165,7 @@ class FakeBroker:
                 body = await reader.readexactly(length)
                 kind = first >> 4
                 if kind == 1:  # CONNECT
+                    self.logins.append(parse_connect(body))
                     writer.write(CONNACK)
                 elif kind == 8:  # SUBSCRIBE
                     writer.write(_suback(body))

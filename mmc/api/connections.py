@@ -62,6 +62,11 @@ class ConnectionView(web.View):
 
     @doc(
         "Change a connection and reconnect; omitted password and key are kept",
+        description=(
+            "Omitted password and key are kept only while scheme, host and port stay the "
+            "same: a connection moved to another broker must send them again (or null), "
+            "else 400 naming them."
+        ),
         body=connection_schema,
         responses={200: ConnectionOutSchema(many=True), 202: AcceptedSchema()},
     )

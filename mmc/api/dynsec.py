@@ -27,6 +27,7 @@ from aiohttp import web
 from marshmallow import Schema, fields
 
 from mmc.api.brokers import connected_project_broker
+from mmc.api.own_user import Guard, force_schema, own_usernames
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
@@ -47,6 +48,12 @@ BASE = f"{BROKER}/dynsec"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Change = Callable[[Dynsec, str, dict[str, Any]], Awaitable[None]]
 
+OWN_ACCESS_NOTE = (
+    "409 CONFLICT when the change would cut mmc off the broker (deleting, disabling or "
+    "changing the client id of a user mmc logs in with, or taking away its "
+    "$CONTROL/dynamic-security grants); ?force=true does it anyway."
+)
+
 _dry_run_schema = Schema.from_dict({"dryRun": fields.Boolean(load_default=False)})()
 
 
@@ -54,7 +61,7 @@ async def _body_or_query(request: web.Request, schema: Schema) -> dict[str, Any]
     """A JSON body, or the query string when there is no body (DELETE without a body)."""
     if request.body_exists:
         return load(schema, await read_json(request))
-    return load(schema, dict(request.query))
+    return load(schema, {k: v for k, v in request.query.items() if k != "force"})
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -198,8 +205,10 @@ def _change_handler(
     @doc(
         summary,
         body=None if or_query else schema,
-        query=schema if or_query else None,
+        query=schema if or_query else force_schema,
         responses={200: OBJECT},
+        errors=(409,),
+        description=OWN_ACCESS_NOTE,
     )
     async def handler(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
@@ -210,7 +219,7 @@ def _change_handler(
                 _body_or_query(request, schema) if or_query else read_valid(request, schema)
             )
         ds = await Dynsec.of(link)
-        await change(ds, name, data)
+        await Guard.of(request).change(link, ds, lambda d: change(d, name, data))
         return _json(await kind.get(ds, name))
 
     return handler
@@ -245,10 +254,17 @@ def _add_kind_routes(kind: Kind) -> None:
         return _json(await kind.get(await Dynsec.of(link), request.match_info["name"]))
 
     @routes.delete(item)
-    @doc(f"Delete a {one}", responses={204: None})
+    @doc(
+        f"Delete a {one}",
+        query=force_schema,
+        responses={204: None},
+        errors=(409,),
+        description=OWN_ACCESS_NOTE,
+    )
     async def delete(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
-        await kind.delete(await Dynsec.of(link), request.match_info["name"])
+        name = request.match_info["name"]
+        await Guard.of(request).change(link, await Dynsec.of(link), lambda d: kind.delete(d, name))
         return web.Response(status=204)
 
     async def modify(ds: Dynsec, name: str, data: dict[str, Any]) -> None:
@@ -341,7 +357,9 @@ async def import_(request: web.Request) -> web.Response:
     document = await read_valid(request, schemas.document_schema)
     ds = await Dynsec.of(link)
     report = await ds.import_document(
-        document, dry_run=dry_run, protected_client=link.record.username
+        document,
+        dry_run=dry_run,
+        protected_client=own_usernames(request.app[connections_key], link),
     )
     return _json(report)
 
@@ -366,14 +384,16 @@ async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any
 @doc(
     "Send one plugin command (the MMC's endpoint)",
     body=schemas.CommandSchema(),
+    query=force_schema,
     responses={200: OBJECT},
     errors=(409,),
+    description=OWN_ACCESS_NOTE,
 )
 async def command(request: web.Request) -> web.Response:
     """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
     link = connected_project_broker(request)
     sent = await read_valid(request, schemas.CommandSchema())
-    [entry] = await _run(await Dynsec.of(link), [sent])
+    [entry] = await Guard.of(request).run(link, await Dynsec.of(link), [sent], _run)
     if "error" in entry:
         raise error_for(sent["command"], str(entry["error"]))
     return _json(entry)
@@ -383,33 +403,39 @@ async def command(request: web.Request) -> web.Response:
 @doc(
     "Send the plugin's own envelope {commands}",
     body=schemas.CommandsSchema(),
+    query=force_schema,
     responses={200: OBJECT},
+    errors=(409,),
+    description=OWN_ACCESS_NOTE,
 )
 async def commands(request: web.Request) -> web.Response:
     """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
     link = connected_project_broker(request)
     data = await read_valid(request, schemas.CommandsSchema())
-    return _json({"responses": await _run(await Dynsec.of(link), data["commands"])})
+    ds = await Dynsec.of(link)
+    return _json({"responses": await Guard.of(request).run(link, ds, data["commands"], _run)})
 
 
 # ---------------------------------------------------------------------- project
 
 
-async def _apply_to(link: BrokerLink, body: Mapping[str, Any]) -> dict[str, Any]:
+async def _apply_to(link: BrokerLink, body: Mapping[str, Any], guard: Guard) -> dict[str, Any]:
     if not link.connected:
         raise BrokerUnavailable(f"Broker {link.id} is not connected")
     ds = await Dynsec.of(link)
     if "commands" in body:
-        return {"responses": await _run(ds, body["commands"])}
+        return {"responses": await guard.run(link, ds, body["commands"], _run)}
     return await ds.import_document(
-        body["document"], dry_run=body["dry_run"], protected_client=link.record.username
+        body["document"],
+        dry_run=body["dry_run"],
+        protected_client=own_usernames(guard.service, link),
     )
 
 
-async def _apply_one(link: BrokerLink, body: Mapping[str, Any]) -> dict[str, Any]:
+async def _apply_one(link: BrokerLink, body: Mapping[str, Any], guard: Guard) -> dict[str, Any]:
     """One broker's entry of the multi-status answer: its own failure never spreads."""
     try:
-        return {"status": 200, **await _apply_to(link, body)}
+        return {"status": 200, **await _apply_to(link, body, guard)}
     except MmcError as exc:
         return exc.to_dict()
     except Exception:
@@ -421,7 +447,10 @@ async def _apply_one(link: BrokerLink, body: Mapping[str, Any]) -> dict[str, Any
 @doc(
     "Run commands or an import on every broker of the project (one entry per broker)",
     body=schemas.ApplySchema(),
+    query=force_schema,
     responses={207: OBJECT},
+    description="A broker whose own access the commands would cut off gets a 409 entry "
+    "unless ?force=true.",
 )
 async def apply(request: web.Request) -> web.Response:
     """Run the same commands, or the same import, on every broker of the project (207)."""
@@ -432,5 +461,6 @@ async def apply(request: web.Request) -> web.Response:
     ]
     if not links:
         raise NotFound(f"Project {project_id} has no brokers")
-    results = await asyncio.gather(*(_apply_one(link, body) for link in links))
+    guard = Guard.of(request)
+    results = await asyncio.gather(*(_apply_one(link, body, guard) for link in links))
     return _json({link.id: result for link, result in zip(links, results, strict=True)}, 207)

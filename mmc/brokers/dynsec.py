@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mmc.brokers.control import ControlChannel, error_for
@@ -257,7 +257,9 @@ class Dynsec:
             anonymous_group=anonymous,
         )
 
-    async def plan(self, document: Mapping[str, Any], *, protected_client: str | None) -> Plan:
+    async def plan(
+        self, document: Mapping[str, Any], *, protected_client: str | Iterable[str] | None
+    ) -> Plan:
         try:
             return plan_import(await self.export(), document, protected_client=protected_client)
         except PlanError as exc:
@@ -268,7 +270,7 @@ class Dynsec:
         document: Mapping[str, Any],
         *,
         dry_run: bool = False,
-        protected_client: str | None = None,
+        protected_client: str | Iterable[str] | None = None,
     ) -> dict[str, Any]:
         """Make the broker match ``document``; what changed (or would, with ``dry_run``)."""
         plan = await self.plan(document, protected_client=protected_client)

@@ -28,7 +28,8 @@ Import rules (``plan_import``):
 - Passwords are never exported (the plugin never returns them). A client the broker does not
   have yet needs a ``password`` in the document; for an existing client the password is
   ignored, so the same import twice changes nothing (set it with PUT .../password).
-- The client mmc itself logs in as, its groups and their roles and its own roles, are never
+- The client mmc itself logs in as (``protected_client``: every user a connection of mmc logs
+  in to this broker with), its groups and their roles and its own roles, are never
   changed or deleted: losing them would cut mmc off the broker mid-import. Differences there
   are reported in ``skipped``, as is deleting the anonymous group.
 - Commands come in phases: inside a phase order does not matter (they are sent as one batch);
@@ -319,21 +320,30 @@ def _client_changes(name: str, current: Entity | None, wanted: Entity) -> list[t
 
 @dataclass(frozen=True)
 class _Protected:
-    client: str | None
+    clients: frozenset[str]
     groups: frozenset[str]
     roles: frozenset[str]
 
     @classmethod
-    def of(cls, current: Mapping[str, Any], username: str | None) -> _Protected:
-        client = _by(current.get("clients"), "username").get(username or "")
-        if client is None:
-            return cls(None, frozenset(), frozenset())
-        groups = frozenset(_ref_map(client.get("groups"), "groupname"))
-        roles = set(_ref_map(client.get("roles"), "rolename"))
+    def of(cls, current: Mapping[str, Any], usernames: str | Iterable[str] | None) -> _Protected:
+        """What the users mmc logs in as (one, or every connection's to this broker) hold."""
+        names = {usernames} if isinstance(usernames, str) else set(usernames or ())
+        have = _by(current.get("clients"), "username")
         current_groups = _by(current.get("groups"), "groupname")
-        for g in groups:
-            roles |= set(_ref_map(current_groups.get(g, {}).get("roles"), "rolename"))
-        return cls(str(client["username"]), groups, frozenset(roles))
+        clients: set[str] = set()
+        groups: set[str] = set()
+        roles: set[str] = set()
+        for name in names:
+            client = have.get(name)
+            if client is None:
+                continue
+            clients.add(str(client["username"]))
+            mine = set(_ref_map(client.get("groups"), "groupname"))
+            groups |= mine
+            roles |= set(_ref_map(client.get("roles"), "rolename"))
+            for g in mine:
+                roles |= set(_ref_map(current_groups.get(g, {}).get("roles"), "rolename"))
+        return cls(frozenset(clients), frozenset(groups), frozenset(roles))
 
 
 def _check_references(
@@ -371,7 +381,10 @@ def _check_references(
 
 
 def plan_import(
-    current: Mapping[str, Any], desired: Mapping[str, Any], *, protected_client: str | None = None
+    current: Mapping[str, Any],
+    desired: Mapping[str, Any],
+    *,
+    protected_client: str | Iterable[str] | None = None,
 ) -> Plan:
     """The commands that turn the ``current`` document into the ``desired`` one.
 
@@ -383,7 +396,7 @@ def plan_import(
     kinds = (
         ("roles", "rolename", protected.roles, _role_changes, "deleteRole", DELETE_ROLES),
         ("groups", "groupname", protected.groups, _group_changes, "deleteGroup", DELETE_GROUPS),
-        ("clients", "username", {protected.client}, _client_changes, "deleteClient", REMOVE),
+        ("clients", "username", protected.clients, _client_changes, "deleteClient", REMOVE),
     )
     have_anonymous = current.get("anonymousGroup") or None
     anonymous = desired.get("anonymousGroup") or have_anonymous
