@@ -6,6 +6,7 @@ The environment names are a contract with operators; keep them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import tomllib
@@ -42,6 +43,12 @@ ENV_NAMES: dict[str, str] = {
     "MMC_DATABASE_TIMEOUT": "database_timeout",
     "MMC_RECONCILE_INTERVAL": "reconcile_interval",
     "MMC_REPLICA_ID": "replica_id",
+    "MMC_HTTP_HEADER_TIMEOUT": "http_header_timeout",
+    "MMC_HTTP_BODY_TIMEOUT": "http_body_timeout",
+    "MMC_HTTP_MAX_CONNECTIONS": "http_max_connections",
+    "MMC_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "http_max_connections_per_address",
+    "MMC_ALLOWED_HOSTS": "allowed_hosts",
+    "MMC_METRICS_TOKEN": "metrics_token",
 }
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -113,6 +120,21 @@ class Settings:
     reconcile_interval: float = 30.0
     # Names this process among replicas (logs, MQTT client ids); default: the host name.
     replica_id: str = ""
+    # Seconds a client has to send a whole request head (request line and headers), counted
+    # from the connection or the end of the previous response: idle keep-alive
+    # connections and trickled headers are closed after it.
+    http_header_timeout: float = 10.0
+    # Seconds a client has to send a whole request body once its head arrived.
+    http_body_timeout: float = 30.0
+    # Open HTTP connections at most, and from one client address (not counted for
+    # trusted proxies, whose clients all share the proxy's address).
+    http_max_connections: int = 4096
+    http_max_connections_per_address: int = 256
+    # Comma-separated host names (optionally host:port) the Host header may name; empty:
+    # any (DNS rebinding can then reach the API from a browser).
+    allowed_hosts: str = ""
+    # When set, GET /metrics requires "Authorization: Bearer <metrics_token>".
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def database_backend(self) -> str:
@@ -238,6 +260,14 @@ def load_settings(
         raise ConfigError("sys_history_length must not be negative")
     if settings.audit_retention_days < 0 or settings.audit_max_rows < 0:
         raise ConfigError("audit_retention_days and audit_max_rows must not be negative")
+    if not (
+        0 < settings.http_header_timeout < math.inf and 0 < settings.http_body_timeout < math.inf
+    ):
+        raise ConfigError("http_header_timeout and http_body_timeout must be positive")
+    if settings.http_max_connections < 1 or settings.http_max_connections_per_address < 1:
+        raise ConfigError(
+            "http_max_connections and http_max_connections_per_address must be at least 1"
+        )
     _check_database(settings)
     return settings
 

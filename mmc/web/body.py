@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from marshmallow import Schema, ValidationError
 
 from mmc.errors import InvalidInput
@@ -36,13 +38,54 @@ async def read_json(request: web.Request) -> Any:
     except UnicodeDecodeError:
         raise InvalidInput("Request body is not valid UTF-8") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise InvalidInput(
             f"Malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
         raise InvalidInput("JSON document is nested too deeply") from None
+    except ValueError:
+        # int() refuses more than sys.get_int_max_str_digits() (4,300) digits.
+        raise InvalidInput("A number in the JSON document is too large") from None
+    if _SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogates(document)
+    return document
+
+
+# "\ud800" is valid JSON but no character: json.loads turns it into a lone surrogate that
+# no store, log or broker can encode. Only an escape can produce one (the body was valid
+# UTF-8), so documents without such an escape skip the walk.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(document: Any) -> None:
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            "The JSON document holds a lone surrogate escape (such as \\ud800), "
+            "which is not a Unicode character"
+        ) from None
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """An urlencoded or multipart form's text fields (files are left out), or InvalidInput."""
+    try:
+        form = await request.post()
+    except web.HTTPException:
+        raise  # 413 past client_max_size
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
+        # aiohttp's multipart reader raises these for a missing boundary or a broken body.
+        raise InvalidInput(f"Malformed form body: {exc}"[:200]) from None
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    for value in (*fields, *fields.values()):
+        # aiohttp decodes bad UTF-8 with surrogateescape; such text cannot be stored.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput("A form field is not valid UTF-8") from None
+    return fields
 
 
 def load(schema: Schema, data: Any) -> dict[str, Any]:

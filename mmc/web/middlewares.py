@@ -27,6 +27,9 @@ from mmc.web.routing import route_template
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mmc.access")
 
+# nginx's status for "the client closed the connection before the answer".
+CLIENT_CLOSED = 499
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -78,7 +81,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
-def _render_http_exception(exc: web.HTTPException) -> web.Response:
+def _render_http_exception(exc: web.HTTPException, max_body_size: int) -> web.Response:
     """aiohttp's own 404/405/413... in our error shape."""
     error: MmcError
     match exc.status:
@@ -93,9 +96,8 @@ def _render_http_exception(exc: web.HTTPException) -> web.Response:
         case 405:
             error = MethodNotAllowed(f"Method {getattr(exc, 'method', '')} is not allowed here")
         case 413:
-            error = PayloadTooLarge(
-                f"Request body is too large (limit {getattr(exc, 'max_size', '?')} bytes)"
-            )
+            # aiohttp's exception does not keep the limit; it is the app's client_max_size.
+            error = PayloadTooLarge(f"Request body is too large (limit {max_body_size} bytes)")
         case _:
             return web.json_response(
                 {"code": "HTTP_ERROR", "message": exc.reason, "status": exc.status},
@@ -117,10 +119,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _render_http_exception(exc)
+        response = _render_http_exception(exc, request.app[settings_key].max_body_size)
         request[error_code_key] = _code_of(exc.status)
         return response
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and (
+            request.transport is None or request.transport.is_closing()
+        ):
+            # The client went away (mid-body, typically): nobody to answer, nothing wrong
+            # here. 499 like nginx; aiohttp drops the answer quietly.
+            log.debug("client gone during %s %s", request.method, request.path)
+            request[error_code_key] = "CLIENT_CLOSED"
+            return web.Response(status=CLIENT_CLOSED)
         log.exception(
             "unhandled error in %s %s (request %s)",
             request.method,

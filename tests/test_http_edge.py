@@ -1,0 +1,266 @@
+"""The HTTP edge against hostile clients, in process (the test server): malformed bodies,
+log injection, the Host header, the metrics token and the 413 message. Slow clients and
+connection caps, which live in `mmc serve`'s protocol, are in test_http_edge_process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from mmc.config import Settings
+from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, origin
+
+
+def _assert_error_shape(body: dict[str, Any], status: int) -> None:
+    assert body["status"] == status
+    assert isinstance(body["code"], str)
+    assert isinstance(body["message"], str)
+    assert set(body) <= {"code", "message", "status", "info"}
+
+
+async def _assert_400(resp: Any) -> dict[str, Any]:
+    text = await resp.text()
+    assert resp.status == 400, text
+    body: dict[str, Any] = json.loads(text)
+    _assert_error_shape(body, 400)
+    assert body["code"] == "INVALID"
+    return body
+
+
+async def test_413_names_the_real_limit(make_client: MakeClient, settings: Settings) -> None:
+    client = await make_client(settings.replace(max_body_size=4096))
+    resp = await client.post(
+        "/api/projects",
+        data=io.BytesIO(json.dumps({"id": "p", "name": "x" * 8000}).encode()),
+        headers={"Content-Type": "application/json"},
+    )
+    assert resp.status == 413
+    body = await resp.json()
+    _assert_error_shape(body, 413)
+    assert body["message"] == "Request body is too large (limit 4096 bytes)"
+
+
+async def test_metrics_are_open_by_default(anon_client: Client) -> None:
+    resp = await anon_client.get("/metrics")
+    assert resp.status == 200
+    assert "mmc_" in await resp.text()
+
+
+async def test_metrics_token_is_required_when_set(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(
+        settings.replace(metrics_token="scrape-me-please"), authenticated=False
+    )
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Bearer scrape-me-pleasX"},
+        {"Authorization": "Basic scrape-me-please"},
+        {"Authorization": "Bearer"},
+    ):
+        resp = await client.get("/metrics", headers=headers)
+        assert resp.status == 401, headers
+        _assert_error_shape(await resp.json(), 401)
+    resp = await client.get("/metrics", headers={"Authorization": "Bearer scrape-me-please"})
+    assert resp.status == 200
+    assert "mmc_" in await resp.text()
+    # The probes stay open: kubelets send no token.
+    assert (await client.get("/healthz")).status == 200
+
+
+BIG_INT = "1" * 5000
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/auth",
+        "/api/projects",
+        "/api/connections",
+        "/api/user-management/users",
+        "/api/tokens",
+    ],
+)
+async def test_json_integers_past_pythons_digit_limit_are_400(client: Client, path: str) -> None:
+    raw = '{"id": "x", "name": ' + BIG_INT + ', "username": "u", "password": ' + BIG_INT + "}"
+    resp = await client.post(
+        path, data=raw, headers={"Content-Type": "application/json", **origin(client)}
+    )
+    body = await _assert_400(resp)
+    assert "too large" in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    [
+        ("/auth", {"username": "admin\ud800", "password": "x"}),
+        ("/auth", {"username": "admin", "password": "pw\ud800"}),
+        ("/api/projects", {"id": "p1", "name": "name\ud800"}),
+        ("/api/projects", {"id": "p1", "name": "n", "description": "d\udfff"}),
+        (
+            "/api/user-management/users",
+            {"username": "u\ud800", "password": "secret-pw", "roles": ["viewer"]},
+        ),
+        (
+            "/api/user-management/users",
+            {"username": "u2", "password": "secret\ud800", "roles": ["viewer"]},
+        ),
+        ("/api/tokens", {"name": "tok\ud800", "role": "viewer"}),
+        ("/api/projects", {"id": "p1", "name": "n", "\ud800": "key"}),
+        ("/api/projects", {"id": "p1", "name": "n", "list": ["\ud800"]}),
+    ],
+)
+async def test_lone_surrogates_are_400(client: Client, path: str, document: Any) -> None:
+    # json.dumps writes a lone surrogate as the escape \\ud800: valid JSON, invalid Unicode.
+    raw = json.dumps(document)
+    assert "\\ud8" in raw or "\\udf" in raw
+    resp = await client.post(
+        path, data=raw, headers={"Content-Type": "application/json", **origin(client)}
+    )
+    body = await _assert_400(resp)
+    assert "surrogate" in body["message"]
+
+
+async def test_a_surrogate_pair_is_a_character_not_an_error(client: Client) -> None:
+    resp = await client.post(
+        "/api/projects",
+        data='{"id": "emoji", "name": "\\ud83d\\ude00"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["name"] == "\U0001f600"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "payload"),
+    [
+        ("multipart/form-data", b"username=admin&password=x"),
+        ("multipart/form-data; boundary=", b"--\r\n"),
+        ("multipart/form-data; boundary=XyZ", b"garbage without any boundary"),
+        ("multipart/form-data; boundary=XyZ", b"--XyZ\r\nContent-Disposition: form-data\r\n"),
+        (
+            "multipart/form-data; boundary=XyZ",
+            b'--XyZ\r\nContent-Disposition: form-data; name="username"\r\n\r\nadmin\r\n--XyZ',
+        ),
+        (
+            "multipart/form-data; boundary=XyZ",
+            b'--XyZ\r\nContent-Disposition: form-data; name="username"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n!!!\r\n--XyZ--\r\n",
+        ),
+    ],
+)
+async def test_broken_login_forms_are_400(
+    anon_client: Client, content_type: str, payload: bytes
+) -> None:
+    resp = await anon_client.post("/auth", data=payload, headers={"Content-Type": content_type})
+    await _assert_400(resp)
+
+
+@pytest.mark.parametrize(
+    "payload", [b"username=admin%ED%A0%80&password=x", b"username=\xff\xfe&password=x%ED%A0%80"]
+)
+async def test_bad_utf8_in_an_urlencoded_login_is_refused_not_500(
+    anon_client: Client, payload: bytes
+) -> None:
+    # aiohttp decodes form fields with replacement characters: a name nobody has.
+    resp = await anon_client.post(
+        "/auth", data=payload, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert resp.status in (400, 401)
+    _assert_error_shape(await resp.json(), resp.status)
+
+
+async def test_a_good_multipart_login_still_works(anon_client: Client) -> None:
+    payload = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="username"\r\n\r\nadmin\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="password"\r\n\r\n'
+        + ADMIN_PASSWORD.encode()
+        + b"\r\n--XyZ--\r\n"
+    )
+    resp = await anon_client.post(
+        "/auth", data=payload, headers={"Content-Type": "multipart/form-data; boundary=XyZ"}
+    )
+    assert resp.status == 200, await resp.text()
+
+
+async def test_a_client_dropping_mid_body_leaves_no_error_log(
+    anon_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert anon_client.port is not None
+    caplog.set_level(logging.DEBUG)
+    for path in ("/auth", "/api/projects"):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", anon_client.port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            'Content-Length: 1000\r\n\r\n{"username": '.encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+        await writer.wait_closed()
+    await asyncio.sleep(0.3)
+    # Then the server still answers.
+    assert (await anon_client.get("/healthz")).status == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/healthz%0a2026-01-01%2000:00:00,000%20INFO%20mmc.access:%20GET%20/forged%20200",
+        "/healthz%0d%0aforged",
+        "/healthz%1b[31mred%1b[0m",
+        "/healthz%e2%80%a8separator",
+        "/api/nothing%00nul",
+    ],
+)
+async def test_the_text_log_escapes_control_characters(
+    anon_client: Client, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    from mmc.logs import JsonFormatter, TextFormatter
+
+    caplog.set_level(logging.INFO, logger="mmc.access")
+    resp = await anon_client.get(path)
+    assert resp.status in (200, 401, 404)
+    [record] = [r for r in caplog.records if r.name == "mmc.access"]
+    assert (
+        "\n" in record.getMessage()
+        or "\x1b" in record.getMessage()
+        or any(not c.isprintable() for c in record.getMessage())
+    ), "the test must send a control character through"
+    line = TextFormatter().format(record)
+    assert "\n" not in line
+    assert "\r" not in line
+    assert "\x1b" not in line
+    assert all(c.isprintable() for c in line), line
+    assert "forged" in line or "red" in line or "separator" in line or "nul" in line
+    # JSON escapes them by its own rules: one line, and the path reads back intact.
+    doc = JsonFormatter().format(record)
+    assert "\n" not in doc
+    assert "\x1b" not in doc
+    assert json.loads(doc)["message"] == record.getMessage()
+
+
+def test_the_text_log_keeps_tracebacks_on_their_own_lines() -> None:
+    from mmc.logs import TextFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord(
+            "mmc", logging.ERROR, __file__, 1, "failed on %s", ("x\ny",), sys.exc_info()
+        )
+    text = TextFormatter().format(record)
+    first, *rest = text.split("\n")
+    assert first.endswith("failed on x\\ny")
+    assert rest[0] == "Traceback (most recent call last):"
