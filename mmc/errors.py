@@ -9,10 +9,12 @@ turns each into ``{"code", "message", "status", "info"?}``::
     ├── NotAllowed                403 NOT_ALLOWED
     ├── NotFound                  404 NOT_FOUND
     ├── MethodNotAllowed          405 METHOD_NOT_ALLOWED
+    ├── RequestTimeout            408 REQUEST_TIMEOUT    (body not sent within http_body_timeout)
     ├── Conflict                  409 CONFLICT
     ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE
     ├── TooManyRequests           429 TOO_MANY_REQUESTS  (Retry-After header)
     ├── StoreUnavailable          503 STORE_UNAVAILABLE
+    ├── ServerBusy                503 BUSY           (http_max_connections reached)
     ├── BrokerUnavailable         503 BROKER_UNAVAILABLE
     ├── BrokerTimeout             504 TIMEOUT
     └── ControlError              400 INVALID        (an error string answered by a $CONTROL API)
@@ -72,6 +74,12 @@ class MethodNotAllowed(MmcError):
     default_message = "Method not allowed"
 
 
+class RequestTimeout(MmcError):
+    status = 408
+    code = "REQUEST_TIMEOUT"
+    default_message = "The request was not sent in time"
+
+
 class Conflict(MmcError):
     status = 409
     code = "CONFLICT"
@@ -98,6 +106,12 @@ class StoreUnavailable(MmcError):
     status = 503
     code = "STORE_UNAVAILABLE"
     default_message = "The data store cannot be written right now"
+
+
+class ServerBusy(MmcError):
+    status = 503
+    code = "BUSY"
+    default_message = "Too many open connections; try again later"
 
 
 class BrokerUnavailable(MmcError):

@@ -264,3 +264,71 @@ def test_the_text_log_keeps_tracebacks_on_their_own_lines() -> None:
     first, *rest = text.split("\n")
     assert first.endswith("failed on x\\ny")
     assert rest[0] == "Traceback (most recent call last):"
+
+
+async def test_any_host_is_served_without_allowed_hosts(anon_client: Client) -> None:
+    resp = await anon_client.get("/validate-session", headers={"Host": "evil.example"})
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("mmc.example.com", True),
+        ("MMC.Example.com:443", True),
+        ("ops.example.org:8443", True),
+        ("ops.example.org:8444", False),
+        ("ops.example.org", False),
+        ("a.b.internal.example", True),
+        ("internal.example", True),
+        ("xinternal.example", False),
+        ("[::1]:8088", True),
+        ("evil.example", False),
+        ("mmc.example.com.evil.example", False),
+        ("", False),
+    ],
+)
+async def test_allowed_hosts_refuses_other_host_headers(
+    make_client: MakeClient, settings: Settings, host: str, allowed: bool
+) -> None:
+    client = await make_client(
+        settings.replace(
+            allowed_hosts="mmc.example.com, ops.example.org:8443, .internal.example, [::1]"
+        ),
+        authenticated=False,
+    )
+    resp = await client.get("/validate-session", headers={"Host": host})
+    if allowed:
+        assert resp.status == 200, await resp.text()
+    else:
+        assert resp.status == 400
+        body = await resp.json()
+        _assert_error_shape(body, 400)
+        assert "allowed_hosts" in body["message"]
+        # A login from a rebound page is refused before any password is looked at.
+        resp = await client.post(
+            "/auth",
+            json={"username": "admin", "password": ADMIN_PASSWORD},
+            headers={"Host": host},
+        )
+        assert resp.status == 400
+        assert "Set-Cookie" not in resp.headers
+    # Probes and metrics answer any Host: kubelets and Prometheus address pods by IP.
+    for path in ("/healthz", "/readyz", "/metrics"):
+        resp = await client.get(path, headers={"Host": "10.1.2.3:8088"})
+        assert resp.status == 200, path
+
+
+async def test_security_headers(client: Client) -> None:
+    resp = await client.get("/api/docs")
+    assert resp.status == 200
+    csp = resp.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp
+    assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+    nonce = csp.split("'nonce-")[1].split("'")[0]
+    assert f'<script nonce="{nonce}">' in await resp.text()
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/healthz", "/api/connections", "/api/nothing-here", "/api/docs/openapi.json"):
+        resp = await client.get(path)
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -17,6 +18,7 @@ from mmc.errors import (
     NotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     TooManyRequests,
     Unauthorized,
 )
@@ -35,6 +37,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def error_response(error: MmcError) -> web.Response:
     response = web.json_response(error.to_dict(), status=error.status)
+    response.headers["X-Content-Type-Options"] = "nosniff"
     if isinstance(error, TooManyRequests):
         response.headers["Retry-After"] = str(error.retry_after)
     return response
@@ -52,10 +55,12 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         status = response.status
         response.headers["X-Request-ID"] = request_id
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
     except web.HTTPException as exc:
         status = exc.status
         exc.headers["X-Request-ID"] = request_id
+        exc.headers["X-Content-Type-Options"] = "nosniff"
         raise
     finally:
         elapsed = time.perf_counter() - started
@@ -79,6 +84,36 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
                 "client": client_address(request, settings.trusted_networks),
             },
         )
+
+
+class BodyTimeout(TimeoutError):
+    """Set on a request's body stream when it was not read whole in time. A TimeoutError:
+    aiohttp's own reading of what is left after the answer gives up on it quietly."""
+
+
+@web.middleware
+async def body_timeout_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request body must arrive whole within http_body_timeout seconds of its head: a
+    read still waiting then fails, the client gets 408 and the connection is closed."""
+    if not request.body_exists:
+        return await handler(request)
+    content = request.content
+
+    def expire() -> None:
+        if not content.is_eof():
+            content.set_exception(BodyTimeout())
+
+    timer = asyncio.get_running_loop().call_later(
+        request.app[settings_key].http_body_timeout, expire
+    )
+    try:
+        return await handler(request)
+    except BodyTimeout:
+        raise RequestTimeout(
+            "The request body did not arrive within http_body_timeout seconds"
+        ) from None
+    finally:
+        timer.cancel()
 
 
 def _render_http_exception(exc: web.HTTPException, max_body_size: int) -> web.Response:
@@ -115,7 +150,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except MmcError as exc:
         request[error_code_key] = exc.code
-        return error_response(exc)
+        response = error_response(exc)
+        if isinstance(exc, RequestTimeout):
+            response.force_close()  # the rest of the body is not worth waiting for
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
