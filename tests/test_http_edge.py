@@ -332,3 +332,100 @@ async def test_security_headers(client: Client) -> None:
     for path in ("/healthz", "/api/connections", "/api/nothing-here", "/api/docs/openapi.json"):
         resp = await client.get(path)
         assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+
+
+async def _closed_by_peer(reader: asyncio.StreamReader, within: float) -> bool:
+    """Whether the server closes the connection within ``within`` seconds (whatever it
+    sends first is read and dropped)."""
+    try:
+        async with asyncio.timeout(within):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+async def test_idle_and_trickling_clients_are_closed_after_the_header_timeout(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(settings.replace(http_header_timeout=1.5), authenticated=False)
+    assert client.port is not None
+    port = client.port
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 40 + b"\r\n\r\n"
+    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        # One byte every 0.2 s: the whole head would take 14 s.
+        for byte in request:
+            if writer.is_closing():
+                return
+            writer.write(bytes([byte]))
+            try:
+                await writer.drain()
+            except ConnectionError:
+                return
+            await asyncio.sleep(0.2)
+
+    trickling = [asyncio.create_task(trickle(w)) for _, w in streams[5:]]
+    # A keep-alive connection that made one request and went quiet.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    streams.append((reader, writer))
+    try:
+        # Meanwhile the server answers others at once.
+        for _ in range(3):
+            async with asyncio.timeout(1):
+                assert (await client.get("/healthz")).status == 200
+            await asyncio.sleep(0.2)
+        closed = await asyncio.gather(*(_closed_by_peer(r, within=4) for r, _ in streams))
+        assert all(closed), closed
+    finally:
+        for task in trickling:
+            task.cancel()
+        for _, w in streams:
+            w.close()
+
+
+async def test_a_trickled_body_is_408_after_the_body_timeout(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(settings.replace(http_body_timeout=1.0), authenticated=False)
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(
+            b"POST /auth HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"username": '
+        )
+        await writer.drain()
+        started = asyncio.get_running_loop().time()
+
+        async def trickle() -> None:
+            for _ in range(40):
+                await asyncio.sleep(0.2)
+                writer.write(b" ")
+                await writer.drain()
+
+        task = asyncio.create_task(trickle())
+        try:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 408"), head
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                body = json.loads(await reader.readexactly(length))
+            assert asyncio.get_running_loop().time() - started < 3
+            _assert_error_shape(body, 408)
+            assert body["code"] == "REQUEST_TIMEOUT"
+            assert await _closed_by_peer(reader, within=3)
+        finally:
+            task.cancel()
+    finally:
+        writer.close()
+    # A body sent in time is read as before.
+    resp = await client.post("/auth", json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert resp.status == 200
