@@ -95,7 +95,21 @@ def _raw_response(error: MmcError) -> bytes:
 
 
 class EdgeRequestHandler(RequestHandler):
-    """aiohttp's protocol, answering what its parser refuses in mmc's error shape."""
+    """aiohttp's protocol, turning away connections over the caps and answering what its
+    parser refuses in mmc's error shape."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = self._manager
+        assert isinstance(manager, EdgeServer)
+        refusal = manager.refusal(transport)
+        if refusal is None:
+            super().connection_made(transport)
+            return
+        # Never handed to aiohttp: no request task, and connection_lost does nothing.
+        self._manager = None
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_raw_response(refusal))
+        transport.close()
 
     def handle_error(
         self,
@@ -146,23 +160,28 @@ class EdgeServer(web.Server):
     def open_connections(self) -> int:
         return len(self._address_of)
 
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
+    def _address(self, transport: asyncio.BaseTransport) -> str | None:
+        """The peer's address, or None for a trusted proxy (only counted in the total)."""
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else None
         if address is not None and trusted_peer(address, self._limits.trusted):
-            address = None  # a proxy: its clients are only counted in the total
-        refusal: MmcError | None = None
+            return None
+        return address
+
+    def refusal(self, transport: asyncio.BaseTransport) -> MmcError | None:
+        """Why a new connection must be turned away, if it must."""
         if len(self._address_of) >= self._limits.total:
-            refusal = ServerBusy()
             self._refused_total(len(self._address_of))
-        elif address is not None and self._per_address[address] >= self._limits.per_address:
-            refusal = TooManyRequests("Too many open connections from your address", retry_after=1)
+            return ServerBusy()
+        address = self._address(transport)
+        if address is not None and self._per_address[address] >= self._limits.per_address:
             self._refused_address(address)
-        if refusal is not None:
-            transport.write(_raw_response(refusal))
-            transport.close()
-            return
+            return TooManyRequests("Too many open connections from your address", retry_after=1)
+        return None
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        address = self._address(transport)
         self._address_of[handler] = address
         if address is not None:
             self._per_address[address] += 1
