@@ -406,3 +406,13 @@ async def test_a_trickled_body_is_408_after_the_body_timeout(
     # A body sent in time is read as before.
     resp = await client.post("/auth", json={"username": "admin", "password": ADMIN_PASSWORD})
     assert resp.status == 200
+
+
+async def test_a_lone_surrogate_is_named_by_its_field(client: Client) -> None:
+    resp = await client.post(
+        "/api/user-management/users",
+        data='{"username": "u\\ud800", "password": "secret-pw", "roles": ["viewer", "x\\udfff"]}',
+        headers={"Content-Type": "application/json"},
+    )
+    body = await _assert_400(resp)
+    assert body["info"] == {"username": ["Not valid UTF-8."], "roles": {"1": ["Not valid UTF-8."]}}

@@ -61,12 +61,40 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 def _refuse_lone_surrogates(document: Any) -> None:
     try:
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
+        errors = _utf8_errors(document)
+    except RecursionError:
+        errors = {"_schema": ["Not valid UTF-8."]}
+    if errors:
         raise InvalidInput(
-            "The JSON document holds a lone surrogate escape (such as \\ud800), "
-            "which is not a Unicode character"
-        ) from None
+            "Invalid input: a lone surrogate escape (such as \\ud800) is not valid UTF-8",
+            info=errors if isinstance(errors, dict) else {"_schema": errors},
+        )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _utf8_errors(value: Any) -> Any:
+    """The strings that cannot be encoded, named like marshmallow names fields."""
+    if isinstance(value, str):
+        return None if _encodable(value) else ["Not valid UTF-8."]
+    if isinstance(value, dict):
+        errors: dict[Any, Any] = {}
+        for key, item in value.items():
+            if not _encodable(key):
+                errors["_schema"] = ["A key is not valid UTF-8."]
+            elif (error := _utf8_errors(item)) is not None:
+                errors[key] = error
+        return errors or None
+    if isinstance(value, list):
+        found = {i: e for i, item in enumerate(value) if (e := _utf8_errors(item)) is not None}
+        return found or None
+    return None
 
 
 async def read_form(request: web.Request) -> dict[str, str]:
