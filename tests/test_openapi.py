@@ -106,7 +106,7 @@ async def test_documented_conflicts_are_the_real_ones(
         ("/groups", {"groupname": group}),
         ("/roles", {"rolename": role}),
     ]
-    adds = [
+    adds: list[tuple[str, str, dict[str, Any]]] = [
         ("/clients/{name}/roles", user, {"rolename": role}),
         ("/clients/{name}/groups", user, {"groupname": group}),
         ("/groups/{name}/clients", group, {"username": user}),
@@ -118,9 +118,9 @@ async def test_documented_conflicts_are_the_real_ones(
         ),
     ]
     observed: dict[str, int] = {}
-    for path, body in creates:
-        assert (await client.post(ds + path, json=body)).status == 201
-        observed[path] = (await client.post(ds + path, json=body)).status
+    for path, created in creates:
+        assert (await client.post(ds + path, json=created)).status == 201
+        observed[path] = (await client.post(ds + path, json=created)).status
     for path, name, body in adds:
         url = ds + path.replace("{name}", name)
         first = await client.post(url, json=body)
