@@ -416,3 +416,25 @@ async def test_a_lone_surrogate_is_named_by_its_field(client: Client) -> None:
     )
     body = await _assert_400(resp)
     assert body["info"] == {"username": ["Not valid UTF-8."], "roles": {"1": ["Not valid UTF-8."]}}
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed_hosts", "warned"),
+    [
+        ("0.0.0.0", "", True),  # noqa: S104 - a setting, nothing listens here
+        ("::", "", True),
+        ("mmc.example.com", "", True),
+        ("0.0.0.0", "mmc.example.com", False),  # noqa: S104
+        ("127.0.0.1", "", False),
+        ("::1", "", False),
+        ("localhost", "", False),
+    ],
+)
+def test_start_up_warns_without_allowed_hosts_beyond_loopback(
+    caplog: pytest.LogCaptureFixture, host: str, allowed_hosts: str, warned: bool
+) -> None:
+    from mmc.web.hosts import warn_without_allowed_hosts
+
+    caplog.set_level(logging.WARNING)
+    warn_without_allowed_hosts(Settings(host=host, allowed_hosts=allowed_hosts))
+    assert any("allowed_hosts" in r.getMessage() for r in caplog.records) == warned
