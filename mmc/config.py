@@ -42,13 +42,13 @@ ENV_NAMES: dict[str, str] = {
     "MMC_DATABASE_POOL_SIZE": "database_pool_size",
     "MMC_DATABASE_TIMEOUT": "database_timeout",
     "MMC_RECONCILE_INTERVAL": "reconcile_interval",
-    "MMC_REPLICA_ID": "replica_id",
     "MMC_HTTP_HEADER_TIMEOUT": "http_header_timeout",
     "MMC_HTTP_BODY_TIMEOUT": "http_body_timeout",
     "MMC_HTTP_MAX_CONNECTIONS": "http_max_connections",
     "MMC_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "http_max_connections_per_address",
     "MMC_ALLOWED_HOSTS": "allowed_hosts",
     "MMC_METRICS_TOKEN": "metrics_token",
+    "MMC_REPLICA_ID": "replica_id",
 }
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
