@@ -309,6 +309,11 @@ async def test_security_headers(client: Client) -> None:
     for path in ("/healthz", "/api/connections", "/api/nothing-here", "/api/docs/openapi.json"):
         resp = await client.get(path)
         assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+    # Swagger UI's script is served with a script type, which nosniff requires.
+    resp = await client.get("/api/docs/static/swagger-ui-bundle.js")
+    assert resp.status == 200
+    assert "javascript" in resp.content_type
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def _closed_by_peer(reader: asyncio.StreamReader, within: float) -> bool:
