@@ -31,6 +31,7 @@ from mmc.crypto import (
 )
 from mmc.errors import MmcError
 from mmc.eventloop import new_event_loop
+from mmc.keys import metrics_key
 from mmc.rotation import rotate
 from mmc.store import open_database
 from mmc.store.audit import AuditEntry, AuditRepository
@@ -136,15 +137,16 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Unlike ``web.run_app``, resources that did start are
     released even when a later start-up step fails."""
     # access_log=None: mmc's own middleware writes one structured line per request.
+    app = create_app(settings)
     runner = EdgeRunner(
-        create_app(settings),
+        app,
         limits=ConnectionLimits.of(settings),
         shutdown_timeout=settings.shutdown_timeout,
         access_log=None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(AcceptErrorLog())
+    loop.set_exception_handler(AcceptErrorLog(app[metrics_key]))
     raise_open_file_limit(settings)
     warn_without_allowed_hosts(settings)
     for signum in (signal.SIGINT, signal.SIGTERM):

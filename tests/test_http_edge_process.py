@@ -84,7 +84,14 @@ async def raw_request(
         try:
             writer.write(data)
             await writer.drain()
-            return await read_response(reader)
+            answer = await read_response(reader)
+            # Until the server closes (Connection: close): it has let go of the connection
+            # then, and no longer counts it. (A refused connection is reset: the request
+            # was never read.)
+            with suppress(ConnectionResetError):
+                while await reader.read(65536):
+                    pass
+            return answer
         finally:
             writer.close()
 
@@ -163,9 +170,20 @@ async def test_connections_over_the_caps_are_answered_and_closed(tmp_path: Path)
             # Closing one of the first three makes room for the next.
             first[0][1].close()
             await wait_until(lambda: _answers(port), timeout=5, detail=server.output)
+            metrics = (await raw_request(port, get("/metrics"), source="127.0.0.2"))[2].decode()
+            # (At least: a connection closed by the client may not be gone yet on the server.)
+            assert _sample(metrics, 'mmc_http_connections_refused_total{cap="address"}') >= 1
+            assert _sample(metrics, 'mmc_http_connections_refused_total{cap="total"}') >= 1
+            # The two left of the first three, and this one.
+            assert _sample(metrics, "mmc_http_connections_open") >= 3
         output = server.output()
         assert "over http_max_connections_per_address" in output
         assert "Traceback" not in output
+
+
+def _sample(metrics: str, name: str) -> float:
+    [value] = [line.split()[-1] for line in metrics.splitlines() if line.startswith(name + " ")]
+    return float(value)
 
 
 async def _answers(port: int) -> bool:
@@ -240,6 +258,8 @@ async def test_running_out_of_file_descriptors_logs_a_few_lines_and_recovers(
                 sock.close()
         # The header timeout frees what was accepted; accepting resumes.
         await wait_until(lambda: _answers(server.port), timeout=15, detail=server.output)
+        metrics = (await raw_request(server.port, get("/metrics")))[2].decode()
+        assert _sample(metrics, "mmc_http_accept_errors_total") >= 1
         output = server.output()
         failures = [line for line in output.splitlines() if "accept() failed" in line]
         assert 1 <= len(failures) <= 3, failures

@@ -37,6 +37,8 @@ from aiohttp.web_request import BaseRequest
 
 from mmc.config import Settings
 from mmc.errors import BrokerTimeout, InvalidInput, MmcError, ServerBusy, TooManyRequests
+from mmc.keys import metrics_key
+from mmc.metrics import Metrics
 from mmc.web.middlewares import error_response
 from mmc.web.proxy import trusted_peer
 
@@ -141,9 +143,13 @@ class EdgeRequestHandler(RequestHandler):
 class EdgeServer(web.Server):
     """aiohttp's Server (one per listening process) that counts connections per address."""
 
-    def __init__(self, handler: Any, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Any, *, limits: ConnectionLimits, metrics: Metrics, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
+        self._metrics = metrics
+        metrics.watch_connections(lambda: len(self._address_of))
         self._address_of: dict[RequestHandler, str | None] = {}
         self._per_address: Counter[str] = Counter()
         self._refused_address = Throttled(
@@ -172,10 +178,12 @@ class EdgeServer(web.Server):
         """Why a new connection must be turned away, if it must."""
         if len(self._address_of) >= self._limits.total:
             self._refused_total(len(self._address_of))
+            self._metrics.http_connections_refused.labels("total").inc()
             return ServerBusy()
         address = self._address(transport)
         if address is not None and self._per_address[address] >= self._limits.per_address:
             self._refused_address(address)
+            self._metrics.http_connections_refused.labels("address").inc()
             return TooManyRequests("Too many open connections from your address", retry_after=1)
         return None
 
@@ -213,6 +221,7 @@ class EdgeRunner(web.AppRunner):
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),
             limits=self._limits,
+            metrics=self.app[metrics_key],
             **plain._kwargs,
         )
 
@@ -223,8 +232,9 @@ class AcceptErrorLog:
     once per attempt with a traceback; anything else goes to asyncio's default handler.
     (asyncio itself stops accepting for a second after such a failure.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self._log = Throttled("accept() failed %d time(s), last with: %s")
+        self._errors = metrics.http_accept_errors
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -233,6 +243,7 @@ class AcceptErrorLog:
             and exc.errno in _OUT_OF_RESOURCES
             and "accept" in str(context.get("message", ""))
         ):
+            self._errors.inc()
             self._log(exc.strerror or exc)
             return
         loop.default_exception_handler(context)
