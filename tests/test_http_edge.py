@@ -153,6 +153,17 @@ async def test_a_surrogate_pair_is_a_character_not_an_error(client: Client) -> N
             b'--XyZ\r\nContent-Disposition: form-data; name="username"\r\n'
             b"Content-Transfer-Encoding: base64\r\n\r\n!!!\r\n--XyZ--\r\n",
         ),
+        (
+            "multipart/form-data; boundary=XyZ",
+            b'--XyZ\r\nContent-Disposition: form-data; name="username"\r\n'
+            b"Content-Transfer-Encoding: rot13\r\n\r\nnqzva\r\n--XyZ--\r\n",
+        ),
+        (
+            "multipart/form-data; boundary=XyZ",
+            b'--XyZ\r\nContent-Disposition: form-data; name="username"\r\n'
+            b"Content-Type: text/plain; charset=no-such-charset\r\n\r\nadmin\r\n--XyZ--\r\n",
+        ),
+        ("application/x-www-form-urlencoded; charset=no-such-charset", b"username=admin"),
     ],
 )
 async def test_broken_login_forms_are_400(

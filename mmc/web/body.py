@@ -103,8 +103,10 @@ async def read_form(request: web.Request) -> dict[str, str]:
         form = await request.post()
     except web.HTTPException:
         raise  # 413 past client_max_size
-    except (ValueError, AssertionError, HttpProcessingError) as exc:
-        # aiohttp's multipart reader raises these for a missing boundary or a broken body.
+    except (ValueError, LookupError, RuntimeError, HttpProcessingError) as exc:
+        # What aiohttp's form readers raise for a client's broken body: a missing or bad
+        # boundary, bad base64 or UTF-8 (ValueError), an unknown charset (LookupError), an
+        # unknown Content-Transfer-Encoding (RuntimeError), a malformed part header.
         raise InvalidInput(f"Malformed form body: {exc}"[:200]) from None
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     for value in (*fields, *fields.values()):
