@@ -5,6 +5,7 @@ turns each into ``{"code", "message", "status", "info"?}``::
 
     MmcError                      500 INTERNAL_ERROR
     ├── InvalidInput              400 INVALID        (info: marshmallow messages)
+    │   └── UndecodableBody       400 INVALID        (bad Content-Encoding; closes)
     ├── Unauthorized              401 UNAUTHORIZED
     ├── NotAllowed                403 NOT_ALLOWED
     ├── NotFound                  404 NOT_FOUND
@@ -31,6 +32,8 @@ class MmcError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "INTERNAL_ERROR"
     default_message: ClassVar[str] = "An internal server error occurred"
+    # The connection cannot carry another request after this one (its body is unread).
+    closes_connection: ClassVar[bool] = False
 
     def __init__(self, message: str | None = None, *, info: Any = None) -> None:
         self.message = message or self.default_message
@@ -78,6 +81,13 @@ class RequestTimeout(MmcError):
     status = 408
     code = "REQUEST_TIMEOUT"
     default_message = "The request was not sent in time"
+    closes_connection = True
+
+
+class UndecodableBody(InvalidInput):
+    """A body aiohttp cannot decode: bad gzip/deflate, a broken chunked encoding."""
+
+    closes_connection = True
 
 
 class Conflict(MmcError):

@@ -454,3 +454,30 @@ def test_start_up_warns_without_allowed_hosts_beyond_loopback(
     caplog.set_level(logging.WARNING)
     warn_without_allowed_hosts(Settings(host=host, allowed_hosts=allowed_hosts))
     assert any("allowed_hosts" in r.getMessage() for r in caplog.records) == warned
+
+
+@pytest.mark.parametrize(
+    ("encoding", "payload"),
+    [
+        ("gzip", b"not gzip at all"),
+        ("deflate", b"not deflate"),
+        ("gzip", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\xff"),
+    ],
+)
+async def test_a_body_that_cannot_be_decompressed_is_400(
+    client: Client, caplog: pytest.LogCaptureFixture, encoding: str, payload: bytes
+) -> None:
+    for path, content_type in (
+        ("/api/projects", "application/json"),
+        ("/auth", "application/x-www-form-urlencoded"),
+    ):
+        resp = await client.post(
+            path,
+            data=payload,
+            headers={"Content-Type": content_type, "Content-Encoding": encoding},
+        )
+        body = await _assert_400(resp)
+        assert "cannot be decoded" in body["message"]
+    await asyncio.sleep(0.1)
+    assert (await client.get("/healthz")).status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -8,9 +8,10 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import Schema, ValidationError
 
-from mmc.errors import InvalidInput
+from mmc.errors import InvalidInput, UndecodableBody
 
 JSON_TYPES = frozenset({"application/json"})
 
@@ -30,7 +31,10 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidInput(
             f"Content-Type must be application/json, not {request.content_type or 'empty'!r}"
         )
-    raw = await request.read()  # raises 413 past client_max_size; the middleware renders it
+    try:
+        raw = await request.read()  # raises 413 past client_max_size; the middleware renders it
+    except RequestPayloadError as exc:
+        raise _unreadable(request, exc) from None
     if not raw.strip():
         raise InvalidInput("Request body is empty; a JSON document is required")
     try:
@@ -97,12 +101,32 @@ def _utf8_errors(value: Any) -> Any:
     return None
 
 
+class BodyAbandoned(TimeoutError):
+    """Set on the body stream of a request whose body mmc gave up on (too slow, or
+    undecodable). A TimeoutError because of what aiohttp does after the answer: it reads
+    what is left of an unread body for a while, stops quietly on a TimeoutError and
+    closes the connection; any other error there is logged as a traceback."""
+
+
+def abandon_body(request: web.Request) -> None:
+    request.content.set_exception(BodyAbandoned())
+
+
+def _unreadable(request: web.Request, exc: RequestPayloadError) -> UndecodableBody:
+    abandon_body(request)
+    encoding = request.headers.get("Content-Encoding")
+    what = f"with Content-Encoding {encoding[:40]!r}" if encoding else "as sent"
+    return UndecodableBody(f"The request body cannot be decoded {what}")
+
+
 async def read_form(request: web.Request) -> dict[str, str]:
     """An urlencoded or multipart form's text fields (files are left out), or InvalidInput."""
     try:
         form = await request.post()
     except web.HTTPException:
         raise  # 413 past client_max_size
+    except RequestPayloadError as exc:
+        raise _unreadable(request, exc) from None
     except (ValueError, LookupError, RuntimeError, HttpProcessingError) as exc:
         # What aiohttp's form readers raise for a client's broken body: a missing or bad
         # boundary, bad base64 or UTF-8 (ValueError), an unknown charset (LookupError), an

@@ -23,6 +23,7 @@ from mmc.errors import (
     Unauthorized,
 )
 from mmc.keys import error_code_key, identity_key, metrics_key, request_id_key, settings_key
+from mmc.web.body import BodyAbandoned, abandon_body
 from mmc.web.proxy import client_address
 from mmc.web.routing import route_template
 
@@ -86,11 +87,6 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
-class BodyTimeout(TimeoutError):
-    """Set on a request's body stream when it was not read whole in time. A TimeoutError:
-    aiohttp's own reading of what is left after the answer gives up on it quietly."""
-
-
 @web.middleware
 async def body_timeout_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A request body must arrive whole within http_body_timeout seconds of its head: a
@@ -101,14 +97,14 @@ async def body_timeout_middleware(request: web.Request, handler: Handler) -> web
 
     def expire() -> None:
         if not content.is_eof():
-            content.set_exception(BodyTimeout())
+            abandon_body(request)
 
     timer = asyncio.get_running_loop().call_later(
         request.app[settings_key].http_body_timeout, expire
     )
     try:
         return await handler(request)
-    except BodyTimeout:
+    except BodyAbandoned:
         raise RequestTimeout(
             "The request body did not arrive within http_body_timeout seconds"
         ) from None
@@ -151,7 +147,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except MmcError as exc:
         request[error_code_key] = exc.code
         response = error_response(exc)
-        if isinstance(exc, RequestTimeout):
+        if exc.closes_connection:
             response.force_close()  # the rest of the body is not worth waiting for
         return response
     except web.HTTPException as exc:
