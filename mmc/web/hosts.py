@@ -15,11 +15,12 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import re
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from mmc.config import Settings
+from mmc.config import ConfigError, Settings
 from mmc.errors import InvalidInput
 from mmc.keys import error_code_key, settings_key
 from mmc.web.middlewares import error_response
@@ -81,8 +82,33 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def warn_without_allowed_hosts(settings: Settings) -> None:
-    if not settings.allowed_hosts and not _loopback(settings.host):
+_NAME = re.compile(r"^\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
+
+
+def check_allowed_hosts(settings: Settings) -> None:
+    """ConfigError for an entry that could never match a Host header (a URL, say); a
+    warning when there are none and mmc listens beyond loopback."""
+    for part in settings.allowed_hosts.split(","):
+        if not part.strip():
+            continue
+        host, port = split_host(part)
+        bracketed = part.strip().startswith("[")
+        if bracketed:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                host = ""
+        if (
+            not host
+            or (not bracketed and not _NAME.match(host))
+            or (port is not None and not (port.isdigit() and 0 < int(port) < 65536))
+        ):
+            raise ConfigError(
+                f"allowed_hosts: {part.strip()!r} is not a host name or address with an "
+                "optional :port (e.g. mmc.example.com, mmc.example.com:8443, .example.com, "
+                "[::1])"
+            )
+    if not settings.allowed_hosts.strip() and not _loopback(settings.host):
         log.warning(
             "listening on %s without allowed_hosts (MMC_ALLOWED_HOSTS): any Host header is "
             "accepted, so a browser can be pointed at mmc by DNS rebinding; set it to the "
