@@ -36,7 +36,7 @@ from mmc.rotation import rotate
 from mmc.store import open_database
 from mmc.store.audit import AuditEntry, AuditRepository
 from mmc.store.db import Database
-from mmc.web.hosts import check_allowed_hosts
+from mmc.web.hosts import warn_without_allowed_hosts
 from mmc.web.server import AcceptErrorLog, ConnectionLimits, EdgeRunner, raise_open_file_limit
 
 log = logging.getLogger("mmc")
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve(settings))
-    except (SecretKeyError, OSError, ConfigError) as exc:
+    except (SecretKeyError, OSError) as exc:
         log.error("mmc cannot start: %s", exc)
         return 2
     except MmcError as exc:  # the store cannot be reached or migrated
@@ -148,7 +148,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptErrorLog(app[metrics_key]))
     raise_open_file_limit(settings)
-    check_allowed_hosts(settings)
+    warn_without_allowed_hosts(settings)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:

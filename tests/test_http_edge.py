@@ -267,9 +267,8 @@ async def test_any_host_is_served_without_allowed_hosts(anon_client: Client) -> 
         ("ops.example.org:8443", True),
         ("ops.example.org:8444", False),
         ("ops.example.org", False),
-        ("a.b.internal.example", True),
-        ("internal.example", True),
-        ("xinternal.example", False),
+        ("mmc.example.com.", True),
+        ("a.mmc.example.com", False),
         ("[::1]:8088", True),
         ("evil.example", False),
         ("mmc.example.com.evil.example", False),
@@ -280,9 +279,7 @@ async def test_allowed_hosts_refuses_other_host_headers(
     make_client: MakeClient, settings: Settings, host: str, allowed: bool
 ) -> None:
     client = await make_client(
-        settings.replace(
-            allowed_hosts="mmc.example.com, ops.example.org:8443, .internal.example, [::1]"
-        ),
+        settings.replace(allowed_hosts="mmc.example.com, ops.example.org:8443, [::1]"),
         authenticated=False,
     )
     resp = await client.get("/validate-session", headers={"Host": host})
@@ -449,10 +446,10 @@ async def test_a_lone_surrogate_is_named_by_its_field(client: Client) -> None:
 def test_start_up_warns_without_allowed_hosts_beyond_loopback(
     caplog: pytest.LogCaptureFixture, host: str, allowed_hosts: str, warned: bool
 ) -> None:
-    from mmc.web.hosts import check_allowed_hosts
+    from mmc.web.hosts import warn_without_allowed_hosts
 
     caplog.set_level(logging.WARNING)
-    check_allowed_hosts(Settings(host=host, allowed_hosts=allowed_hosts))
+    warn_without_allowed_hosts(Settings(host=host, allowed_hosts=allowed_hosts))
     assert any("allowed_hosts" in r.getMessage() for r in caplog.records) == warned
 
 
@@ -481,25 +478,3 @@ async def test_a_body_that_cannot_be_decompressed_is_400(
     await asyncio.sleep(0.1)
     assert (await client.get("/healthz")).status == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [
-        "https://mmc.example.com",
-        "mmc.example.com/",
-        "mmc.example.com:http",
-        "host:0",
-        "[nope]",
-        "a b",
-        "*.example.com",
-        "mmc.example.com:99999",
-    ],
-)
-def test_allowed_hosts_entries_that_can_never_match_stop_start_up(entry: str) -> None:
-    from mmc.config import ConfigError
-    from mmc.web.hosts import check_allowed_hosts
-
-    with pytest.raises(ConfigError, match="allowed_hosts"):
-        check_allowed_hosts(Settings(allowed_hosts=f"ok.example, {entry}"))
-    check_allowed_hosts(Settings(allowed_hosts="ok.example, .example.org, [::1]:8088, 10.0.0.1:80"))

@@ -112,7 +112,9 @@ async def body_timeout_middleware(request: web.Request, handler: Handler) -> web
         timer.cancel()
 
 
-def _render_http_exception(exc: web.HTTPException, max_body_size: int) -> web.Response:
+def _render_http_exception(
+    exc: web.HTTPException, request: web.Request | None = None
+) -> web.Response:
     """aiohttp's own 404/405/413... in our error shape."""
     error: MmcError
     match exc.status:
@@ -127,8 +129,11 @@ def _render_http_exception(exc: web.HTTPException, max_body_size: int) -> web.Re
         case 405:
             error = MethodNotAllowed(f"Method {getattr(exc, 'method', '')} is not allowed here")
         case 413:
-            # aiohttp's exception does not keep the limit; it is the app's client_max_size.
-            error = PayloadTooLarge(f"Request body is too large (limit {max_body_size} bytes)")
+            # aiohttp keeps the limit only in its text: it is the app's client_max_size.
+            limit = request.app[settings_key].max_body_size if request is not None else None
+            error = PayloadTooLarge(
+                f"Request body is too large (limit {limit} bytes)" if limit is not None else None
+            )
         case _:
             return web.json_response(
                 {"code": "HTTP_ERROR", "message": exc.reason, "status": exc.status},
@@ -153,7 +158,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _render_http_exception(exc, request.app[settings_key].max_body_size)
+        response = _render_http_exception(exc, request)
         request[error_code_key] = _code_of(exc.status)
         return response
     except Exception as exc:
