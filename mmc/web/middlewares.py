@@ -87,31 +87,6 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
-@web.middleware
-async def body_timeout_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A request body must arrive whole within http_body_timeout seconds of its head: a
-    read still waiting then fails, the client gets 408 and the connection is closed."""
-    if not request.body_exists:
-        return await handler(request)
-    content = request.content
-
-    def expire() -> None:
-        if not content.is_eof():
-            abandon_body(request)
-
-    timer = asyncio.get_running_loop().call_later(
-        request.app[settings_key].http_body_timeout, expire
-    )
-    try:
-        return await handler(request)
-    except BodyAbandoned:
-        raise RequestTimeout(
-            "The request body did not arrive within http_body_timeout seconds"
-        ) from None
-    finally:
-        timer.cancel()
-
-
 def _render_http_exception(
     exc: web.HTTPException, request: web.Request | None = None
 ) -> web.Response:
@@ -192,3 +167,28 @@ _CODES = {
 
 def _code_of(status: int) -> str:
     return _CODES.get(status, "HTTP_ERROR")
+
+
+@web.middleware
+async def body_timeout_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request body must arrive whole within http_body_timeout seconds of its head: a
+    read still waiting then fails, the client gets 408 and the connection is closed."""
+    if not request.body_exists:
+        return await handler(request)
+    content = request.content
+
+    def expire() -> None:
+        if not content.is_eof():
+            abandon_body(request)
+
+    timer = asyncio.get_running_loop().call_later(
+        request.app[settings_key].http_body_timeout, expire
+    )
+    try:
+        return await handler(request)
+    except BodyAbandoned:
+        raise RequestTimeout(
+            "The request body did not arrive within http_body_timeout seconds"
+        ) from None
+    finally:
+        timer.cancel()
