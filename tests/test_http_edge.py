@@ -478,3 +478,13 @@ async def test_a_body_that_cannot_be_decompressed_is_400(
     await asyncio.sleep(0.1)
     assert (await client.get("/healthz")).status == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_openapi_documents_the_edge_statuses(client: Client) -> None:
+    spec = await (await client.get("/api/docs/openapi.json")).json()
+    paths = spec["paths"]
+    # Every body may time out; every route but the probes and metrics checks the Host.
+    assert {"400", "408", "413"} <= set(paths["/api/connections"]["post"]["responses"])
+    assert "400" in paths["/api/connections"]["get"]["responses"]
+    assert "400" not in paths["/healthz"]["get"]["responses"]
+    assert "401" in paths["/metrics"]["get"]["responses"]
