@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import sqlite3
@@ -68,9 +69,11 @@ async def metrics(request: web.Request) -> web.Response:
     token = request.app[settings_key].metrics_token
     if token:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        # compare_digest: no timing difference tells how much of a guess was right.
+        # compare_digest over digests: no timing difference tells how much of a guess, or
+        # of its length, was right.
+        given_digest = hashlib.sha256(given.strip().encode("utf-8", "surrogateescape"))
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("utf-8", "surrogateescape"), token.encode()
+            given_digest.digest(), hashlib.sha256(token.encode()).digest()
         ):
             raise Unauthorized("/metrics requires the metrics token (Authorization: Bearer)")
     body = generate_latest(request.app[metrics_key].registry)
