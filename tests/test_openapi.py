@@ -94,8 +94,9 @@ async def test_browsable_docs(client: Client, anon_client: Client) -> None:
 async def test_documented_conflicts_are_the_real_ones(
     client: Client, broker: MosquittoBroker
 ) -> None:
-    """Every dynamic-security operation documented with 409 answers 409 when repeated on a
-    real broker, and every one that answers 409 documents it."""
+    """Every dynamic-security addition that answers 409 when repeated on a real broker
+    documents it. (Not the converse: a change may also be refused 409 for other reasons,
+    such as protecting mmc's own broker user.)"""
     spec = await _spec(client)
     uid = uuid.uuid4().hex[:8]
     await connect(client, broker)
@@ -130,9 +131,21 @@ async def test_documented_conflicts_are_the_real_ones(
         # Undo, so that the next addition of the same pair is a first one again.
         key = {k: v for k, v in body.items() if k != "allow"}
         assert (await client.delete(url, json=key)).status == 200
-    for path in observed:
+    # The duplicates mosquitto 2.0.11 refuses as such; adding a role a client has already
+    # is answered "Internal error" (400).
+    assert {path for path, status in observed.items() if status == 409} == {
+        "/clients",
+        "/groups",
+        "/roles",
+        "/clients/{name}/groups",
+        "/groups/{name}/clients",
+        "/groups/{name}/roles",
+        "/roles/{name}/acls",
+    }, observed
+    for path, status in observed.items():
         declared = spec["paths"][DYNSEC_BASE + path]["post"]["responses"]
-        assert ("409" in declared) == (observed[path] == 409), (path, observed)
+        if status == 409:
+            assert "409" in declared, path
     command = spec["paths"]["/api/dynamic-security/{brokerId}/command"]["post"]["responses"]
     assert "409" in command
     await client.delete(f"{ds}/clients/{user}")
