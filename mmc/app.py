@@ -51,7 +51,8 @@ from mmc.store.db import CONNECTIONS_CHANNEL
 from mmc.store.projects import ProjectRepository
 from mmc.web.audit import audit_middleware
 from mmc.web.auth import auth_middleware
-from mmc.web.middlewares import error_middleware, observe_middleware
+from mmc.web.hosts import allowed_hosts_middleware
+from mmc.web.middlewares import body_timeout_middleware, error_middleware, observe_middleware
 from mmc.web.routing import add_routes
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,18 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[observe_middleware, audit_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            observe_middleware,
+            allowed_hosts_middleware,
+            audit_middleware,
+            error_middleware,
+            body_timeout_middleware,
+            auth_middleware,
+        ],
         client_max_size=settings.max_body_size,
+        # aiohttp's keep-alive timer runs from the connection and from each response until
+        # a request head is parsed: the header timeout (idle and trickling clients).
+        handler_args={"keepalive_timeout": settings.http_header_timeout},
     )
     app[settings_key] = settings
     app[metrics_key] = Metrics()

@@ -31,10 +31,13 @@ from mmc.crypto import (
 )
 from mmc.errors import MmcError
 from mmc.eventloop import new_event_loop
+from mmc.keys import metrics_key
 from mmc.rotation import rotate
 from mmc.store import open_database
 from mmc.store.audit import AuditEntry, AuditRepository
 from mmc.store.db import Database
+from mmc.web.hosts import warn_without_allowed_hosts
+from mmc.web.server import AcceptErrorLog, ConnectionLimits, EdgeRunner, raise_open_file_limit
 
 log = logging.getLogger("mmc")
 
@@ -134,11 +137,18 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Unlike ``web.run_app``, resources that did start are
     released even when a later start-up step fails."""
     # access_log=None: mmc's own middleware writes one structured line per request.
-    runner = web.AppRunner(
-        create_app(settings), shutdown_timeout=settings.shutdown_timeout, access_log=None
+    app = create_app(settings)
+    runner = EdgeRunner(
+        app,
+        limits=ConnectionLimits.of(settings),
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrorLog(app[metrics_key]))
+    raise_open_file_limit(settings)
+    warn_without_allowed_hosts(settings)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:

@@ -5,14 +5,17 @@ turns each into ``{"code", "message", "status", "info"?}``::
 
     MmcError                      500 INTERNAL_ERROR
     ├── InvalidInput              400 INVALID        (info: marshmallow messages)
+    │   └── UndecodableBody       400 INVALID        (bad Content-Encoding; closes)
     ├── Unauthorized              401 UNAUTHORIZED
     ├── NotAllowed                403 NOT_ALLOWED
     ├── NotFound                  404 NOT_FOUND
     ├── MethodNotAllowed          405 METHOD_NOT_ALLOWED
+    ├── RequestTimeout            408 REQUEST_TIMEOUT    (body not sent within http_body_timeout)
     ├── Conflict                  409 CONFLICT
     ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE
     ├── TooManyRequests           429 TOO_MANY_REQUESTS  (Retry-After header)
     ├── StoreUnavailable          503 STORE_UNAVAILABLE
+    ├── ServerBusy                503 BUSY           (http_max_connections reached)
     ├── BrokerUnavailable         503 BROKER_UNAVAILABLE
     ├── BrokerTimeout             504 TIMEOUT
     └── ControlError              400 INVALID        (an error string answered by a $CONTROL API)
@@ -29,6 +32,8 @@ class MmcError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "INTERNAL_ERROR"
     default_message: ClassVar[str] = "An internal server error occurred"
+    # The connection cannot carry another request after this one (its body is unread).
+    closes_connection: ClassVar[bool] = False
 
     def __init__(self, message: str | None = None, *, info: Any = None) -> None:
         self.message = message or self.default_message
@@ -72,6 +77,19 @@ class MethodNotAllowed(MmcError):
     default_message = "Method not allowed"
 
 
+class RequestTimeout(MmcError):
+    status = 408
+    code = "REQUEST_TIMEOUT"
+    default_message = "The request was not sent in time"
+    closes_connection = True
+
+
+class UndecodableBody(InvalidInput):
+    """A body aiohttp cannot decode: bad gzip/deflate, a broken chunked encoding."""
+
+    closes_connection = True
+
+
 class Conflict(MmcError):
     status = 409
     code = "CONFLICT"
@@ -98,6 +116,12 @@ class StoreUnavailable(MmcError):
     status = 503
     code = "STORE_UNAVAILABLE"
     default_message = "The data store cannot be written right now"
+
+
+class ServerBusy(MmcError):
+    status = 503
+    code = "BUSY"
+    default_message = "Too many open connections; try again later"
 
 
 class BrokerUnavailable(MmcError):

@@ -32,6 +32,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def escape(text: str) -> str:
+    """``text`` with every control or other non-printable character as a Python escape
+    (``\\n``, ``\\x1b``, ``\\u202e``): request paths and headers are the client's, and a
+    raw newline would let it write a line of its own into the log, an ESC sequence drive
+    the operator's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -48,10 +60,12 @@ class TextFormatter(logging.Formatter):
             self._second = second
         return f"{self._second_text},{int(record.msecs):03d}"
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The line itself, escaped; a traceback is appended after it as it is, on lines
+        # of its own.
+        line = escape(super().formatMessage(record))
         extras = [
-            f"{k}={v}"
+            f"{k}={escape(str(v))}"
             for k, v in record.__dict__.items()
             if k not in _STANDARD and not k.startswith("_")
         ]

@@ -63,6 +63,19 @@ class _StoreCollector(Collector):
             yield gauge
 
 
+class _ConnectionsCollector(Collector):
+    """Open HTTP connections at scrape time (`mmc serve` only: its server counts them)."""
+
+    def __init__(self) -> None:
+        self.count: Callable[[], int] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.count is not None:
+            gauge = GaugeMetricFamily("mmc_http_connections_open", "Open HTTP connections")
+            gauge.add_metric([], self.count())
+            yield gauge
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -112,6 +125,21 @@ class Metrics:
             ["trigger", "action"],
             registry=r,
         )
+        # Connections turned away at http_max_connections(_per_address), by cap; and
+        # accept() failing for want of file descriptors or memory (EMFILE...).
+        self.http_connections_refused = Counter(
+            "mmc_http_connections_refused",
+            "HTTP connections refused at a connection cap",
+            ["cap"],
+            registry=r,
+        )
+        self.http_accept_errors = Counter(
+            "mmc_http_accept_errors",
+            "accept() failures for want of file descriptors or memory",
+            registry=r,
+        )
+        self._connections = _ConnectionsCollector()
+        r.register(self._connections)
         self._pool = _PoolCollector()
         r.register(self._pool)
         self._store = _StoreCollector()
@@ -127,6 +155,9 @@ class Metrics:
 
     def watch_pool(self, pool: BrokerPool) -> None:
         self._pool.pool = pool
+
+    def watch_connections(self, count: Callable[[], int]) -> None:
+        self._connections.count = count
 
     def watch_store(self, listening: Callable[[], bool]) -> None:
         self._store.listening = listening

@@ -19,6 +19,7 @@ from marshmallow import Schema
 from mmc import __version__
 from mmc.auth.permissions import PUBLIC_ROUTES
 from mmc.schemas.responses import ErrorSchema
+from mmc.web.hosts import ANY_HOST_ROUTES
 
 F = TypeVar("F", bound=Callable[..., Any])
 # A marshmallow schema or a JSON schema dict (JSON answer), (media type, description) for a
@@ -29,11 +30,12 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "Invalid input (INVALID)",
+    400: "Invalid input, or a Host header not in allowed_hosts (INVALID)",
     401: "Not logged in (UNAUTHORIZED)",
     403: "Not allowed (NOT_ALLOWED)",
     404: "Not found (NOT_FOUND)",
     405: "Method not allowed (METHOD_NOT_ALLOWED)",
+    408: "Body not sent within http_body_timeout (REQUEST_TIMEOUT)",
     409: "Conflict (CONFLICT)",
     413: "Body too large (PAYLOAD_TOO_LARGE)",
     429: "Too many attempts (TOO_MANY_REQUESTS)",
@@ -138,10 +140,10 @@ def _operation(template: str, method: str, op: Operation) -> dict[str, Any]:
         parameters.append({"in": "query", "schema": op.query})
     responses = {str(status): _response(status, spec) for status, spec in op.responses.items()}
     errors = set(op.errors) | {500}
-    if op.body is not None or op.query is not None or params:
+    if op.body is not None or op.query is not None or params or template not in ANY_HOST_ROUTES:
         errors.add(400)
     if op.body is not None:
-        errors.add(413)
+        errors |= {408, 413}
     if not public:
         errors |= {401, 403, 405}
     if params:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from openapi_schema_validator import OAS30Validator
@@ -10,6 +11,9 @@ from openapi_spec_validator import validate
 from mmc.auth.permissions import PUBLIC_ROUTES
 from tests.brokers import MosquittoBroker
 from tests.conftest import Client, plain_body, registered_operations
+from tests.dynsec_helpers import connect, dynsec_path
+
+DYNSEC_BASE = "/api/projects/{projectId}/brokers/{brokerId}/dynsec"
 
 
 async def _spec(client: Client) -> dict[str, Any]:
@@ -85,3 +89,65 @@ async def test_browsable_docs(client: Client, anon_client: Client) -> None:
     assert (await client.get("/api/docs/static/swagger-ui-bundle.js")).status == 200
     assert (await anon_client.get("/api/docs")).status == 401
     assert (await anon_client.get("/api/docs/static/swagger-ui-bundle.js")).status == 401
+
+
+async def test_documented_conflicts_are_the_real_ones(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    """Every dynamic-security addition that answers 409 when repeated on a real broker
+    documents it. (Not the converse: a change may also be refused 409 for other reasons,
+    such as protecting mmc's own broker user.)"""
+    spec = await _spec(client)
+    uid = uuid.uuid4().hex[:8]
+    await connect(client, broker)
+    ds = dynsec_path()
+    user, group, role = f"u-{uid}", f"g-{uid}", f"r-{uid}"
+    creates = [
+        ("/clients", {"username": user, "password": "pw-12345"}),
+        ("/groups", {"groupname": group}),
+        ("/roles", {"rolename": role}),
+    ]
+    adds: list[tuple[str, str, dict[str, Any]]] = [
+        ("/clients/{name}/roles", user, {"rolename": role}),
+        ("/clients/{name}/groups", user, {"groupname": group}),
+        ("/groups/{name}/clients", group, {"username": user}),
+        ("/groups/{name}/roles", group, {"rolename": role}),
+        (
+            "/roles/{name}/acls",
+            role,
+            {"acltype": "publishClientSend", "topic": "a/#", "allow": True},
+        ),
+    ]
+    observed: dict[str, int] = {}
+    for path, created in creates:
+        assert (await client.post(ds + path, json=created)).status == 201
+        observed[path] = (await client.post(ds + path, json=created)).status
+    for path, name, body in adds:
+        url = ds + path.replace("{name}", name)
+        first = await client.post(url, json=body)
+        assert first.status == 200, (path, await first.text())
+        again = await client.post(url, json=body)
+        observed[path] = again.status
+        # Undo, so that the next addition of the same pair is a first one again.
+        key = {k: v for k, v in body.items() if k != "allow"}
+        assert (await client.delete(url, json=key)).status == 200
+    # The duplicates mosquitto 2.0.11 refuses as such; adding a role a client has already
+    # is answered "Internal error" (400).
+    assert {path for path, status in observed.items() if status == 409} == {
+        "/clients",
+        "/groups",
+        "/roles",
+        "/clients/{name}/groups",
+        "/groups/{name}/clients",
+        "/groups/{name}/roles",
+        "/roles/{name}/acls",
+    }, observed
+    for path, status in observed.items():
+        declared = spec["paths"][DYNSEC_BASE + path]["post"]["responses"]
+        if status == 409:
+            assert "409" in declared, path
+    command = spec["paths"]["/api/dynamic-security/{brokerId}/command"]["post"]["responses"]
+    assert "409" in command
+    await client.delete(f"{ds}/clients/{user}")
+    await client.delete(f"{ds}/groups/{group}")
+    await client.delete(f"{ds}/roles/{role}")

@@ -17,7 +17,7 @@ from mmc.openapi import doc
 from mmc.schemas.responses import ProfileSchema, SuccessSchema, ValidSessionSchema
 from mmc.schemas.users import login_schema
 from mmc.web.auth import CROSS_SITE_MESSAGE, SESSION_COOKIE, cross_site, identify, same_origin
-from mmc.web.body import load, read_json
+from mmc.web.body import load, read_form, read_json
 from mmc.web.proxy import client_address, is_https
 
 routes = web.RouteTableDef()
@@ -53,8 +53,7 @@ async def login(request: web.Request) -> web.Response:
     if cross_site(request):
         raise NotAllowed(CROSS_SITE_MESSAGE)
     if request.content_type in FORM_TYPES:
-        form = await request.post()
-        body = {k: v for k, v in form.items() if isinstance(v, str)}
+        body = await read_form(request)
     else:
         body = await read_json(request)
     data = load(login_schema, body)

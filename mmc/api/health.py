@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import sqlite3
 from typing import Any
@@ -10,8 +12,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mmc.errors import MmcError
-from mmc.keys import db_key, metrics_key
+from mmc.errors import MmcError, Unauthorized
+from mmc.keys import db_key, metrics_key, settings_key
 from mmc.openapi import doc
 from mmc.schemas.responses import HealthSchema, ReadySchema
 
@@ -56,9 +58,24 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
-@doc("Prometheus metrics", responses={200: ("text/plain", "Prometheus text format")})
+@doc(
+    "Prometheus metrics (needs the metrics token as Bearer when one is configured)",
+    responses={200: ("text/plain", "Prometheus text format")},
+    errors=(401,),
+)
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format. Open like the probes: scrapers do not log in."""
+    """Prometheus text format. Open like the probes (scrapers do not log in) unless
+    ``metrics_token`` is set: then only a scraper sending it as a Bearer token reads it."""
+    token = request.app[settings_key].metrics_token
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest over digests: no timing difference tells how much of a guess, or
+        # of its length, was right.
+        given_digest = hashlib.sha256(given.strip().encode("utf-8", "surrogateescape"))
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given_digest.digest(), hashlib.sha256(token.encode()).digest()
+        ):
+            raise Unauthorized("/metrics requires the metrics token (Authorization: Bearer)")
     body = generate_latest(request.app[metrics_key].registry)
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]

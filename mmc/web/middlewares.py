@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -17,21 +18,27 @@ from mmc.errors import (
     NotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     TooManyRequests,
     Unauthorized,
 )
 from mmc.keys import error_code_key, identity_key, metrics_key, request_id_key, settings_key
+from mmc.web.body import BodyAbandoned, abandon_body
 from mmc.web.proxy import client_address
 from mmc.web.routing import route_template
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mmc.access")
 
+# nginx's status for "the client closed the connection before the answer".
+CLIENT_CLOSED = 499
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def error_response(error: MmcError) -> web.Response:
     response = web.json_response(error.to_dict(), status=error.status)
+    response.headers["X-Content-Type-Options"] = "nosniff"
     if isinstance(error, TooManyRequests):
         response.headers["Retry-After"] = str(error.retry_after)
     return response
@@ -49,10 +56,12 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         status = response.status
         response.headers["X-Request-ID"] = request_id
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
     except web.HTTPException as exc:
         status = exc.status
         exc.headers["X-Request-ID"] = request_id
+        exc.headers["X-Content-Type-Options"] = "nosniff"
         raise
     finally:
         elapsed = time.perf_counter() - started
@@ -117,14 +126,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except MmcError as exc:
         request[error_code_key] = exc.code
-        return error_response(exc)
+        response = error_response(exc)
+        if exc.closes_connection:
+            response.force_close()  # the rest of the body is not worth waiting for
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = _render_http_exception(exc, request)
         request[error_code_key] = _code_of(exc.status)
         return response
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and (
+            request.transport is None or request.transport.is_closing()
+        ):
+            # The client went away (mid-body, typically): nobody to answer, nothing wrong
+            # here. 499 like nginx; aiohttp drops the answer quietly.
+            log.debug("client gone during %s %s", request.method, request.path)
+            request[error_code_key] = "CLIENT_CLOSED"
+            return web.Response(status=CLIENT_CLOSED)
         log.exception(
             "unhandled error in %s %s (request %s)",
             request.method,
@@ -147,3 +167,28 @@ _CODES = {
 
 def _code_of(status: int) -> str:
     return _CODES.get(status, "HTTP_ERROR")
+
+
+@web.middleware
+async def body_timeout_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request body must arrive whole within http_body_timeout seconds of its head: a
+    read still waiting then fails, the client gets 408 and the connection is closed."""
+    if not request.body_exists:
+        return await handler(request)
+    content = request.content
+
+    def expire() -> None:
+        if not content.is_eof():
+            abandon_body(request)
+
+    timer = asyncio.get_running_loop().call_later(
+        request.app[settings_key].http_body_timeout, expire
+    )
+    try:
+        return await handler(request)
+    except BodyAbandoned:
+        raise RequestTimeout(
+            "The request body did not arrive within http_body_timeout seconds"
+        ) from None
+    finally:
+        timer.cancel()

@@ -24,6 +24,11 @@ def _trusted(address: str | None, networks: Networks) -> bool:
     return any(ip in net for net in networks)
 
 
+def trusted_peer(address: str | None, networks: Networks) -> bool:
+    """Whether ``address`` (a direct peer) is one of the trusted proxies."""
+    return _trusted(address, networks)
+
+
 def client_address(request: web.Request, networks: Networks) -> str:
     """The peer, or when the peer is a trusted proxy the right-most untrusted X-Forwarded-For."""
     peer = request.remote or "unknown"
