@@ -85,3 +85,6 @@ def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # aiosqlite logs every statement with its parameters at DEBUG: password hashes,
+    # session and token digests, encrypted broker secrets. mmc's own DEBUG never needs them.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
