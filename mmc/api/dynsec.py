@@ -24,16 +24,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from marshmallow import Schema, fields
+from marshmallow import Schema, ValidationError, fields
 
 from mmc.api.brokers import connected_project_broker
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
-from mmc.errors import BrokerUnavailable, MmcError, NotFound
+from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
 from mmc.keys import connections_key
 from mmc.openapi import doc
 from mmc.schemas import dynsec as schemas
+from mmc.schemas.broker_strings import check_name
 from mmc.schemas.responses import OBJECT
 from mmc.web.body import load, read_json, read_valid
 
@@ -55,6 +56,17 @@ async def _body_or_query(request: web.Request, schema: Schema) -> dict[str, Any]
     if request.body_exists:
         return load(schema, await read_json(request))
     return load(schema, dict(request.query))
+
+
+def _path_name(request: web.Request, kind: Kind) -> str:
+    """The ``{name}`` of the path, held to the rule of names in bodies (``a%00b`` is ``a``
+    to the broker)."""
+    name = request.match_info["name"]
+    try:
+        check_name(name)
+    except ValidationError as exc:
+        raise InvalidInput("Invalid input", info={kind.key: exc.messages}) from None
+    return name
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -203,7 +215,7 @@ def _change_handler(
     )
     async def handler(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
-        name = request.match_info["name"]
+        name = _path_name(request, kind)
         data: dict[str, Any] = {}
         if schema is not None:
             data = await (
@@ -242,13 +254,13 @@ def _add_kind_routes(kind: Kind) -> None:
     @doc(f"One {one}", responses={200: OBJECT})
     async def get(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
-        return _json(await kind.get(await Dynsec.of(link), request.match_info["name"]))
+        return _json(await kind.get(await Dynsec.of(link), _path_name(request, kind)))
 
     @routes.delete(item)
     @doc(f"Delete a {one}", responses={204: None})
     async def delete(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
-        await kind.delete(await Dynsec.of(link), request.match_info["name"])
+        await kind.delete(await Dynsec.of(link), _path_name(request, kind))
         return web.Response(status=204)
 
     async def modify(ds: Dynsec, name: str, data: dict[str, Any]) -> None:
