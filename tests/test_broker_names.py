@@ -239,7 +239,7 @@ async def test_the_longest_new_name_can_be_read_and_deleted_by_url(
 
 # ----------------------------------------------------------------- the 2.0.x crash
 
-SIX_CALLS = [
+SIX_CALLS: list[dict[str, Any]] = [
     {"command": "createGroup", "groupname": "g0"},
     {"command": "createRole", "rolename": "r0"},
     {"command": "addGroupRole", "groupname": "g0", "rolename": "r0"},
