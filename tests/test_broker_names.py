@@ -377,3 +377,42 @@ async def test_role_lists_are_applied_one_role_at_a_time(
         await call(client, "DELETE", f"{DS}/{path}", status=204)
     assert own_broker.is_running, own_broker.log_text()
     assert (await _state(client, own_broker))[0] == before[0]
+
+
+async def test_a_refused_change_changes_nothing_and_a_refused_client_is_not_left_behind(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """Found by the state-machine fuzz (test_dynsec_fuzz): the plugin sets the text fields
+    before it finds a missing role (404, yet changed), and a createClient whose groups
+    name a missing group after an existing one frees the client while that group still
+    lists it (2.0.11 then crashes listing the group)."""
+    await connect(client, own_broker)
+    await call(client, "POST", f"{DS}/groups", {"groupname": "g3"}, status=201)
+    await call(client, "POST", f"{DS}/clients", {"username": "c3", "password": "p"}, status=201)
+    before = await _state(client, own_broker)
+    for path in ("clients/c3", "groups/g3"):
+        missing = await call(
+            client,
+            "PATCH",
+            f"{DS}/{path}",
+            {"textname": "changed", "roles": [{"rolename": "nope"}]},
+            status=404,
+        )
+        assert missing["message"] == "Role not found"
+    assert await _state(client, own_broker) == before
+    body = {
+        "username": "c4",
+        "password": "p",
+        "groups": [{"groupname": "g3"}, {"groupname": "nope"}],
+    }
+    for route in ("resource", "envelope"):
+        if route == "resource":
+            answer = await call(client, "POST", f"{DS}/clients", body, status=404)
+            assert answer["message"] == "Group not found"
+        else:
+            answer = await call(
+                client, "POST", ENVELOPE, {"commands": [{"command": "createClient", **body}]}
+            )
+            assert answer["responses"] == [{"command": "createClient", "error": "Group not found"}]
+        assert (await call(client, "GET", f"{DS}/groups/g3"))["clients"] == []
+        assert await _state(client, own_broker) == before

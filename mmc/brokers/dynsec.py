@@ -11,10 +11,13 @@ Guards keep old brokers alive: mosquitto 2.0.11 frees a role still referenced by
 or group (use after free) and crashes when the anonymous group is deleted, so ``deleteRole``
 first removes the role from every client and group, and ``deleteGroup`` of the anonymous
 group is refused with the message newer plugins answer. A ``roles`` list is never sent
-with ``createClient``, ``createGroup`` or ``modifyGroup``: 2.0.11 sets the owner's role list
-without updating the roles' own lists of owners, and deleting the group and then a role it
-had crashes the broker (SIGSEGV); the list is applied with add/remove*Role per role
-instead. (``modifyClient`` with ``roles`` or ``groups`` updates both sides: sent as is.)
+with ``createClient``, ``createGroup`` or ``modifyGroup``, nor ``groups`` with
+``createClient``: 2.0.11 sets the owner's role list without updating the roles' own lists
+of owners (deleting the group and then a role it had crashes the broker, SIGSEGV), and
+frees a new client still listed by a group when a later group is missing; the lists are
+applied with add/remove per entry instead (see ``_lists_one_by_one``). ``modifyClient``
+with ``roles`` or ``groups`` updates both sides and goes out as is, after its roles are
+checked (the plugin would change the text fields before refusing a missing role).
 
 Every command is checked against the broker-string rule (``mmc.schemas.broker_strings``)
 before anything is sent, so the guards compare exactly the names the broker will read.
@@ -48,7 +51,8 @@ def _lower(command: Mapping[str, Any]) -> str:
     return ascii_lower(str(command.get("command", "")))
 
 
-# Commands whose ``roles`` list is applied one role at a time: owner key, add, remove.
+# Commands whose ``roles`` list (and a new client's ``groups``) is applied one entry at a
+# time: owner key, add role, remove role.
 _ONE_BY_ONE = {
     "createclient": ("username", "addClientRole", "removeClientRole"),
     "creategroup": ("groupname", "addGroupRole", "removeGroupRole"),
@@ -56,10 +60,16 @@ _ONE_BY_ONE = {
 }
 
 
+def _one_by_one(command: Mapping[str, Any]) -> bool:
+    name = _lower(command)
+    return name in _ONE_BY_ONE and (
+        "roles" in command or (name == "createclient" and "groups" in command)
+    )
+
+
 def _sequential(command: Mapping[str, Any]) -> bool:
     """Commands whose guard or rewrite must see the effect of the commands before them."""
-    name = _lower(command)
-    return name in ("deleterole", "deletegroup") or (name in _ONE_BY_ONE and "roles" in command)
+    return _lower(command) in ("deleterole", "deletegroup") or _one_by_one(command)
 
 
 def check_commands(commands: Sequence[Mapping[str, Any]]) -> None:
@@ -97,8 +107,14 @@ class Dynsec:
         """Send one command and return the plugin's raw response entry, error or not."""
         check_commands([command])
         name = _lower(command)
-        if name in _ONE_BY_ONE and "roles" in command:
-            return await self._roles_one_by_one(command)
+        if _one_by_one(command):
+            return await self._lists_one_by_one(command)
+        if name == "modifyclient" and isinstance(command.get("roles"), list):
+            # The plugin changes the text fields, client id and password before it finds
+            # that a role is missing: answer "Role not found" before anything changes.
+            wanted = {r.get("rolename") for r in command["roles"] if isinstance(r, dict)}
+            if not await self._all_exist("roles", {r for r in wanted if isinstance(r, str)}):
+                return {"command": command["command"], "error": "Role not found"}
         if name == "deleterole" and isinstance(command.get("rolename"), str):
             await self._detach_role(command["rolename"])
         elif (
@@ -136,23 +152,35 @@ class Dynsec:
         data = entry.get("data")
         return data if isinstance(data, dict) else {}
 
-    async def _roles_one_by_one(self, command: Mapping[str, Any]) -> dict[str, Any]:
-        """createClient, createGroup or modifyGroup with ``roles``, in a form 2.0.x survives.
+    async def _all_exist(self, kind: str, names: set[str]) -> bool:
+        get, key = ("getRole", "rolename") if kind == "roles" else ("getGroup", "groupname")
+        checks = await asyncio.gather(
+            *(self.channel.send(API, {"command": get, key: n}) for n in names)
+        )
+        return not any("error" in c for c in checks)
+
+    async def _lists_one_by_one(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        """createClient, createGroup or modifyGroup with lists, in a form 2.0.x survives.
 
         mosquitto 2.0.11 fills (createClient, createGroup) or replaces (modifyGroup) the
-        owner's role list without updating each role's list of owners; deleting the
-        owner, then a role it had (or the role first) uses freed memory and crashes the
-        broker. So the command goes out without ``roles`` and the list is applied with
-        add/remove*Role per role (against getGroup for modifyGroup). Like the plugin, a
-        role that does not exist fails the command before anything changes. Not atomic:
-        a concurrent change between the steps is not rolled back.
+        owner's role list without updating each role's list of owners: deleting the owner,
+        then a role it had, uses freed memory and crashes the broker. And a createClient
+        whose ``groups`` name a missing group after an existing one frees the new client
+        while that group still lists it (crash on the next listing). So the command goes
+        out without ``roles`` (and a new client without ``groups``), and the lists are
+        applied with add/remove per entry (against getGroup for modifyGroup). Like the
+        plugin, a role or group that does not exist fails the command before anything
+        changes. Not atomic: a concurrent change between the steps is not rolled back.
         """
         verb, name = command["command"], _lower(command)
         key, add, remove = _ONE_BY_ONE[name]
-        owner, roles = command.get(key), command["roles"]
-        rest = {k: v for k, v in command.items() if k != "roles"}
+        owner = command.get(key)
+        rest = {k: v for k, v in command.items() if k not in ("roles", "groups")}
+        if name != "createclient" and "groups" in command:
+            rest["groups"] = command["groups"]
         if not isinstance(owner, str):
             return await self.channel.send(API, rest)  # the plugin's own error
+        roles = command.get("roles", [])
         if not isinstance(roles, list) or not all(
             isinstance(r, dict) and isinstance(r.get("rolename"), str) for r in roles
         ):
@@ -160,6 +188,11 @@ class Dynsec:
         want: dict[str, int] = {}
         for ref in roles:
             want.setdefault(ref["rolename"], _priority(ref))  # the plugin keeps the first
+        groups: dict[str, int] = {}
+        if name == "createclient" and isinstance(command.get("groups"), list):
+            for ref in command["groups"]:  # the plugin skips entries without a groupname
+                if isinstance(ref, dict) and isinstance(ref.get("groupname"), str):
+                    groups.setdefault(ref["groupname"], _priority(ref))
         have: dict[str, int] = {}
         if name == "modifygroup":
             found = await self.channel.send(API, {"command": "getGroup", "groupname": owner})
@@ -167,11 +200,10 @@ class Dynsec:
                 return {"command": verb, "error": found["error"]}
             group = (found.get("data") or {}).get("group") or {}
             have = {str(r["rolename"]): _priority(r) for r in group.get("roles", [])}
-        checks = await asyncio.gather(
-            *(self.channel.send(API, {"command": "getRole", "rolename": r}) for r in want)
-        )
-        if any("error" in c for c in checks):
+        if not await self._all_exist("roles", set(want)):
             return {"command": verb, "error": "Role not found"}
+        if not await self._all_exist("groups", set(groups)):
+            return {"command": verb, "error": "Group not found"}
         if name != "modifygroup" or set(rest) - {"command", key, "correlationData"}:
             entry = await self.channel.send(API, rest)
             if "error" in entry:
@@ -185,6 +217,9 @@ class Dynsec:
             {"command": add, key: owner, "rolename": r, "priority": p}
             for r, p in want.items()
             if have.get(r) != p
+        ] + [
+            {"command": "addGroupClient", "groupname": g, "username": owner, "priority": p}
+            for g, p in groups.items()
         ]
         for phase in (removes, adds):
             for entry in await asyncio.gather(*(self.channel.send(API, c) for c in phase)):
