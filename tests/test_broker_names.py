@@ -12,9 +12,11 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import aiomqtt
 import pytest
+from marshmallow import ValidationError
 
-from mmc.schemas.broker_strings import MAX_NEW_NAME_BYTES
+from mmc.schemas.broker_strings import MAX_NEW_NAME_BYTES, check_name
 from tests.brokers import MosquittoBroker
 from tests.conftest import Client
 from tests.dynsec_helpers import call, connect, dynsec_path
@@ -69,6 +71,12 @@ ATTACKS: list[tuple[str, dict[str, Any], list[str], tuple[str, str, Any, list[st
         {"command": "getClient", "username": f"admin{NUL}junk"},
         ["username"],
         ("GET", f"{DS}/clients/admin%00junk", None, ["username"]),
+    ),
+    (
+        "own user behind a NUL",
+        {"command": "deleteClient", "username": f"admin{NUL}x"},
+        ["username"],
+        ("DELETE", f"{DS}/clients/admin%00x", None, ["username"]),
     ),
     (
         "control character in a new name",
@@ -136,6 +144,40 @@ ATTACKS: list[tuple[str, dict[str, Any], list[str], tuple[str, str, Any, list[st
         ("PATCH", f"{DS}/groups/g", {"roles": [{"rolename": f"r{NUL}x"}]}, ["roles"]),
     ),
 ]
+
+
+async def test_the_name_rule_is_the_brokers(own_broker: MosquittoBroker) -> None:
+    """check_name refuses exactly what the plugin itself refuses (straight over MQTT, no
+    mmc in between), for characters at the edges of every refused range. (NUL is not
+    asked: the broker would read the name up to it.)"""
+    samples = [
+        *"\x01\x1f\x20\x7e\x7f\x80\x9f\xa0",
+        *"\ufdcf\ufdd0\ufdef\ufdf0\ufffd\ufffe\uffff",
+        *"\U00010000\U0001fffe\U0001ffff\U0010fffd\U0010ffff\u00e9\U0001f600",
+    ]
+    commands = [{"command": "createRole", "rolename": f"x{c}y"} for c in samples]
+    async with aiomqtt.Client(
+        own_broker.host,
+        own_broker.port,
+        username=own_broker.admin_username,
+        password=own_broker.admin_password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        timeout=5,
+    ) as mqtt:
+        await mqtt.subscribe("$CONTROL/dynamic-security/v1/response")
+        await mqtt.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": commands}))
+        async for message in mqtt.messages:
+            assert isinstance(message.payload, bytes)
+            responses = json.loads(message.payload)["responses"]
+            break
+    for sample, response in zip(samples, responses, strict=True):
+        try:
+            check_name(f"x{sample}y")
+            ours = True
+        except ValidationError:
+            ours = False
+        assert ours == ("error" not in response), (hex(ord(sample)), response)
+    assert own_broker.is_running
 
 
 async def _setup(client: Client, broker: MosquittoBroker) -> None:
