@@ -458,3 +458,28 @@ async def test_a_refused_change_changes_nothing_and_a_refused_client_is_not_left
             assert answer["responses"] == [{"command": "createClient", "error": "Group not found"}]
         assert (await call(client, "GET", f"{DS}/groups/g3"))["clients"] == []
         assert await _state(client, own_broker) == before
+
+
+async def test_the_client_variant_is_sent_as_is_and_the_broker_lives(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """modifyClient with roles/groups updates both sides in 2.0.11 (client__remove_all_roles,
+    dynsec_groups__add_client): the same six calls for a client, and its groups replaced,
+    leave the broker alive and the state right."""
+    await connect(client, own_broker)
+    before = await _state(client, own_broker)
+    await call(client, "POST", f"{DS}/clients", {"username": "c0", "password": "p"}, status=201)
+    await call(client, "POST", f"{DS}/roles", {"rolename": "r0"}, status=201)
+    await call(client, "POST", f"{DS}/groups", {"groupname": "g0"}, status=201)
+    await call(client, "POST", f"{DS}/clients/c0/roles", {"rolename": "r0"})
+    changed = await call(
+        client, "PATCH", f"{DS}/clients/c0", {"roles": [], "groups": [{"groupname": "g0"}]}
+    )
+    assert (changed["roles"], changed["groups"]) == ([], [{"groupname": "g0"}])
+    changed = await call(client, "PATCH", f"{DS}/clients/c0", {"groups": []})
+    assert changed["groups"] == []
+    await call(client, "DELETE", f"{DS}/clients/c0", status=204)
+    await call(client, "DELETE", f"{DS}/groups/g0", status=204)
+    await call(client, "DELETE", f"{DS}/roles/r0", status=204)
+    assert own_broker.is_running, own_broker.log_text()
+    assert (await _state(client, own_broker))[0] == before[0]
