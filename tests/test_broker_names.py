@@ -483,3 +483,17 @@ async def test_the_client_variant_is_sent_as_is_and_the_broker_lives(
     await call(client, "DELETE", f"{DS}/roles/r0", status=204)
     assert own_broker.is_running, own_broker.log_text()
     assert (await _state(client, own_broker))[0] == before[0]
+
+
+async def test_deeply_nested_commands_are_400_not_500(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """The check walks commands recursively: nesting is bounded (a RecursionError was a
+    500 before the bound)."""
+    await connect(client, own_broker)
+    deep = '{"commands":[{"command":"listClients","x":' + "[" * 900 + "]" * 900 + "}]}"
+    for path in (ENVELOPE, APPLY):
+        answer = await call(client, "POST", path, raw=deep, status=400)
+        assert answer["code"] == "INVALID"
+        assert len(json.dumps(answer)) < 10_000
+    assert own_broker.is_running

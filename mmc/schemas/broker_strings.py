@@ -150,8 +150,14 @@ def ascii_lower(value: str) -> str:
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def _check_value(value: Any, rule: Callable[[str], None] | None) -> Any:
+# No plugin command nests deeper than a few levels; the walk below recurses, so it is bounded.
+MAX_DEPTH = 32
+
+
+def _check_value(value: Any, rule: Callable[[str], None] | None, depth: int = 0) -> Any:
     """Problems of a JSON value (nested dict of messages), or None."""
+    if depth > MAX_DEPTH and isinstance(value, list | dict):
+        return [f"Nested more than {MAX_DEPTH} levels deep."]
     if isinstance(value, str):
         try:
             (rule or check_text)(value)
@@ -159,14 +165,17 @@ def _check_value(value: Any, rule: Callable[[str], None] | None) -> Any:
             return exc.messages
         return None
     if isinstance(value, list):
-        found = {str(i): p for i, item in enumerate(value) if (p := _check_value(item, None))}
+        found = {}
+        for i, item in enumerate(value):
+            if problem := _check_value(item, None, depth + 1):
+                found[str(i)] = problem
         return found or None
     if isinstance(value, dict):
-        return _check_object(value) or None
+        return _check_object(value, depth) or None
     return None
 
 
-def _check_object(obj: Mapping[str, Any]) -> dict[str, Any]:
+def _check_object(obj: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
     problems: dict[str, Any] = {}
     seen: dict[str, str] = {}
     for key, value in obj.items():
@@ -186,7 +195,7 @@ def _check_object(obj: Mapping[str, Any]) -> dict[str, Any]:
                 f"Write it as {known!r}: the broker reads keys without regard to case."
             ]
             continue
-        found = _check_value(value, NAME_KEYS.get(key))
+        found = _check_value(value, NAME_KEYS.get(key), depth + 1)
         if found:
             problems[key] = found
     return problems
