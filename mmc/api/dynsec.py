@@ -24,17 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from marshmallow import Schema, fields
+from marshmallow import Schema, ValidationError, fields
 
 from mmc.api.brokers import connected_project_broker
 from mmc.api.own_user import Guard, force_schema, own_usernames
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
-from mmc.errors import BrokerUnavailable, MmcError, NotFound
+from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
 from mmc.keys import connections_key
 from mmc.openapi import doc
 from mmc.schemas import dynsec as schemas
+from mmc.schemas.broker_strings import check_name
 from mmc.schemas.responses import OBJECT
 from mmc.web.body import load, read_json, read_valid
 
@@ -62,6 +63,17 @@ async def _body_or_query(request: web.Request, schema: Schema) -> dict[str, Any]
     if request.body_exists:
         return load(schema, await read_json(request))
     return load(schema, {k: v for k, v in request.query.items() if k != "force"})
+
+
+def _path_name(request: web.Request, kind: Kind) -> str:
+    """The ``{name}`` of the path, held to the rule of names in bodies (``a%00b`` is ``a``
+    to the broker)."""
+    name = request.match_info["name"]
+    try:
+        check_name(name)
+    except ValidationError as exc:
+        raise InvalidInput("Invalid input", info={kind.key: exc.messages}) from None
+    return name
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -212,7 +224,7 @@ def _change_handler(
     )
     async def handler(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
-        name = request.match_info["name"]
+        name = _path_name(request, kind)
         data: dict[str, Any] = {}
         if schema is not None:
             data = await (
@@ -251,7 +263,7 @@ def _add_kind_routes(kind: Kind) -> None:
     @doc(f"One {one}", responses={200: OBJECT})
     async def get(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
-        return _json(await kind.get(await Dynsec.of(link), request.match_info["name"]))
+        return _json(await kind.get(await Dynsec.of(link), _path_name(request, kind)))
 
     @routes.delete(item)
     @doc(
@@ -263,7 +275,7 @@ def _add_kind_routes(kind: Kind) -> None:
     )
     async def delete(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
-        name = request.match_info["name"]
+        name = _path_name(request, kind)
         await Guard.of(request).change(link, await Dynsec.of(link), lambda d: kind.delete(d, name))
         return web.Response(status=204)
 

@@ -7,10 +7,20 @@ Whether the broker has the plugin is the link's capability detection (run on eve
 (re)connect, bounded by the probe timeout): a broker without it answers 404 "dynamic-security
 plugin not enabled on this broker" quickly, never after a request timeout.
 
-Two guards keep old brokers alive: mosquitto 2.0.11 frees a role still referenced by a client
+Guards keep old brokers alive: mosquitto 2.0.11 frees a role still referenced by a client
 or group (use after free) and crashes when the anonymous group is deleted, so ``deleteRole``
 first removes the role from every client and group, and ``deleteGroup`` of the anonymous
-group is refused with the message newer plugins answer.
+group is refused with the message newer plugins answer. A ``roles`` list is never sent
+with ``createClient``, ``createGroup`` or ``modifyGroup``, nor ``groups`` with
+``createClient``: 2.0.11 sets the owner's role list without updating the roles' own lists
+of owners (deleting the group and then a role it had crashes the broker, SIGSEGV), and
+frees a new client still listed by a group when a later group is missing; the lists are
+applied with add/remove per entry instead (see ``_lists_one_by_one``). ``modifyClient``
+with ``roles`` or ``groups`` updates both sides and goes out as is, after its roles are
+checked (the plugin would change the text fields before refusing a missing role).
+
+Every command is checked against the broker-string rule (``mmc.schemas.broker_strings``)
+before anything is sent, so the guards compare exactly the names the broker will read.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from mmc.brokers.control import ControlChannel, error_for
 from mmc.brokers.dynsec_plan import Plan, PlanError, document_from, plan_import, summarize
 from mmc.brokers.link import BrokerLink
 from mmc.errors import InvalidInput
+from mmc.schemas.broker_strings import ascii_lower, command_problems
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +47,48 @@ def _present(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _lower(command: Mapping[str, Any]) -> str:
-    return str(command.get("command", "")).lower()
+    """The command name as the plugin matches it (strcasecmp: ASCII case only)."""
+    return ascii_lower(str(command.get("command", "")))
+
+
+# Commands whose ``roles`` list (and a new client's ``groups``) is applied one entry at a
+# time: owner key, add role, remove role.
+_ONE_BY_ONE = {
+    "createclient": ("username", "addClientRole", "removeClientRole"),
+    "creategroup": ("groupname", "addGroupRole", "removeGroupRole"),
+    "modifygroup": ("groupname", "addGroupRole", "removeGroupRole"),
+}
+
+
+def _one_by_one(command: Mapping[str, Any]) -> bool:
+    name = _lower(command)
+    return name in _ONE_BY_ONE and (
+        "roles" in command or (name == "createclient" and "groups" in command)
+    )
+
+
+def _sequential(command: Mapping[str, Any]) -> bool:
+    """Commands whose guard or rewrite must see the effect of the commands before them."""
+    return _lower(command) in ("deleterole", "deletegroup") or _one_by_one(command)
+
+
+def check_commands(commands: Sequence[Mapping[str, Any]]) -> None:
+    """InvalidInput (field -> messages) unless every command reads the same to the broker.
+
+    The routes validate their bodies already; this is the last check before the wire.
+    """
+    problems = {str(i): p for i, c in enumerate(commands) if (p := command_problems(c))}
+    if problems:
+        info = problems["0"] if len(commands) == 1 else {"commands": problems}
+        raise InvalidInput("Invalid input", info=info)
+
+
+def _priority(ref: Mapping[str, Any]) -> int:
+    """A role's priority as the plugin reads it (json_get_int: a number, else -1)."""
+    value = ref.get("priority", -1)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return -1
+    return int(value)
 
 
 class Dynsec:
@@ -53,7 +105,16 @@ class Dynsec:
 
     async def send(self, command: Mapping[str, Any]) -> dict[str, Any]:
         """Send one command and return the plugin's raw response entry, error or not."""
+        check_commands([command])
         name = _lower(command)
+        if _one_by_one(command):
+            return await self._lists_one_by_one(command)
+        if name == "modifyclient" and isinstance(command.get("roles"), list):
+            # The plugin changes the text fields, client id and password before it finds
+            # that a role is missing: answer "Role not found" before anything changes.
+            wanted = {r.get("rolename") for r in command["roles"] if isinstance(r, dict)}
+            if not await self._all_exist("roles", {r for r in wanted if isinstance(r, str)}):
+                return {"command": command["command"], "error": "Role not found"}
         if name == "deleterole" and isinstance(command.get("rolename"), str):
             await self._detach_role(command["rolename"])
         elif (
@@ -70,10 +131,11 @@ class Dynsec:
         Consecutive commands go out together (one MQTT message); a guarded delete waits for
         what precedes it, since its guard must see their effect.
         """
+        check_commands(commands)
         entries: list[dict[str, Any]] = []
         batch: list[Mapping[str, Any]] = []
         for command in commands:
-            if _lower(command) in ("deleterole", "deletegroup"):
+            if _sequential(command):
                 entries += await asyncio.gather(*(self.send(c) for c in batch))
                 batch = []
                 entries.append(await self.send(command))
@@ -89,6 +151,81 @@ class Dynsec:
             raise error_for(command, str(entry["error"]))
         data = entry.get("data")
         return data if isinstance(data, dict) else {}
+
+    async def _all_exist(self, kind: str, names: set[str]) -> bool:
+        get, key = ("getRole", "rolename") if kind == "roles" else ("getGroup", "groupname")
+        checks = await asyncio.gather(
+            *(self.channel.send(API, {"command": get, key: n}) for n in names)
+        )
+        return not any("error" in c for c in checks)
+
+    async def _lists_one_by_one(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        """createClient, createGroup or modifyGroup with lists, in a form 2.0.x survives.
+
+        mosquitto 2.0.11 fills (createClient, createGroup) or replaces (modifyGroup) the
+        owner's role list without updating each role's list of owners: deleting the owner,
+        then a role it had, uses freed memory and crashes the broker. And a createClient
+        whose ``groups`` name a missing group after an existing one frees the new client
+        while that group still lists it (crash on the next listing). So the command goes
+        out without ``roles`` (and a new client without ``groups``), and the lists are
+        applied with add/remove per entry (against getGroup for modifyGroup). Like the
+        plugin, a role or group that does not exist fails the command before anything
+        changes. Not atomic: a concurrent change between the steps is not rolled back.
+        """
+        verb, name = command["command"], _lower(command)
+        key, add, remove = _ONE_BY_ONE[name]
+        owner = command.get(key)
+        rest = {k: v for k, v in command.items() if k not in ("roles", "groups")}
+        if name != "createclient" and "groups" in command:
+            rest["groups"] = command["groups"]
+        if not isinstance(owner, str):
+            return await self.channel.send(API, rest)  # the plugin's own error
+        roles = command.get("roles", [])
+        if not isinstance(roles, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("rolename"), str) for r in roles
+        ):
+            return {"command": verb, "error": "'roles' not an array or missing/invalid rolename"}
+        want: dict[str, int] = {}
+        for ref in roles:
+            want.setdefault(ref["rolename"], _priority(ref))  # the plugin keeps the first
+        groups: dict[str, int] = {}
+        if name == "createclient" and isinstance(command.get("groups"), list):
+            for ref in command["groups"]:  # the plugin skips entries without a groupname
+                if isinstance(ref, dict) and isinstance(ref.get("groupname"), str):
+                    groups.setdefault(ref["groupname"], _priority(ref))
+        have: dict[str, int] = {}
+        if name == "modifygroup":
+            found = await self.channel.send(API, {"command": "getGroup", "groupname": owner})
+            if "error" in found:
+                return {"command": verb, "error": found["error"]}
+            group = (found.get("data") or {}).get("group") or {}
+            have = {str(r["rolename"]): _priority(r) for r in group.get("roles", [])}
+        if not await self._all_exist("roles", set(want)):
+            return {"command": verb, "error": "Role not found"}
+        if not await self._all_exist("groups", set(groups)):
+            return {"command": verb, "error": "Group not found"}
+        if name != "modifygroup" or set(rest) - {"command", key, "correlationData"}:
+            entry = await self.channel.send(API, rest)
+            if "error" in entry:
+                return {"command": verb, "error": entry["error"]}
+        removes = [
+            {"command": remove, key: owner, "rolename": r}
+            for r, p in have.items()
+            if want.get(r) != p
+        ]
+        adds = [
+            {"command": add, key: owner, "rolename": r, "priority": p}
+            for r, p in want.items()
+            if have.get(r) != p
+        ] + [
+            {"command": "addGroupClient", "groupname": g, "username": owner, "priority": p}
+            for g, p in groups.items()
+        ]
+        for phase in (removes, adds):
+            for entry in await asyncio.gather(*(self.channel.send(API, c) for c in phase)):
+                if "error" in entry:
+                    return {"command": verb, "error": entry["error"]}
+        return {"command": verb}
 
     async def _detach_role(self, rolename: str) -> None:
         clients, groups = await asyncio.gather(

@@ -5,36 +5,13 @@ Wire names are the seed's: ``clientid``, ``topic``, ``qos`` and snake_case optio
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
-MAX_UTF8_BYTES = 65535
-# MQTT forbids U+0000; mosquitto also refuses the other control characters.
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from mmc.schemas.broker_strings import check_name, check_topic
+
 SEND_RETAIN = ("always", "new", "never", "null")
-
-
-def _mqtt_string(value: str) -> None:
-    if _CONTROL_CHARS.search(value):
-        raise ValidationError("Must not contain control characters.")
-    try:
-        encoded = value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError("Must be valid UTF-8 (no lone surrogates).") from None
-    if len(encoded) > MAX_UTF8_BYTES:
-        raise ValidationError(f"Must be at most {MAX_UTF8_BYTES} bytes in UTF-8.")
-
-
-def _topic_filter(value: str) -> None:
-    """A valid MQTT topic filter: '#' only as the whole last level, '+' only as a whole level."""
-    levels = value.split("/")
-    for index, level in enumerate(levels):
-        if "#" in level and (level != "#" or index != len(levels) - 1):
-            raise ValidationError("'#' must be the whole last level of the topic filter.")
-        if "+" in level and level != "+":
-            raise ValidationError("'+' must be a whole level of the topic filter.")
 
 
 class _Qos(fields.Field[int]):
@@ -47,13 +24,11 @@ class _Qos(fields.Field[int]):
 
 
 class ClientIdSchema(Schema):
-    clientid = fields.String(required=True, validate=[validate.Length(min=1), _mqtt_string])
+    clientid = fields.String(required=True, validate=[validate.Length(min=1), check_name])
 
 
 class TopicSchema(ClientIdSchema):
-    topic = fields.String(
-        required=True, validate=[validate.Length(min=1), _mqtt_string, _topic_filter]
-    )
+    topic = fields.String(required=True, validate=[validate.Length(min=1), check_topic])
 
 
 class SubscribeOptionsSchema(Schema):

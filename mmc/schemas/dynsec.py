@@ -10,6 +10,14 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from mmc.schemas.broker_strings import (
+    check_name,
+    check_new_name,
+    check_text,
+    check_topic,
+    command_problems,
+)
+
 # ACL types a role may hold, and the ones of the default ACL access.
 ROLE_ACL_TYPES = (
     "publishClientSend",
@@ -21,38 +29,26 @@ ROLE_ACL_TYPES = (
 )
 DEFAULT_ACL_TYPES = ("publishClientSend", "publishClientReceive", "subscribe", "unsubscribe")
 
-MAX_STRING = 65535  # an MQTT string, and what the plugin stores
 MAX_COMMANDS = 1000
 
 
-def _utf8(value: str) -> None:
-    """JSON allows lone surrogates ("\\ud800"), which are no UTF-8; C strings end at NUL."""
-    try:
-        encoded = value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError("Not valid UTF-8.") from None
-    if b"\x00" in encoded:
-        raise ValidationError("Must not contain NUL characters.")
-    if len(encoded) > MAX_STRING:
-        raise ValidationError(f"Longer than {MAX_STRING} bytes.")
-
-
-def _topic_filter(value: str) -> None:
-    """What mosquitto_sub_topic_check accepts: '+' and '#' only as whole levels, '#' last."""
-    levels = value.split("/")
-    for i, level in enumerate(levels):
-        if "+" in level and level != "+":
-            raise ValidationError("'+' must be a whole topic level.")
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            raise ValidationError("'#' must be the whole last topic level.")
-
-
 def name_field(**kwargs: Any) -> fields.String:
-    return fields.String(validate=[validate.Length(min=1), _utf8], **kwargs)
+    """A name that must exist (a reference): what the broker can represent."""
+    return fields.String(validate=[validate.Length(min=1), check_name], **kwargs)
+
+
+def new_name_field(**kwargs: Any) -> fields.String:
+    """A name that may be created: also addressable by URL afterwards."""
+    return fields.String(validate=[validate.Length(min=1), check_new_name], **kwargs)
+
+
+def clientid_field() -> fields.String:
+    """A client id: checked like a name by the plugin; "" means none."""
+    return fields.String(validate=check_name)
 
 
 def text_field() -> fields.String:
-    return fields.String(validate=_utf8)
+    return fields.String(validate=check_text)
 
 
 def priority_field() -> fields.Integer:
@@ -61,7 +57,8 @@ def priority_field() -> fields.Integer:
 
 def password_field(**kwargs: Any) -> fields.String:
     return fields.String(
-        validate=[validate.Length(min=1, error="Empty password is not allowed."), _utf8], **kwargs
+        validate=[validate.Length(min=1, error="Empty password is not allowed."), check_text],
+        **kwargs,
     )
 
 
@@ -82,7 +79,7 @@ class ClientRefSchema(Schema):
 
 class AclKeySchema(Schema):
     acltype = fields.String(required=True, validate=validate.OneOf(ROLE_ACL_TYPES))
-    topic = fields.String(required=True, validate=[validate.Length(min=1), _utf8, _topic_filter])
+    topic = fields.String(required=True, validate=[validate.Length(min=1), check_topic])
 
 
 class AclSchema(AclKeySchema):
@@ -125,7 +122,7 @@ class _Changes(Schema):
 
 
 class ClientModifySchema(_Changes):
-    clientid = text_field()
+    clientid = clientid_field()
     password = password_field()
     textname = text_field()
     textdescription = text_field()
@@ -134,9 +131,9 @@ class ClientModifySchema(_Changes):
 
 
 class ClientCreateSchema(Schema):
-    username = name_field(required=True)
+    username = new_name_field(required=True)
     password = password_field(required=True)
-    clientid = text_field()
+    clientid = clientid_field()
     textname = text_field()
     textdescription = text_field()
     roles = _refs(RoleRefSchema, "rolename")
@@ -151,7 +148,7 @@ class GroupModifySchema(_Changes):
 
 
 class GroupCreateSchema(Schema):
-    groupname = name_field(required=True)
+    groupname = new_name_field(required=True)
     textname = text_field()
     textdescription = text_field()
     roles = _refs(RoleRefSchema, "rolename")
@@ -171,7 +168,7 @@ class RoleModifySchema(_Changes):
 
 
 class RoleCreateSchema(Schema):
-    rolename = name_field(required=True)
+    rolename = new_name_field(required=True)
     textname = text_field()
     textdescription = text_field()
     acls = _acls()
@@ -184,7 +181,7 @@ class PasswordSchema(Schema):
 class ClientIdSchema(Schema):
     """``null``, ``""`` or a missing clientid removes it."""
 
-    clientid = fields.String(allow_none=True, load_default=None, validate=_utf8)
+    clientid = fields.String(allow_none=True, load_default=None, validate=check_name)
 
 
 class AnonymousGroupSchema(Schema):
@@ -201,12 +198,21 @@ class ListQuerySchema(Schema):
 
 
 class CommandSchema(Schema):
-    """One plugin command; parameters other than ``command`` are the plugin's business."""
+    """One plugin command; parameters other than ``command`` are the plugin's business, but
+    every string in it must read the same to the broker as to mmc (broker_strings)."""
 
     class Meta:
         unknown = INCLUDE
 
     command = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+    @validates_schema(pass_original=True)
+    def _broker_strings(
+        self, data: dict[str, Any], original: dict[str, Any], **kwargs: Any
+    ) -> None:
+        problems = command_problems(original)
+        if problems:
+            raise ValidationError(problems)
 
 
 class CommandsSchema(Schema):
@@ -221,9 +227,9 @@ class CommandsSchema(Schema):
 
 
 class DocumentClientSchema(Schema):
-    username = name_field(required=True)
+    username = new_name_field(required=True)
     password = password_field()
-    clientid = text_field()
+    clientid = clientid_field()
     textname = text_field()
     textdescription = text_field()
     disabled = fields.Boolean(load_default=False)
@@ -232,7 +238,7 @@ class DocumentClientSchema(Schema):
 
 
 class DocumentGroupSchema(Schema):
-    groupname = name_field(required=True)
+    groupname = new_name_field(required=True)
     textname = text_field()
     textdescription = text_field()
     roles = _refs(RoleRefSchema, "rolename")
@@ -245,7 +251,7 @@ class DocumentSchema(Schema):
     defaultACLAccess = fields.List(
         fields.Nested(DefaultAclSchema), validate=lambda v: _unique(v, "acltype")
     )
-    anonymousGroup = fields.String(allow_none=True, validate=_utf8)
+    anonymousGroup = fields.String(allow_none=True, validate=check_name)
     roles = fields.List(fields.Nested(RoleCreateSchema), validate=lambda v: _unique(v, "rolename"))
     groups = fields.List(
         fields.Nested(DocumentGroupSchema), validate=lambda v: _unique(v, "groupname")
