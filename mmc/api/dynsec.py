@@ -26,8 +26,6 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields
 
-from mmc.api.brokers import connected_project_broker
-from mmc.api.own_user import Guard, force_schema, own_usernames
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
@@ -38,6 +36,8 @@ from mmc.schemas import dynsec as schemas
 from mmc.schemas.broker_strings import check_name
 from mmc.schemas.responses import OBJECT
 from mmc.web.body import load, read_json, read_valid
+from mmc.web.brokers import connected_project_broker
+from mmc.web.own_user import Guard, force_schema, own_usernames
 
 log = logging.getLogger(__name__)
 
