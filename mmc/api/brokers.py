@@ -24,6 +24,7 @@ from mmc.brokers import bridges, broker_control
 from mmc.brokers import license as broker_license
 from mmc.brokers.link import BrokerLink
 from mmc.brokers.sys_tree import snapshot
+from mmc.clock import now_ms
 from mmc.errors import InvalidInput, MmcError, NotFound
 from mmc.keys import connections_key, projects_key, settings_key
 from mmc.openapi import doc
@@ -37,7 +38,6 @@ from mmc.schemas.responses import (
     ListenerSchema,
     ObjectSchema,
 )
-from mmc.store.db import now_ms
 from mmc.web.body import read_json
 from mmc.web.brokers import project_broker
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 from mmc.auth.passwords import hash_cost, hash_password, verify_or_dummy
 from mmc.auth.permissions import Role
+from mmc.clock import now_ms
 from mmc.config import Settings
 from mmc.errors import (
     Conflict,
@@ -24,7 +25,7 @@ from mmc.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from mmc.store.db import Database, now_ms
+from mmc.store.db import Database
 from mmc.store.login_failures import Limit, LoginFailureRepository
 from mmc.store.sessions import SessionRecord, SessionRepository
 from mmc.store.tokens import TokenRecord, TokenRepository
