@@ -195,11 +195,6 @@ class ConnectionService:
     def pool(self) -> BrokerPool:
         return self._pool
 
-    @property
-    def lock(self) -> asyncio.Lock:
-        """Held during every change of connections: hold it to delete what they refer to."""
-        return self._lock
-
     def listing(self) -> list[dict[str, Any]]:
         return [{**self._wire[link.id], "status": link.status.to_wire()} for link in self._pool]
 
