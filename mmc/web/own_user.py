@@ -41,9 +41,9 @@ from mmc.brokers import own_access
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink, LinkConfig
-from mmc.connections import ConnectionService, target
 from mmc.errors import BrokerUnavailable, MmcError, StoreUnavailable
 from mmc.keys import connections_key, settings_key
+from mmc.services.connections import ConnectionService, target
 from mmc.web.body import load
 
 T = TypeVar("T")
