@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields
 
+from mmc.broker_strings import check_name
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
@@ -33,7 +34,6 @@ from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
 from mmc.keys import connections_key
 from mmc.openapi import doc
 from mmc.schemas import dynsec as schemas
-from mmc.schemas.broker_strings import check_name
 from mmc.schemas.responses import OBJECT
 from mmc.web.body import load, read_json, read_valid
 from mmc.web.brokers import connected_project_broker
