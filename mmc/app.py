@@ -21,11 +21,9 @@ from mmc.api import health as health_api
 from mmc.api import projects as projects_api
 from mmc.api import tokens as tokens_api
 from mmc.api import users as users_api
-from mmc.auth.service import AuthService
 from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
-from mmc.connections import ConnectionService
 from mmc.crypto import (
     KEY_CHECK_PLAINTEXT,
     SecretBox,
@@ -44,6 +42,8 @@ from mmc.keys import (
     settings_key,
 )
 from mmc.metrics import Metrics
+from mmc.services.auth import AuthService
+from mmc.services.connections import ConnectionService
 from mmc.store import open_database
 from mmc.store.audit import AuditRepository
 from mmc.store.connections import ConnectionRepository

@@ -19,7 +19,6 @@ from cryptography.fernet import Fernet
 from mmc import logs
 from mmc.app import create_app
 from mmc.auth.permissions import Role
-from mmc.auth.service import AuthService
 from mmc.config import ConfigError, Settings, load_settings
 from mmc.crypto import (
     SecretBox,
@@ -33,6 +32,7 @@ from mmc.errors import MmcError
 from mmc.eventloop import new_event_loop
 from mmc.keys import metrics_key
 from mmc.rotation import rotate
+from mmc.services.auth import AuthService
 from mmc.store import open_database
 from mmc.store.audit import AuditEntry, AuditRepository
 from mmc.store.db import Database

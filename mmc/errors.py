@@ -1,7 +1,8 @@
 """The errors mmc raises and the one JSON shape they are rendered in.
 
-Handlers and services raise these; ``mmc.web.middlewares.error_middleware``
-turns each into ``{"code", "message", "status", "info"?}``::
+Handlers and services raise these. They say what went wrong (a code, a message, info),
+not how HTTP answers it: ``mmc.web.middlewares`` maps each class to its status (STATUS)
+and renders ``{"code", "message", "status", "info"?}``::
 
     MmcError                      500 INTERNAL_ERROR
     ├── InvalidInput              400 INVALID        (info: marshmallow messages)
@@ -29,7 +30,6 @@ from typing import Any, ClassVar
 
 
 class MmcError(Exception):
-    status: ClassVar[int] = 500
     code: ClassVar[str] = "INTERNAL_ERROR"
     default_message: ClassVar[str] = "An internal server error occurred"
     # The connection cannot carry another request after this one (its body is unread).
@@ -40,45 +40,33 @@ class MmcError(Exception):
         self.info = info
         super().__init__(self.message)
 
-    def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message, "status": self.status}
-        if self.info is not None:
-            body["info"] = self.info
-        return body
-
 
 class InvalidInput(MmcError):
-    status = 400
     code = "INVALID"
     default_message = "Invalid input"
 
 
 class Unauthorized(MmcError):
-    status = 401
     code = "UNAUTHORIZED"
     default_message = "Unauthorized"
 
 
 class NotAllowed(MmcError):
-    status = 403
     code = "NOT_ALLOWED"
     default_message = "Not allowed"
 
 
 class NotFound(MmcError):
-    status = 404
     code = "NOT_FOUND"
     default_message = "Resource not found"
 
 
 class MethodNotAllowed(MmcError):
-    status = 405
     code = "METHOD_NOT_ALLOWED"
     default_message = "Method not allowed"
 
 
 class RequestTimeout(MmcError):
-    status = 408
     code = "REQUEST_TIMEOUT"
     default_message = "The request was not sent in time"
     closes_connection = True
@@ -91,19 +79,16 @@ class UndecodableBody(InvalidInput):
 
 
 class Conflict(MmcError):
-    status = 409
     code = "CONFLICT"
     default_message = "Conflict"
 
 
 class PayloadTooLarge(MmcError):
-    status = 413
     code = "PAYLOAD_TOO_LARGE"
     default_message = "Request body is too large"
 
 
 class TooManyRequests(MmcError):
-    status = 429
     code = "TOO_MANY_REQUESTS"
     default_message = "Too many attempts; try again later"
 
@@ -113,25 +98,21 @@ class TooManyRequests(MmcError):
 
 
 class StoreUnavailable(MmcError):
-    status = 503
     code = "STORE_UNAVAILABLE"
     default_message = "The data store cannot be written right now"
 
 
 class ServerBusy(MmcError):
-    status = 503
     code = "BUSY"
     default_message = "Too many open connections; try again later"
 
 
 class BrokerUnavailable(MmcError):
-    status = 503
     code = "BROKER_UNAVAILABLE"
     default_message = "Broker is not connected"
 
 
 class BrokerTimeout(MmcError):
-    status = 504
     code = "TIMEOUT"
     default_message = "Broker did not answer in time"
 
@@ -139,7 +120,6 @@ class BrokerTimeout(MmcError):
 class ControlError(MmcError):
     """A ``$CONTROL`` API answered a command with an ``error`` string."""
 
-    status = 400
     code = "INVALID"
 
     def __init__(self, message: str, *, command: str, info: Any = None) -> None:
@@ -148,10 +128,8 @@ class ControlError(MmcError):
 
 
 class ControlNotFound(ControlError):
-    status = 404
     code = "NOT_FOUND"
 
 
 class ControlConflict(ControlError):
-    status = 409
     code = "CONFLICT"

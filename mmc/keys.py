@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mmc.auth.service import AuthService, Identity
+from mmc.auth.identity import Identity
 from mmc.config import Settings
-from mmc.connections import ConnectionService
 from mmc.crypto import SecretBox
 from mmc.metrics import Metrics
+from mmc.services.auth import AuthService
+from mmc.services.connections import ConnectionService
 from mmc.store.audit import AuditRepository
 from mmc.store.db import Database
 from mmc.store.projects import ProjectRepository

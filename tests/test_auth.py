@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from mmc.auth.passwords import dummy_hash, hash_cost, hash_password, verify_password
-from mmc.auth.service import username_delay
 from mmc.config import Settings
+from mmc.services.throttling import username_delay
 from mmc.store import open_database
 from tests.conftest import ADMIN_PASSWORD, BACKENDS, Client, MakeClient, create_token, login, origin
 

@@ -1,4 +1,5 @@
-"""Mapping tests: pure functions on the payloads documented in notes/mmc-and-mosquitto.md.
+"""Mapping tests: pure functions on the payloads documented in the project's research
+notes (``../shared/notes/mmc-and-mosquitto.md`` beside the repository, sections 2.1, 3.1, 4).
 
 Only mosquitto 2.0 runs in CI, so the Pro and 2.1 payloads (license, listeners,
 listPlugins, bridge plugins) are checked here on the documented shapes; the

@@ -16,7 +16,7 @@ import aiomqtt
 import pytest
 from marshmallow import ValidationError
 
-from mmc.schemas.broker_strings import MAX_NEW_NAME_BYTES, check_name
+from mmc.broker_strings import MAX_NEW_NAME_BYTES, check_name
 from tests.brokers import MosquittoBroker
 from tests.conftest import Client
 from tests.dynsec_helpers import call, connect, dynsec_path

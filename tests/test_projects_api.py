@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -138,6 +139,35 @@ async def test_project_with_brokers_cannot_be_deleted(
     )
     assert status == 200
     assert (await _json(client, "DELETE", "/api/projects/p2"))[0] == 204
+
+
+async def _later(delay: float, call: Awaitable[tuple[int, Any]]) -> tuple[int, Any]:
+    await asyncio.sleep(delay)
+    return await call
+
+
+async def test_deleting_a_project_races_a_connection_joining_it(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    # No lock above the store: its write transactions are serialised and each checks the
+    # other's condition, so either the delete sees the connection (409) or the connection
+    # sees no project (400); never a connection left in a deleted project.
+    for i in range(12):
+        project, connection = f"race-{i}", f"joiner-{i}"
+        await _json(client, "POST", "/api/projects", json={"id": project, "name": project})
+        body = plain_body(broker, id=connection, name=connection, projectId=project)
+        # The delete starts a little later each round: it lands before, during and after
+        # the connection's write.
+        (deleted, _), (joined, _) = await asyncio.gather(
+            _later(i * 0.0001, _json(client, "DELETE", f"/api/projects/{project}")),
+            _json(client, "POST", "/api/connections", json=body),
+        )
+        assert (deleted, joined) in {(204, 400), (409, 200)}
+        listing = (await _json(client, "GET", "/api/connections"))[1]
+        projects = {p["id"] for p in (await _json(client, "GET", "/api/projects"))[1]}
+        assert {c["projectId"] for c in listing} <= projects
+        if joined == 200:
+            assert (await _json(client, "DELETE", f"/api/connections/{connection}"))[0] == 200
 
 
 async def test_connection_must_name_an_existing_project(

@@ -16,15 +16,16 @@ within the probe timeout (see mmc.brokers.capabilities).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from mmc.brokers import mappings
+from mmc.brokers import bridges, broker_control
+from mmc.brokers import license as broker_license
 from mmc.brokers.link import BrokerLink
 from mmc.brokers.sys_tree import snapshot
-from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
+from mmc.clock import now_ms
+from mmc.errors import InvalidInput, MmcError, NotFound
 from mmc.keys import connections_key, projects_key, settings_key
 from mmc.openapi import doc
 from mmc.schemas.responses import (
@@ -37,14 +38,12 @@ from mmc.schemas.responses import (
     ListenerSchema,
     ObjectSchema,
 )
-from mmc.store.db import now_ms
 from mmc.web.body import read_json
+from mmc.web.brokers import project_broker
 
 routes = web.RouteTableDef()
 
 BASE = "/api/projects/{projectId}/brokers"
-LICENSE_API = "cedalo/license"
-BROKER_API = "broker"
 
 
 def broker_wire(link: BrokerLink) -> dict[str, Any]:
@@ -60,36 +59,9 @@ def broker_wire(link: BrokerLink) -> dict[str, Any]:
     }
 
 
-def project_broker(request: web.Request) -> BrokerLink | None:
-    """The link of the path's ``brokerId`` when it belongs to the path's ``projectId``."""
-    link = request.app[connections_key].pool.get(request.match_info["brokerId"])
-    project_id = request.match_info.get("projectId")
-    if link is None or (project_id is not None and link.record.project_id != project_id):
-        return None
-    return link
-
-
-def connected_project_broker(request: web.Request) -> BrokerLink:
-    """The path's broker for a request to it: 404 unless it is in the path's project,
-    503 unless its link is connected."""
-    link = project_broker(request)
-    if link is None:
-        project_id = request.match_info.get("projectId")
-        where = f" in project {project_id}" if project_id is not None else ""
-        raise NotFound(f"Broker {request.match_info['brokerId']} not found{where}")
-    return request.app[connections_key].pool.require_connected(link.id)
-
-
 async def _require_project(request: web.Request, project_id: str) -> None:
     if not await request.app[projects_key].exists(project_id):
         raise NotFound(f"Project {project_id} not found")
-
-
-async def fetch_license(link: BrokerLink) -> dict[str, Any]:
-    await link.require_feature("license")
-    response = await link.control.request(LICENSE_API, {"command": "getLicenseInformation"})
-    data = response.get("data")
-    return mappings.license_info(data if isinstance(data, dict) else {})
 
 
 @routes.view(BASE)
@@ -167,7 +139,7 @@ class BrokerInfoView(_BrokerView):
         if link.connected:
             # No license plugin, or it did not answer: licenseInfo is optional.
             with contextlib.suppress(MmcError):
-                body["licenseInfo"] = await fetch_license(link)
+                body["licenseInfo"] = await broker_license.information(link)
         return web.json_response(body)
 
 
@@ -175,18 +147,14 @@ class BrokerInfoView(_BrokerView):
 class BrokerLicenseView(_BrokerView):
     @doc("The broker's license (Pro)", responses={200: LicenseSchema()})
     async def get(self) -> web.Response:
-        return web.json_response(await fetch_license(await self.link()))
+        return web.json_response(await broker_license.information(await self.link()))
 
 
 @routes.view(BASE + "/{brokerId}/listeners")
 class BrokerListenersView(_BrokerView):
     @doc("The broker's listeners (2.1, Pro)", responses={200: ListenerSchema(many=True)})
     async def get(self) -> web.Response:
-        link = await self.link()
-        await link.require_feature("brokerControl")
-        response = await link.control.request(BROKER_API, {"command": "listListeners"})
-        data = response.get("data")
-        return web.json_response(mappings.listeners(data if isinstance(data, dict) else {}))
+        return web.json_response(await broker_control.listeners(await self.link()))
 
 
 @routes.view(BASE + "/{brokerId}/bridges")
@@ -196,27 +164,7 @@ class BridgesView(_BrokerView):
         responses={200: BridgeSchema(many=True)},
     )
     async def get(self) -> web.Response:
-        link = await self.link()
-        capabilities = link.capabilities
-        licensed: list[str] | None = None
-        if link.connected:
-            try:
-                capabilities = await link.ensure_capabilities()
-                if "license" in capabilities.features:
-                    licensed = (await fetch_license(link))["features"]
-            except MmcError:
-                pass  # the bridges of mosquitto.conf are still known from $SYS
-        bridge_apis = capabilities.bridge_apis if capabilities is not None else ()
-        return web.json_response(mappings.bridge_listing(link.sys_values, bridge_apis, licensed))
-
-
-@dataclass(frozen=True)
-class Bridge:
-    id: str
-    # Remote client id of a mosquitto.conf bridge, or None for a plugin.
-    client_id: str | None = None
-    # $CONTROL API of a bridge plugin, or None for a mosquitto.conf bridge.
-    api: str | None = None
+        return web.json_response(await bridges.listing(await self.link()))
 
 
 class _BridgeView(_BrokerView):
@@ -224,51 +172,12 @@ class _BridgeView(_BrokerView):
     def bridge_id(self) -> str:
         return self.request.match_info["bridgeId"]
 
-    async def bridge(self, link: BrokerLink) -> Bridge:
-        """The bridge by its id; a mosquitto.conf bridge also by its connection name."""
-        configured = mappings.conf_bridges(link.sys_values)
-        if self.bridge_id in configured:
-            return Bridge(self.bridge_id, client_id=self.bridge_id)
-        by_name = [c for c in configured if mappings.bridge_name(c) == self.bridge_id]
-        if len(by_name) == 1:
-            return Bridge(by_name[0], client_id=by_name[0])
-        if link.connected:
-            capabilities = await link.ensure_capabilities()
-            api = mappings.plugin_bridge_api(self.bridge_id)
-            if api in capabilities.bridge_apis:
-                return Bridge(self.bridge_id, api=api)
-        raise NotFound(f"Bridge {self.bridge_id} not found on broker {link.id}")
-
-    async def plugin_api(self, link: BrokerLink) -> tuple[Bridge, str]:
-        bridge = await self.bridge(link)
-        if bridge.api is None:
-            raise NotFound(
-                f"Bridge {bridge.id} is configured in mosquitto.conf, which has no "
-                "configuration API: change the broker's mosquitto.conf instead",
-                info={"bridge": bridge.id, "source": "config"},
-            )
-        return bridge, bridge.api
-
 
 @routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/status")
 class BridgeStatusView(_BridgeView):
     @doc("Whether a bridge is connected", responses={200: BridgeStatusSchema()})
     async def get(self) -> web.Response:
-        link = await self.link()
-        bridge = await self.bridge(link)
-        if not link.connected:
-            raise BrokerUnavailable(f"Broker {link.id} is not connected")
-        if bridge.client_id is not None:
-            topic = f"$SYS/broker/connection/{bridge.client_id}/state"
-            state = link.sys_values.get(topic, "0")
-            since = link.sys_changed_at.get(topic)
-            return web.json_response(mappings.conf_bridge_status(bridge.id, state, since))
-        assert bridge.api is not None
-        response = await link.control.request(bridge.api, {"command": "getStatus"})
-        data = response.get("data")
-        return web.json_response(
-            mappings.plugin_bridge_status(bridge.id, data if isinstance(data, dict) else {})
-        )
+        return web.json_response(await bridges.status(await self.link(), self.bridge_id))
 
 
 @routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/config")
@@ -276,16 +185,15 @@ class BridgeConfigView(_BridgeView):
     @doc("A bridge plugin's configuration", responses={200: OBJECT})
     async def get(self) -> web.Response:
         link = await self.link()
-        _, api = await self.plugin_api(link)
-        response = await link.control.request(api, {"command": "getConfig"})
-        return web.json_response(response.get("data", {}))
+        api = await bridges.config_api(link, self.bridge_id)
+        return web.json_response(await bridges.get_config(link, api))
 
     @doc("Change a bridge plugin's configuration", body=ObjectSchema(), responses={204: None})
     async def put(self) -> web.Response:
         link = await self.link()
-        _, api = await self.plugin_api(link)
+        api = await bridges.config_api(link, self.bridge_id)
         body = await read_json(self.request)
         if not isinstance(body, dict):
             raise InvalidInput("The bridge configuration must be a JSON object")
-        await link.control.request(api, {"command": "updateConfig", "configChange": body})
+        await bridges.update_config(link, api, body)
         return web.Response(status=204)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mmc.api.brokers import connected_project_broker
 from mmc.brokers import client_control
 from mmc.openapi import doc
 from mmc.schemas.client_control import disconnect_schema, subscribe_schema, unsubscribe_schema
 from mmc.schemas.responses import OBJECT
 from mmc.web.body import read_valid
+from mmc.web.brokers import connected_project_broker
 
 routes = web.RouteTableDef()
 

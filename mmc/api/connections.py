@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mmc.connections import Outcome
 from mmc.keys import connections_key
 from mmc.openapi import doc
 from mmc.schemas.connections import connection_schema
 from mmc.schemas.responses import AcceptedSchema, ConnectionOutSchema
+from mmc.services.connections import Outcome
 from mmc.web.body import load, read_json, read_valid
 
 routes = web.RouteTableDef()

@@ -26,8 +26,7 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields
 
-from mmc.api.brokers import connected_project_broker
-from mmc.api.own_user import Guard, force_schema, own_usernames
+from mmc.broker_strings import check_name
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
@@ -35,9 +34,11 @@ from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
 from mmc.keys import connections_key
 from mmc.openapi import doc
 from mmc.schemas import dynsec as schemas
-from mmc.schemas.broker_strings import check_name
 from mmc.schemas.responses import OBJECT
 from mmc.web.body import load, read_json, read_valid
+from mmc.web.brokers import connected_project_broker
+from mmc.web.middlewares import error_body
+from mmc.web.own_user import Guard, force_schema, own_usernames
 
 log = logging.getLogger(__name__)
 
@@ -449,10 +450,10 @@ async def _apply_one(link: BrokerLink, body: Mapping[str, Any], guard: Guard) ->
     try:
         return {"status": 200, **await _apply_to(link, body, guard)}
     except MmcError as exc:
-        return exc.to_dict()
+        return error_body(exc)
     except Exception:
         log.exception("dynsec apply on broker %s failed", link.id)
-        return MmcError().to_dict()
+        return error_body(MmcError())
 
 
 @routes.post("/api/projects/{projectId}/dynsec/apply")

@@ -89,9 +89,9 @@ class ProjectView(web.View):
         if self.project_id == DEFAULT_PROJECT_ID:
             raise Conflict("The default project cannot be deleted")
         connections = self.request.app[connections_key]
-        # Under the connections' lock: no connection can join the project meanwhile.
-        async with connections.lock:
-            outcome = await self.request.app[projects_key].delete(self.project_id)
+        # The store checks for connections in the transaction that deletes, serialised
+        # with every connection write: none can join the project meanwhile.
+        outcome = await self.request.app[projects_key].delete(self.project_id)
         if outcome is Deletion.MISSING:
             raise not_found(self.project_id)
         if outcome is Deletion.IN_USE:

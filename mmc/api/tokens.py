@@ -7,11 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.clock import now_ms
 from mmc.keys import auth_key, identity_key
 from mmc.openapi import doc
 from mmc.schemas.responses import TokenCreatedSchema, TokenSchema
 from mmc.schemas.users import token_create_schema
-from mmc.store.db import now_ms
 from mmc.store.tokens import TokenRecord
 from mmc.web.body import read_valid
 

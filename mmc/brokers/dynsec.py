@@ -19,7 +19,7 @@ applied with add/remove per entry instead (see ``_lists_one_by_one``). ``modifyC
 with ``roles`` or ``groups`` updates both sides and goes out as is, after its roles are
 checked (the plugin would change the text fields before refusing a missing role).
 
-Every command is checked against the broker-string rule (``mmc.schemas.broker_strings``)
+Every command is checked against the broker-string rule (``mmc.broker_strings``)
 before anything is sent, so the guards compare exactly the names the broker will read.
 """
 
@@ -30,11 +30,11 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mmc.broker_strings import ascii_lower, command_problems
 from mmc.brokers.control import ControlChannel, error_for
 from mmc.brokers.dynsec_plan import Plan, PlanError, document_from, plan_import, summarize
 from mmc.brokers.link import BrokerLink
 from mmc.errors import InvalidInput
-from mmc.schemas.broker_strings import ascii_lower, command_problems
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -28,43 +28,40 @@ from mmc.brokers.client import MqttClient
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
 from mmc.brokers.status import LinkError, LinkStatus, describe_error
 from mmc.brokers.sys_tree import SysHistory
+from mmc.clock import now_ms
+from mmc.endpoint import Endpoint
 from mmc.errors import BrokerUnavailable, MmcError, NotFound
-from mmc.store.connections import ConnectionRecord
-from mmc.store.db import now_ms
 
 log = logging.getLogger(__name__)
 
-TLS_SCHEMES = frozenset({"mqtts", "ssl", "tls", "wss"})
-DEFAULT_PORTS = {
-    "mqtt": 1883,
-    "tcp": 1883,
-    "mqtts": 8883,
-    "ssl": 8883,
-    "tls": 8883,
-    "ws": 80,
-    "wss": 443,
-}
 _random = secrets.SystemRandom()
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-    tls: bool
-    websocket_path: str | None
+class LinkConfig:
+    """One broker as a link connects to it: the broker layer's own view of a configured
+    connection (the layers above build it from theirs; this one knows no store)."""
 
-    @classmethod
-    def from_url(cls, url: str) -> Endpoint:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        websocket = scheme in ("ws", "wss")
-        return cls(
-            host=parts.hostname or "",
-            port=parts.port or DEFAULT_PORTS[scheme],
-            tls=scheme in TLS_SCHEMES,
-            websocket_path=(parts.path or "/mqtt") if websocket else None,
-        )
+    id: str
+    url: str
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # The TLS material the link's SSL context was made of (base64 text, PEM or DER
+    # inside): a link whose material changed is reopened.
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = field(default=None, repr=False)
+    reject_unauthorized: bool = True
+    # Labels for the layers above: the broker's name and the project it belongs to.
+    name: str = ""
+    project_id: str = "default"
+    # Changes whenever the configuration does (the stored connection's updated_at): tells
+    # a link made of an older configuration from a current one without comparing secrets.
+    version: int = 0
+
+    def replace(self, **changes: object) -> LinkConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ class LinkObserver(ControlObserver, Protocol):
 class BrokerLink:
     def __init__(
         self,
-        record: ConnectionRecord,
+        record: LinkConfig,
         ssl_context: ssl.SSLContext | None,
         options: LinkOptions,
         observer: LinkObserver | None = None,

@@ -1,9 +1,10 @@
 """Pure mappings from broker payloads to the Brokers API's shapes.
 
-Sources (see notes/mmc-and-mosquitto.md): ``getLicenseInformation`` as the MMC
-reads it (section 3.1), ``listListeners`` of 2.1 and Pro (2.1), the bridge state
-topics of ``$SYS`` (4) and the Pro bridge plugins' ``getStatus`` (3.1, whose
-payload is unconfirmed: the mapping accepts the likely spellings).
+Sources (the project's research notes, ``../shared/notes/mmc-and-mosquitto.md`` beside
+the repository): ``getLicenseInformation`` as the MMC reads it (section 3.1),
+``listListeners`` of 2.1 and Pro (2.1), the bridge state topics of ``$SYS`` (4) and the
+Pro bridge plugins' ``getStatus`` (3.1, whose payload is unconfirmed: the mapping accepts
+the likely spellings).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ id and password, then fail and disconnect mmc, whose answer would be lost.
 
 ``check`` also reports password changes of own users, so the caller can keep the stored
 connection passwords in step, and which commands make mosquitto disconnect an own login
-(see mmc.api.own_user).
+(see mmc.web.own_user).
 """
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ import ssl
 from collections.abc import Iterator
 
 from mmc.brokers.capabilities import SharedDetection
-from mmc.brokers.link import BrokerLink, LinkObserver, LinkOptions
+from mmc.brokers.link import BrokerLink, LinkConfig, LinkObserver, LinkOptions
 from mmc.errors import BrokerUnavailable, NotFound
-from mmc.store.connections import ConnectionRecord
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class BrokerPool:
         return link
 
     async def open(
-        self, record: ConnectionRecord, ssl_context: ssl.SSLContext | None, *, start: bool = True
+        self, record: LinkConfig, ssl_context: ssl.SSLContext | None, *, start: bool = True
     ) -> BrokerLink:
         """Start a link for the record, replacing (and cleanly closing) any previous one."""
         old = self._links.get(record.id)

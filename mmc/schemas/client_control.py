@@ -9,7 +9,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
-from mmc.schemas.broker_strings import check_name, check_topic
+from mmc.broker_strings import check_name, check_topic
 
 SEND_RETAIN = ("always", "new", "never", "null")
 

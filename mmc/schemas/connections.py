@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates
 
-from mmc.brokers.link import DEFAULT_PORTS
+from mmc.endpoint import DEFAULT_PORTS
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ID_MESSAGE = (

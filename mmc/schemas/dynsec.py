@@ -10,7 +10,7 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from mmc.schemas.broker_strings import (
+from mmc.broker_strings import (
     check_name,
     check_new_name,
     check_text,

@@ -21,7 +21,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmc.store.db import Database, Row, now_ms
+from mmc.clock import now_ms
+from mmc.store.db import Database, Row
 
 DAY_MS = 86_400_000
 _INSERTED = (

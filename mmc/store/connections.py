@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from mmc.clock import now_ms
 from mmc.crypto import STALE_KEY_MESSAGE, SecretBox, SecretKeyError
 from mmc.errors import InvalidInput, NotAllowed, StoreUnavailable
-from mmc.store.db import CONNECTIONS_CHANNEL, Database, IntegrityViolation, Row, Tx, now_ms
+from mmc.store.db import CONNECTIONS_CHANNEL, Database, IntegrityViolation, Row, Tx
 
 DUPLICATE_MESSAGE = "Connection with the same name/id already exists"
 MAX_CONNECTIONS_MESSAGE = "Maximum number of connections reached"

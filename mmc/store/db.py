@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Protocol, overload
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Row(Protocol):

@@ -2,7 +2,7 @@
 shared store, count across replicas).
 
 One row per subject: ``pair:<address> <username>``, ``addr:<address>`` and
-``user:<username>`` (see ``mmc.auth.service.AuthService.login`` for the policy). An attempt
+``user:<username>`` (see ``mmc.services.throttling`` for the policy). An attempt
 is counted *before* its password is checked (``reserve``): N guesses sent at once cannot
 all be evaluated while their failures are still on the way. A success then gives back or
 clears what it reserved (``release``, ``clear``).

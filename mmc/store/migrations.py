@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mmc.store.db import Tx, now_ms
+from mmc.clock import now_ms
+from mmc.store.db import Tx
 
 log = logging.getLogger(__name__)
 

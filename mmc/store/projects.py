@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from mmc.clock import now_ms
 from mmc.errors import Conflict
-from mmc.store.db import Database, IntegrityViolation, Row, now_ms
+from mmc.store.db import Database, IntegrityViolation, Row
 
 DEFAULT_PROJECT_ID = "default"
 DEFAULT_PROJECT_NAME = "Default"

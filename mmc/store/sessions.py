@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmc.store.db import Database, now_ms
+from mmc.clock import now_ms
+from mmc.store.db import Database
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mmc.clock import now_ms
 from mmc.errors import Conflict
-from mmc.store.db import Database, IntegrityViolation, Row, Tx, now_ms
+from mmc.store.db import Database, IntegrityViolation, Row, Tx
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from mmc.auth.identity import Identity
 from mmc.auth.permissions import (
     PUBLIC_ROUTES,
     ROUTE_PERMISSIONS,
     allowed,
     required_permission,
 )
-from mmc.auth.service import Identity
 from mmc.errors import NotAllowed, Unauthorized
 from mmc.keys import auth_key, identity_key, settings_key
 from mmc.web.proxy import is_https, public_host

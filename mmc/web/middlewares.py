@@ -7,11 +7,18 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from mmc.errors import (
+    BrokerTimeout,
+    BrokerUnavailable,
+    Conflict,
+    ControlConflict,
+    ControlError,
+    ControlNotFound,
     InvalidInput,
     MethodNotAllowed,
     MmcError,
@@ -19,6 +26,8 @@ from mmc.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
+    ServerBusy,
+    StoreUnavailable,
     TooManyRequests,
     Unauthorized,
 )
@@ -36,8 +45,51 @@ CLIENT_CLOSED = 499
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+# The HTTP status of every error mmc raises: the entry of its class, or of the nearest
+# base class that has one (UndecodableBody answers as InvalidInput).
+STATUS: dict[type[MmcError], int] = {
+    MmcError: 500,
+    InvalidInput: 400,
+    Unauthorized: 401,
+    NotAllowed: 403,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    RequestTimeout: 408,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    TooManyRequests: 429,
+    StoreUnavailable: 503,
+    ServerBusy: 503,
+    BrokerUnavailable: 503,
+    BrokerTimeout: 504,
+    # A $CONTROL API's error string: the request was refused, unless it says what.
+    ControlError: 400,
+    ControlNotFound: 404,
+    ControlConflict: 409,
+}
+
+
+def status_of(error: MmcError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return STATUS[MmcError]
+
+
+def error_body(error: MmcError) -> dict[str, Any]:
+    """The one error shape: ``{code, message, status, info?}``."""
+    body: dict[str, Any] = {
+        "code": error.code,
+        "message": error.message,
+        "status": status_of(error),
+    }
+    if error.info is not None:
+        body["info"] = error.info
+    return body
+
+
 def error_response(error: MmcError) -> web.Response:
-    response = web.json_response(error.to_dict(), status=error.status)
+    response = web.json_response(error_body(error), status=status_of(error))
     response.headers["X-Content-Type-Options"] = "nosniff"
     if isinstance(error, TooManyRequests):
         response.headers["Retry-After"] = str(error.retry_after)

@@ -39,7 +39,7 @@ from mmc.config import Settings
 from mmc.errors import BrokerTimeout, InvalidInput, MmcError, ServerBusy, TooManyRequests
 from mmc.keys import metrics_key
 from mmc.metrics import Metrics
-from mmc.web.middlewares import error_response
+from mmc.web.middlewares import error_body, error_response, status_of
 from mmc.web.proxy import trusted_peer
 
 log = logging.getLogger("mmc.http")
@@ -86,10 +86,10 @@ class ConnectionLimits:
 
 
 def _raw_response(error: MmcError) -> bytes:
-    body = json.dumps(error.to_dict()).encode()
+    body = json.dumps(error_body(error)).encode()
     retry = f"Retry-After: {error.retry_after}\r\n" if isinstance(error, TooManyRequests) else ""
     head = (
-        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+        f"HTTP/1.1 {status_of(error)} {HTTPStatus(status_of(error)).phrase}\r\n"
         "Content-Type: application/json; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n{retry}Connection: close\r\n\r\n"
     )

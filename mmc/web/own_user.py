@@ -40,11 +40,10 @@ from marshmallow import EXCLUDE, Schema, fields
 from mmc.brokers import own_access
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
-from mmc.brokers.link import BrokerLink
-from mmc.connections import ConnectionService, target
+from mmc.brokers.link import BrokerLink, LinkConfig
 from mmc.errors import BrokerUnavailable, MmcError, StoreUnavailable
 from mmc.keys import connections_key, settings_key
-from mmc.store.connections import ConnectionRecord
+from mmc.services.connections import ConnectionService, target
 from mmc.web.body import load
 
 T = TypeVar("T")
@@ -233,7 +232,7 @@ class Guard:
         if not link.connected:
             raise BrokerUnavailable(f"Broker {link.id} is not connected")
         users: list[BrokerLink] = []
-        old: dict[str, ConnectionRecord] = {}
+        old: dict[str, LinkConfig] = {}
         if password is not None:
             users = [other for other in mine if other.record.username == password[0]]
             old = {other.id: other.record for other in users}

@@ -12,10 +12,11 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mmc.brokers.link import BrokerLink, Endpoint
+from mmc.brokers.link import BrokerLink, LinkConfig
 from mmc.brokers.pool import BrokerPool
 from mmc.brokers.status import LinkError, LinkStatus
 from mmc.brokers.tls import certificate_info, context_from_base64
+from mmc.endpoint import Endpoint
 from mmc.errors import InvalidInput, NotAllowed, NotFound, StoreUnavailable
 from mmc.store.connections import DUPLICATE_MESSAGE, ConnectionRecord, ConnectionRepository
 
@@ -61,6 +62,24 @@ def to_wire(record: ConnectionRecord) -> dict[str, Any]:
         out["key"] = {"encoding": "base64"}
     out["rejectUnauthorized"] = record.reject_unauthorized
     return out
+
+
+def link_config(record: ConnectionRecord) -> LinkConfig:
+    """What a link needs of a stored connection."""
+    return LinkConfig(
+        id=record.id,
+        url=record.url,
+        client_id=record.client_id,
+        username=record.username,
+        password=record.password,
+        ca=record.ca,
+        cert=record.cert,
+        key=record.key,
+        reject_unauthorized=record.reject_unauthorized,
+        name=record.name,
+        project_id=record.project_id,
+        version=record.updated_at,
+    )
 
 
 def target(url: str) -> tuple[bool, bool, str, int]:
@@ -176,11 +195,6 @@ class ConnectionService:
     def pool(self) -> BrokerPool:
         return self._pool
 
-    @property
-    def lock(self) -> asyncio.Lock:
-        """Held during every change of connections: hold it to delete what they refer to."""
-        return self._lock
-
     def listing(self) -> list[dict[str, Any]]:
         return [{**self._wire[link.id], "status": link.status.to_wire()} for link in self._pool]
 
@@ -249,7 +263,7 @@ class ConnectionService:
                         cid
                         for cid, updated_at in versions.items()
                         if (link := self._pool.get(cid)) is None
-                        or link.record.updated_at != updated_at
+                        or link.record.version != updated_at
                     ]
                     ids += gone
                 else:
@@ -274,7 +288,7 @@ class ConnectionService:
             self._forget(connection_id)
             await self._pool.close(connection_id)
             return "closed"
-        if link is None or link.record != record:
+        if link is None or link.record != link_config(record):
             log.info(
                 "connection %s was %s elsewhere: %s its link",
                 connection_id,
@@ -366,7 +380,7 @@ class ConnectionService:
                 record = await self._repo.update(stored.replace(password=password))
                 link = self._pool.get(connection_id)
                 if link is not None:
-                    link.record = record
+                    link.record = link_config(record)
                     self._wire[connection_id] = to_wire(record)
                 done.append(connection_id)
         return done
@@ -401,7 +415,7 @@ class ConnectionService:
     async def _open(
         self, record: ConnectionRecord, ctx: ssl.SSLContext | None, *, start: bool = True
     ) -> BrokerLink:
-        link = await self._pool.open(record, ctx, start=start)
+        link = await self._pool.open(link_config(record), ctx, start=start)
         self._wire[record.id] = to_wire(record)
         return link
 
