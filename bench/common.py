@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
-from tests.brokers import HOST, MOSQUITTO_BIN, MOSQUITTO_CTRL_BIN, MosquittoBroker, free_port
+from testbed.mosquitto import HOST, MOSQUITTO_BIN, MOSQUITTO_CTRL_BIN, MosquittoBroker, free_port
 
 __all__ = [
     "HOST",

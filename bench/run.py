@@ -41,7 +41,7 @@ from bench.common import (
     mosquitto_ctrl_times,
     run_load,
 )
-from tests.postgres import postgres_database
+from testbed.postgres import postgres_database
 
 RESULTS = Path(__file__).resolve().parent / "results"
 USER = "bench-user"

@@ -2,7 +2,7 @@
 
     python bench/soak.py [--minutes 10] [--rate 40] [--restart-every 60] [--json]
 
-Starts two real mosquitto brokers (tests/brokers.py, loopback only) and one `mmc serve`
+Starts two real mosquitto brokers (testbed/mosquitto.py, loopback only) and one `mmc serve`
 on temporary data, then sends reads, store writes and $CONTROL requests at ``--rate``
 per second while one broker after the other is killed and restarted every
 ``--restart-every`` seconds. Prints requests by status and the process's resident
@@ -33,7 +33,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.brokers import MosquittoBroker, free_port  # noqa: E402
+from testbed.mosquitto import MosquittoBroker, free_port  # noqa: E402
 
 PASSWORD = "soak-admin-password"  # noqa: S105 - a throwaway instance
 EXPECTED_5XX = frozenset({503, 504})

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.brokers import MosquittoBroker, free_port
+from testbed.mosquitto import MosquittoBroker, free_port
 from tests.conftest import ADMIN_PASSWORD, plain_body
 
 

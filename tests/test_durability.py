@@ -21,7 +21,7 @@ import pytest
 from mmc.config import Settings
 from mmc.keys import db_key
 from mmc.store.sqlite import SqliteDatabase
-from tests.brokers import MosquittoBroker, free_port
+from testbed.mosquitto import MosquittoBroker, free_port
 from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, login, plain_body
 from tests.test_cli_process import _wait_http
 

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.brokers import MosquittoBroker, free_port
+from testbed.mosquitto import MosquittoBroker, free_port
 from tests.conftest import ADMIN_PASSWORD, plain_body
 from tests.test_cli_process import _wait_http
 from tests.test_durability import _serve

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from tests.brokers import free_port
+from testbed.mosquitto import free_port
 from tests.conftest import ADMIN_PASSWORD, wait_until
 
 HOST = "127.0.0.1"

@@ -19,9 +19,9 @@ from mmc.crypto import SecretBox
 from mmc.keys import connections_key
 from mmc.store import open_database
 from mmc.store.migrations import MIGRATIONS
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
+from testbed.postgres import postgres_database
 from tests.conftest import ADMIN_PASSWORD, SECRET_KEY, MakeClient, call, plain_body, wait_until
-from tests.postgres import postgres_database
 from tests.tcp_proxy import TcpProxy
 
 CONFIG = """

@@ -15,7 +15,7 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
 from mmc.config import Settings
-from tests.brokers import MosquittoBroker, TlsMaterial, free_port
+from testbed.mosquitto import MosquittoBroker, TlsMaterial, free_port
 from tests.conftest import Client, b64, blob, call, plain_body, tls_body
 from tests.test_cli_process import _wait_http
 from tests.test_durability import _serve
