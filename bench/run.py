@@ -31,7 +31,6 @@ from cryptography.fernet import Fernet
 
 from bench.common import (
     BareControl,
-    MmcServer,
     MosquittoBroker,
     Stats,
     connection_body,
@@ -42,6 +41,7 @@ from bench.common import (
     run_load,
 )
 from testbed.postgres import postgres_database
+from testbed.serve import MmcServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 USER = "bench-user"

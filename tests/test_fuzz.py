@@ -28,47 +28,31 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from testbed.mosquitto import MosquittoBroker, free_port
-from tests.conftest import ADMIN_PASSWORD, plain_body
-from tests.test_cli_process import _wait_http
-from tests.test_durability import _serve
+from testbed.mosquitto import MosquittoBroker
+from testbed.serve import MmcServer
+from tests.conftest import plain_body
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 
 
 @pytest.fixture
 def served(tmp_path: Path, broker: MosquittoBroker) -> Iterator[tuple[str, dict[str, str]]]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     config = tmp_path / "mmc.toml"
     # Fuzzed connections point anywhere: keep each attempt and their number small.
     config.write_text(
         "[mmc]\npassword_hash_cost = 10\nconnect_timeout = 0.5\nrequest_timeout = 1.0\n"
         "max_connections = 20\nprobe_timeout = 0.3\n"
     )
-    proc = _serve(tmp_path / "data", port, tmp_path / "mmc.log", MMC_CONFIG=str(config))
-    try:
-        asyncio.run(_wait_http(port, proc))
-        with requests.Session() as session:
-            login = {"username": "admin", "password": ADMIN_PASSWORD}
-            assert session.post(f"{base}/auth", json=login, timeout=10).status_code == 200
-            resp = session.post(
-                f"{base}/api/tokens",
-                json={"name": "fuzz", "role": "admin"},
-                headers={"Origin": base},
-                timeout=10,
-            )
-            token = resp.json()["token"]
-        headers = {"Authorization": f"Bearer {token}"}
+    with MmcServer(tmp_path, env={"MMC_CONFIG": str(config)}) as server:
+        base = server.base_url
+        asyncio.run(server.wait_ready())
+        headers = {"Authorization": f"Bearer {asyncio.run(server.admin_token('fuzz'))}"}
         resp = requests.post(
             f"{base}/api/connections", json=plain_body(broker), headers=headers, timeout=10
         )
         assert resp.status_code == 200, resp.text
         yield base, headers
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-    log = (tmp_path / "mmc.log").read_text()
+    log = server.output()
     assert "Traceback" not in log, log[-5000:]
 
 
