@@ -55,6 +55,21 @@ async def test_serve_creates_a_connection_and_stops_cleanly_on_sigterm(
     assert broker.admin_password not in output
 
 
+async def test_a_chatty_mmc_never_blocks_on_its_output(tmp_path: Path) -> None:
+    """Twice what a pipe holds (64 KiB) and more of log lines, one per request: an output
+    nobody reads while the test runs blocked mmc in the middle of a line."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    with _server(tmp_path) as server:
+        await server.wait_ready()
+        before = len(server.output())
+        async with aiohttp.ClientSession(server.base_url, timeout=timeout) as session:
+            for _ in range(1000):
+                async with session.get("/healthz") as resp:
+                    assert resp.status == 200
+        assert len(server.output()) - before > 2 * 64 * 1024
+        assert server.output().count("GET /healthz 200") == 1000
+
+
 def test_wrong_secret_key_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
     from cryptography.fernet import Fernet
 
