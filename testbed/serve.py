@@ -21,6 +21,7 @@ from types import TracebackType
 
 import aiohttp
 
+from testbed import processes
 from testbed.mosquitto import HOST, free_port
 
 __all__ = ["MmcServer", "listen_port"]
@@ -169,16 +170,8 @@ class MmcServer:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; reaps it either way."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self._proc is not None:
+            processes.stop(self._proc, timeout)
 
     def __enter__(self) -> MmcServer:
         self.start()
