@@ -102,13 +102,13 @@ soak: $(VENV)/.test-deps check-system  ## 10 minutes of mixed traffic with broke
 	$(BIN)/python bench/soak.py --minutes $(or $(MINUTES),10)
 
 lint: $(VENV)/.test-deps  ## ruff and mypy
-	$(BIN)/ruff check mmc tests bench
-	$(BIN)/ruff format --check mmc tests bench
+	$(BIN)/ruff check mmc tests bench testbed
+	$(BIN)/ruff format --check mmc tests bench testbed
 	$(BIN)/mypy
 
 fmt: $(VENV)/.test-deps
-	$(BIN)/ruff check --fix mmc tests bench
-	$(BIN)/ruff format mmc tests bench
+	$(BIN)/ruff check --fix mmc tests bench testbed
+	$(BIN)/ruff format mmc tests bench testbed
 
 # Both start their own mosquitto brokers and mmc on 127.0.0.1, print a table with the
 # targets as pass/fail and write JSON to bench/results/. About 2 to 3 minutes each.

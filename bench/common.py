@@ -1,4 +1,6 @@
-"""What both benchmarks share: an mmc process, its admin token, load generators, statistics.
+"""What both benchmarks share: load generators, references to compare with, statistics.
+
+The mmc process and the brokers are testbed's (`testbed/serve.py`, `testbed/mosquitto.py`).
 
 Everything stays on 127.0.0.1, every load is bounded in requests and in time, and the
 processes started here are signalled by their pid only.
@@ -12,13 +14,9 @@ import logging
 import math
 import os
 import platform
-import random
 import resource
 import secrets
-import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,12 +27,11 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
-from tests.brokers import HOST, MOSQUITTO_BIN, MOSQUITTO_CTRL_BIN, MosquittoBroker, free_port
+from testbed.mosquitto import HOST, MOSQUITTO_BIN, MOSQUITTO_CTRL_BIN, MosquittoBroker
 
 __all__ = [
     "HOST",
     "BareControl",
-    "MmcServer",
     "MosquittoBroker",
     "Stats",
     "http_load",
@@ -46,7 +43,6 @@ __all__ = [
     "summarize",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
 DYNSEC_API = "dynamic-security"
 
 
@@ -259,137 +255,6 @@ def mosquitto_ctrl_times(broker: MosquittoBroker, args: list[str], runs: int) ->
 
 
 # ------------------------------------------------------------------------- mmc
-
-
-def listen_port() -> int:
-    """A free port below the ephemeral range: mmc opens its broker connections before it
-    binds its HTTP port, and with a thousand of them one could take an ephemeral one."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()  # noqa: S311 - a port number, not a secret
-    for _ in range(200):
-        port = rng.randrange(max(1025, low // 2), low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    return free_port()
-
-
-class MmcServer:
-    """``python -m mmc serve`` in its own process, with its store in ``workdir/data``."""
-
-    def __init__(self, workdir: Path, *, env: Mapping[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.port = listen_port()
-        self.password = secrets.token_urlsafe(16)
-        self.base_url = f"http://{HOST}:{self.port}"
-        self.log_path = workdir / "mmc.log"
-        self.extra_env = dict(env or {})
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("MMC_") or k.startswith("MMC_TEST")
-        }
-        env.update(
-            {
-                "MMC_HOST": HOST,
-                "MMC_PORT": str(self.port),
-                "MMC_DATA_DIR": str(self.workdir / "data"),
-                "MMC_ADMIN_PASSWORD": self.password,
-                "PYTHONPATH": str(REPO),
-            }
-        )
-        env.update(self.extra_env)
-        self.started_at = time.monotonic()
-        with self.log_path.open("ab") as out:
-            # cwd: the work directory, so that no config/mmc.toml is picked up by accident.
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "mmc", "serve"],
-                cwd=self.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self._proc is not None and self._proc.poll() is not None:
-                    raise RuntimeError(f"mmc exited:\n{self.log_tail()}")
-                try:
-                    async with session.get(f"{self.base_url}/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mmc not ready within {timeout} s:\n{self.log_tail()}")
-                await asyncio.sleep(0.05)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._proc = None
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    async def admin_token(self) -> str:
-        """Log in as the admin (cookie) and create an admin application token."""
-        jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP address
-        async with aiohttp.ClientSession(self.base_url, cookie_jar=jar) as session:
-            async with session.post(
-                "/auth", json={"username": "admin", "password": self.password}
-            ) as resp:
-                if resp.status != 200:
-                    raise RuntimeError(f"login failed: {resp.status} {await resp.text()}")
-            async with session.post(
-                "/api/tokens",
-                json={"name": f"bench-{secrets.token_hex(3)}", "role": "admin"},
-                headers={"Origin": self.base_url},
-            ) as resp:
-                if resp.status != 201:
-                    raise RuntimeError(f"token failed: {resp.status} {await resp.text()}")
-                token: str = (await resp.json())["token"]
-                return token
-
-    async def metrics(self, session: aiohttp.ClientSession) -> str:
-        async with session.get(f"{self.base_url}/metrics") as resp:
-            return await resp.text()
 
 
 def connection_body(

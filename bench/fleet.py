@@ -29,7 +29,6 @@ from typing import Any
 import aiohttp
 
 from bench.common import (
-    MmcServer,
     MosquittoBroker,
     Stats,
     connection_body,
@@ -40,6 +39,7 @@ from bench.common import (
     raise_open_files,
 )
 from bench.run import write_json
+from testbed.serve import MmcServer
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from cryptography.fernet import Fernet
 
 from bench.common import (
     BareControl,
-    MmcServer,
     MosquittoBroker,
     Stats,
     connection_body,
@@ -41,7 +40,8 @@ from bench.common import (
     mosquitto_ctrl_times,
     run_load,
 )
-from tests.postgres import postgres_database
+from testbed.postgres import postgres_database
+from testbed.serve import MmcServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 USER = "bench-user"

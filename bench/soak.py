@@ -2,7 +2,7 @@
 
     python bench/soak.py [--minutes 10] [--rate 40] [--restart-every 60] [--json]
 
-Starts two real mosquitto brokers (tests/brokers.py, loopback only) and one `mmc serve`
+Starts two real mosquitto brokers (testbed/mosquitto.py, loopback only) and one `mmc serve`
 on temporary data, then sends reads, store writes and $CONTROL requests at ``--rate``
 per second while one broker after the other is killed and restarted every
 ``--restart-every`` seconds. Prints requests by status and the process's resident
@@ -21,7 +21,6 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.brokers import MosquittoBroker, free_port  # noqa: E402
+from testbed.mosquitto import MosquittoBroker  # noqa: E402
+from testbed.serve import MmcServer  # noqa: E402
 
 PASSWORD = "soak-admin-password"  # noqa: S105 - a throwaway instance
 EXPECTED_5XX = frozenset({503, 504})
@@ -126,21 +126,6 @@ class Traffic:
                 return  # the cleanup step has nothing to clean
 
 
-async def wait_http(base: str, proc: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise RuntimeError("mmc exited during start-up")
-            try:
-                async with session.get(f"{base}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("mmc did not start")
-
-
 async def all_connected(
     session: aiohttp.ClientSession, base: str, headers: dict[str, str], timeout: float
 ) -> None:
@@ -159,48 +144,20 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     brokers = [MosquittoBroker(workdir / f"broker{i}") for i in range(2)]
     for broker in brokers:
         broker.start()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (workdir / "mmc.log").open("wb")
     config = workdir / "mmc.toml"
     config.write_text("[mmc]\nrequest_timeout = 2.0\nreconnect_max_delay = 2.0\n")
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before any traffic
-        [
-            sys.executable,
-            "-m",
-            "mmc",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(workdir / "data"),
-        ],
-        env={
-            **os.environ,
-            "MMC_ADMIN_PASSWORD": PASSWORD,
-            "MMC_LOG_LEVEL": "WARNING",
-            "MMC_CONFIG": str(config),
-        },
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
+    server = MmcServer(
+        workdir / "mmc",
+        admin_password=PASSWORD,
+        env={"MMC_LOG_LEVEL": "WARNING", "MMC_CONFIG": str(config)},
     )
+    server.start()
+    base = server.base_url
     try:
-        await wait_http(base, proc)
-        jar = aiohttp.CookieJar(unsafe=True)
+        await server.wait_ready()
+        token = await server.admin_token("soak")
         connector = aiohttp.TCPConnector(limit=64)
-        async with aiohttp.ClientSession(cookie_jar=jar, connector=connector) as session:
-            async with session.post(
-                f"{base}/auth", json={"username": "admin", "password": PASSWORD}
-            ):
-                pass
-            async with session.post(
-                f"{base}/api/tokens",
-                json={"name": "soak", "role": "admin"},
-                headers={"Origin": base},
-            ) as resp:
-                token = (await resp.json())["token"]
-            session.cookie_jar.clear()
+        async with aiohttp.ClientSession(connector=connector) as session:
             headers = {"Authorization": f"Bearer {token}"}
             ids = []
             for i, broker in enumerate(brokers):
@@ -253,7 +210,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             ) as probe:
                 await all_connected(probe, base, headers, 30)
                 await asyncio.sleep(2)  # let link tasks of the last reconnect settle
-                return {**snapshot(proc.pid), "tasks": await tasks(probe, base)}
+                return {**snapshot(server.pid), "tasks": await tasks(probe, base)}
 
         started = time.monotonic()
         warmup = min(60.0, duration * 0.2)
@@ -276,16 +233,10 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "rss_growth_pct": round(
                 100 * (end["rss_kib"] - start["rss_kib"]) / start["rss_kib"], 2
             ),
-            "mmc_alive": proc.poll() is None,
+            "mmc_alive": server.returncode is None,
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        server.stop(timeout=15)
         for broker in brokers:
             broker.stop()
 

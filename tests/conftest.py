@@ -19,8 +19,8 @@ from pytest_aiohttp import AiohttpClient
 
 from mmc.app import create_app
 from mmc.config import Settings
-from tests.brokers import MosquittoBroker, TlsMaterial, make_tls_material, mosquitto_available
-from tests.postgres import postgres_database
+from testbed.mosquitto import MosquittoBroker, TlsMaterial, make_tls_material, mosquitto_available
+from testbed.postgres import postgres_database
 
 Client = TestClient[web.Request, web.Application]
 

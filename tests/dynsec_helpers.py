@@ -7,7 +7,7 @@ from typing import Any
 
 import aiomqtt
 
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body
 
 

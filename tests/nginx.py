@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from testbed import processes
+
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
@@ -71,14 +73,8 @@ http {{
         raise RuntimeError(f"nginx did not listen on {port}: {self.log_text()}")
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.send_signal(signal.SIGQUIT)
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None:
+            processes.stop(self._proc, 5, signal.SIGQUIT)  # nginx's graceful shutdown
 
     def log_text(self) -> str:
         parts = []

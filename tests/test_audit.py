@@ -14,7 +14,7 @@ from mmc.config import Settings
 from mmc.keys import audit_key, db_key
 from mmc.store import migrations, open_database
 from mmc.store.audit import AuditEntry, AuditQuery, AuditRepository
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
 from tests.conftest import ADMIN_PASSWORD, BACKENDS, Client, MakeClient, create_token, plain_body
 
 pytestmark = pytest.mark.backends(*BACKENDS)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mmc.config import Settings
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body
 
 BRIDGE = "mmcbridge"

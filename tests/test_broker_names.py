@@ -17,7 +17,7 @@ import pytest
 from marshmallow import ValidationError
 
 from mmc.broker_strings import MAX_NEW_NAME_BYTES, check_name
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client
 from tests.dynsec_helpers import call, connect, dynsec_path
 

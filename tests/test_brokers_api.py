@@ -12,7 +12,7 @@ import pytest
 
 from mmc.config import Settings
 from mmc.keys import connections_key
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body
 
 BASE = "/api/projects/default/brokers"

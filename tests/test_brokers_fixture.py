@@ -1,4 +1,4 @@
-"""Prove that tests/brokers.py starts real, usable mosquitto brokers."""
+"""Prove that testbed/mosquitto.py starts real, usable mosquitto brokers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.brokers import (
+from testbed.mosquitto import (
     MosquittoBroker,
     TlsMaterial,
     client_ssl_context,

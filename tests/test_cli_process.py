@@ -2,69 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.brokers import MosquittoBroker, free_port
+from testbed.mosquitto import MosquittoBroker
+from testbed.serve import MmcServer
 from tests.conftest import ADMIN_PASSWORD, plain_body
 
 
-def _spawn(data_dir: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mmc", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env={
-            **os.environ,
-            "MMC_LOG_LEVEL": "DEBUG",
-            "MMC_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            **env,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+def _server(workdir: Path, **env: str) -> MmcServer:
+    return MmcServer(workdir, admin_password=ADMIN_PASSWORD, env={"MMC_LOG_LEVEL": "DEBUG", **env})
 
 
 @pytest.fixture
-def mmc_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
-    proc = _spawn(tmp_path / "data", port)
-    yield proc, port
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
-
-
-async def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            assert proc.poll() is None, "mmc exited during start-up"
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert time.monotonic() < deadline, "mmc did not answer in time"
-            time.sleep(0.1)  # noqa: ASYNC251 - a tiny poll interval in a test
+def mmc_process(tmp_path: Path) -> Iterator[MmcServer]:
+    with _server(tmp_path) as server:
+        yield server
 
 
 async def test_serve_creates_a_connection_and_stops_cleanly_on_sigterm(
-    mmc_process: tuple[subprocess.Popen[bytes], int], broker: MosquittoBroker
+    mmc_process: MmcServer, broker: MosquittoBroker
 ) -> None:
-    proc, port = mmc_process
-    await _wait_http(port, proc)
-    base = f"http://127.0.0.1:{port}"
+    server = mmc_process
+    await server.wait_ready()
+    base = server.base_url
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         login = {"username": "admin", "password": ADMIN_PASSWORD}
         async with session.post(f"{base}/auth", data=login) as resp:
@@ -77,37 +47,41 @@ async def test_serve_creates_a_connection_and_stops_cleanly_on_sigterm(
             [conn] = await resp.json()
             assert conn["status"]["connected"] is True
 
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=15) == 0
-    assert proc.stdout is not None
-    output = proc.stdout.read().decode()
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=15) == 0
+    output = server.output()
     assert "mmc listening on http://127.0.0.1:" in output
     assert "broker plain connected" in output
     assert broker.admin_password not in output
 
 
+async def test_a_chatty_mmc_never_blocks_on_its_output(tmp_path: Path) -> None:
+    """Twice what a pipe holds (64 KiB) and more of log lines, one per request: an output
+    nobody reads while the test runs blocked mmc in the middle of a line."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    with _server(tmp_path) as server:
+        await server.wait_ready()
+        before = len(server.output())
+        async with aiohttp.ClientSession(server.base_url, timeout=timeout) as session:
+            for _ in range(1000):
+                async with session.get("/healthz") as resp:
+                    assert resp.status == 200
+        assert len(server.output()) - before > 2 * 64 * 1024
+        assert server.output().count("GET /healthz 200") == 1000
+
+
 def test_wrong_secret_key_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
     from cryptography.fernet import Fernet
 
-    data_dir = tmp_path / "data"
-    port = free_port()
-    proc = _spawn(data_dir, port)
-    try:
-        import asyncio
-
+    with _server(tmp_path) as server:
         # The first start stores a token that only the data directory's own key opens.
-        asyncio.run(_wait_http(port, proc))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        asyncio.run(server.wait_ready())
 
-    proc = _spawn(data_dir, free_port(), MMC_SECRET_KEY=Fernet.generate_key().decode())
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 2
-    assert b"cannot be decrypted with the configured secret key" in out
-    assert b"Traceback" not in out
+    with _server(tmp_path, MMC_SECRET_KEY=Fernet.generate_key().decode()) as server:
+        assert server.wait(timeout=30) == 2
+        out = server.output()
+    assert "cannot be decrypted with the configured secret key" in out
+    assert "Traceback" not in out
 
 
 def test_bad_configuration_exits_2(tmp_path: Path) -> None:
@@ -185,27 +159,17 @@ def test_users_command_line(tmp_path: Path) -> None:
     assert "bob" not in _mmc(data, "users", "list").stdout
 
     # The server sees the same users: alice logs in, no admin is bootstrapped over her.
-    port = free_port()
-    proc = _spawn(data, port)
-    try:
-        import asyncio
-
-        asyncio.run(_wait_http(port, proc))
-        asyncio.run(_login(port, "alice", "alice-password"))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        assert proc.stdout is not None
-        proc.stdout.close()
+    with _server(tmp_path) as server:
+        assert server.data_dir == data
+        asyncio.run(server.wait_ready())
+        asyncio.run(_login(server.base_url, "alice", "alice-password"))
     assert "admin" not in _mmc(data, "users", "list").stdout.split()
 
 
-async def _login(port: int, username: str, password: str) -> None:
+async def _login(base: str, username: str, password: str) -> None:
     async with (
         aiohttp.ClientSession() as session,
-        session.post(
-            f"http://127.0.0.1:{port}/auth", json={"username": username, "password": password}
-        ) as resp,
+        session.post(f"{base}/auth", json={"username": username, "password": password}) as resp,
     ):
         assert resp.status == 200
 
@@ -213,8 +177,6 @@ async def _login(port: int, username: str, password: str) -> None:
 async def test_sigterm_finishes_requests_in_flight_and_disconnects_cleanly(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    import asyncio
-
     # A "broker" that accepts TCP and never answers: a POST to it takes connect_timeout.
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -224,11 +186,11 @@ async def test_sigterm_finishes_requests_in_flight_and_disconnects_cleanly(
 
     blackhole = await asyncio.start_server(silent, "127.0.0.1", 0)
     hole_port = blackhole.sockets[0].getsockname()[1]
-    port = free_port()
-    proc = _spawn(tmp_path / "data", port, MMC_CONNECT_TIMEOUT="2", MMC_SHUTDOWN_TIMEOUT="10")
-    base = f"http://127.0.0.1:{port}"
+    server = _server(tmp_path, MMC_CONNECT_TIMEOUT="2", MMC_SHUTDOWN_TIMEOUT="10")
+    server.start()
+    base = server.base_url
     try:
-        await _wait_http(port, proc)
+        await server.wait_ready()
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             login = {"username": "admin", "password": ADMIN_PASSWORD}
             async with session.post(f"{base}/auth", json=login) as resp:
@@ -242,7 +204,7 @@ async def test_sigterm_finishes_requests_in_flight_and_disconnects_cleanly(
                 session.post(f"{base}/api/connections", json=slow, headers=headers)
             )
             await asyncio.sleep(0.5)
-            proc.send_signal(signal.SIGTERM)
+            server.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
             # No new requests once shutdown began...
             with pytest.raises(aiohttp.ClientConnectionError):
@@ -253,13 +215,12 @@ async def test_sigterm_finishes_requests_in_flight_and_disconnects_cleanly(
             assert resp.status == 202
             assert (await resp.json())["code"] == "ACCEPTED"
             resp.release()
-        assert await asyncio.to_thread(proc.wait, 15) == 0
+        assert await asyncio.to_thread(server.wait, 15) == 0
     finally:
+        server.stop()
         blackhole.close()
         await blackhole.wait_closed()
-    assert proc.stdout is not None
-    output = proc.stdout.read().decode()
-    proc.stdout.close()
+    output = server.output()
     assert "mmc stopping" in output
     # The broker saw an MQTT DISCONNECT, not a dropped socket.
     client_id = re.search(r"broker steady connected to \S+ as (\S+)", output)

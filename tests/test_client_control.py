@@ -21,7 +21,7 @@ import pytest
 from mmc.brokers.client_control import NOT_ENABLED
 from mmc.config import Settings
 from mmc.keys import connections_key
-from tests.brokers import MOSQUITTO_CTRL_BIN, MosquittoBroker
+from testbed.mosquitto import MOSQUITTO_CTRL_BIN, MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
 
 REQUEST_TOPIC = "$CONTROL/cedalo/client-control/v1"

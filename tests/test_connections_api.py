@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mmc.keys import connections_key
-from tests.brokers import MosquittoBroker, TlsMaterial, free_port
+from testbed.mosquitto import MosquittoBroker, TlsMaterial, free_port
 from tests.conftest import BACKENDS, Client, blob, plain_body, tls_body, wait_until
 
 pytestmark = pytest.mark.backends(*BACKENDS)

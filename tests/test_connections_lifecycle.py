@@ -9,7 +9,7 @@ import pytest
 
 from mmc.config import Settings
 from mmc.keys import connections_key, db_key
-from tests.brokers import MosquittoBroker, TlsMaterial
+from testbed.mosquitto import MosquittoBroker, TlsMaterial
 from tests.conftest import BACKENDS, Client, MakeClient, b64, blob, plain_body, tls_body, wait_until
 
 pytestmark = pytest.mark.backends(*BACKENDS)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.brokers import MosquittoBroker, TlsMaterial
+from testbed.mosquitto import MosquittoBroker, TlsMaterial
 from tests.conftest import Client, blob, plain_body, tls_body
 
 

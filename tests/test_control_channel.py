@@ -12,7 +12,7 @@ import pytest
 from mmc.brokers.link import BrokerLink
 from mmc.errors import BrokerTimeout, BrokerUnavailable, ControlConflict, ControlNotFound
 from mmc.keys import connections_key
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body, wait_until
 
 DYNSEC = "dynamic-security"

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +19,9 @@ import pytest
 from mmc.config import Settings
 from mmc.keys import db_key
 from mmc.store.sqlite import SqliteDatabase
-from tests.brokers import MosquittoBroker, free_port
+from testbed.mosquitto import MosquittoBroker
+from testbed.serve import MmcServer
 from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, login, plain_body
-from tests.test_cli_process import _wait_http
 
 
 async def test_concurrent_writes_each_get_their_own_transaction(client: Client) -> None:
@@ -160,17 +158,6 @@ async def test_a_full_or_read_only_store_refuses_writes_and_keeps_serving_reads(
         await browser.close()
 
 
-def _serve(data: Path, port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """`mmc serve` logging to a file: a pipe nobody reads would fill up and block it."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "mmc", "serve", "--port", str(port), "--data-dir", str(data)],
-            env={**os.environ, "MMC_ADMIN_PASSWORD": ADMIN_PASSWORD, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 async def test_sigkill_during_a_burst_of_writes_loses_nothing_acknowledged(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
@@ -179,23 +166,13 @@ async def test_sigkill_during_a_burst_of_writes_loses_nothing_acknowledged(
     config = tmp_path / "mmc.toml"
     config.write_text("[mmc]\npassword_hash_cost = 10\n")
     data = tmp_path / "data"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = _serve(data, port, tmp_path / "mmc.log", MMC_CONFIG=str(config))
+    server = MmcServer(tmp_path, admin_password=ADMIN_PASSWORD, env={"MMC_CONFIG": str(config)})
+    base = server.base_url
     acknowledged: dict[str, list[str]] = {"users": [], "tokens": [], "projects": [], "conns": []}
     request_ids: list[str] = []
-    try:
-        await _wait_http(port, proc)
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-            login = {"username": "admin", "password": ADMIN_PASSWORD}
-            async with session.post(f"{base}/auth", json=login) as resp:
-                assert resp.status == 200
-            async with session.post(
-                f"{base}/api/tokens",
-                json={"name": "burst", "role": "admin"},
-                headers={"Origin": base},
-            ) as resp:
-                admin_token = (await resp.json())["token"]
+    with server:
+        await server.wait_ready()
+        admin_token = await server.admin_token("burst")
         headers = {"Authorization": f"Bearer {admin_token}"}
         done = asyncio.Event()
         answered = 0
@@ -238,13 +215,9 @@ async def test_sigkill_during_a_burst_of_writes_loses_nothing_acknowledged(
             jobs.append(write("conns", "/api/connections", body, f"c{i}"))
         burst = asyncio.gather(*jobs)
         await asyncio.wait_for(done.wait(), 30)
-        proc.send_signal(signal.SIGKILL)
+        server.send_signal(signal.SIGKILL)
         await asyncio.wait_for(burst, 30)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert server.wait(timeout=10) == -signal.SIGKILL
     total = sum(len(v) for v in acknowledged.values())
     assert 40 <= total < 120, acknowledged  # killed in the middle, not before or after
 
@@ -252,11 +225,10 @@ async def test_sigkill_during_a_burst_of_writes_loses_nothing_acknowledged(
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = _serve(data, port, tmp_path / "mmc.log", MMC_CONFIG=str(config))
-    try:
-        await _wait_http(port, proc)
+    server = MmcServer(tmp_path, admin_password=ADMIN_PASSWORD, env={"MMC_CONFIG": str(config)})
+    base = server.base_url
+    with server:
+        await server.wait_ready()
         async with aiohttp.ClientSession(headers=headers) as session:
             users = {
                 u["username"] for u in await _get(session, f"{base}/api/user-management/users")
@@ -282,9 +254,6 @@ async def test_sigkill_during_a_burst_of_writes_loses_nothing_acknowledged(
                 assert time.monotonic() < deadline, conns
                 await asyncio.sleep(0.2)
                 conns = await _get(session, f"{base}/api/connections")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> Any:

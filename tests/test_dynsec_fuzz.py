@@ -30,11 +30,10 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from tests.brokers import MosquittoBroker, free_port
-from tests.conftest import ADMIN_PASSWORD, plain_body
+from testbed.mosquitto import MosquittoBroker
+from testbed.serve import MmcServer
+from tests.conftest import plain_body
 from tests.dynsec_helpers import dynsec_path
-from tests.test_cli_process import _wait_http
-from tests.test_durability import _serve
 
 EXAMPLES = int(os.environ.get("DYNSEC_FUZZ_EXAMPLES", "120"))
 STEPS = 50  # long sequences: a crash needs several steps in order on the same names
@@ -245,31 +244,19 @@ class DynsecSequences(RuleBasedStateMachine):
 
 @pytest.fixture
 def served(tmp_path: Path, own_broker: MosquittoBroker) -> Iterator[tuple[str, requests.Session]]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     config = tmp_path / "mmc.toml"
     config.write_text("[mmc]\npassword_hash_cost = 10\nrequest_timeout = 3.0\n")
-    proc = _serve(tmp_path / "data", port, tmp_path / "mmc.log", MMC_CONFIG=str(config))
-    try:
-        asyncio.run(_wait_http(port, proc))
-        with requests.Session() as session:
-            login = {"username": "admin", "password": ADMIN_PASSWORD}
-            assert session.post(f"{base}/auth", json=login, timeout=10).status_code == 200
-            resp = session.post(
-                f"{base}/api/tokens",
-                json={"name": "fuzz", "role": "admin"},
-                headers={"Origin": base},
-                timeout=10,
-            )
-            session.cookies.clear()
-            session.headers["Authorization"] = f"Bearer {resp.json()['token']}"
-            resp = session.post(f"{base}/api/connections", json=plain_body(own_broker), timeout=10)
-            assert resp.status_code == 200, resp.text
-            yield base, session
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-    log = (tmp_path / "mmc.log").read_text()
+    with (
+        MmcServer(tmp_path, env={"MMC_CONFIG": str(config)}) as server,
+        requests.Session() as session,
+    ):
+        base = server.base_url
+        asyncio.run(server.wait_ready())
+        session.headers["Authorization"] = f"Bearer {asyncio.run(server.admin_token('fuzz'))}"
+        resp = session.post(f"{base}/api/connections", json=plain_body(own_broker), timeout=10)
+        assert resp.status_code == 200, resp.text
+        yield base, session
+    log = server.output()
     assert "Traceback" not in log, log[-5000:]
 
 

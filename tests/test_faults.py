@@ -12,7 +12,7 @@ from typing import Any
 
 from mmc.config import Settings
 from mmc.keys import connections_key
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
 from tests.fake_mqtt import FakeBroker
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mmc.config import Settings
-from tests.brokers import MosquittoBroker, TlsMaterial
+from testbed.mosquitto import MosquittoBroker, TlsMaterial
 from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, blob, origin, tls_body
 
 

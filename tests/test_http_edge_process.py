@@ -5,72 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from tests.brokers import free_port
-from tests.conftest import ADMIN_PASSWORD, wait_until
+from testbed.serve import MmcServer
+from tests.conftest import wait_until
 
 HOST = "127.0.0.1"
-REPO = Path(__file__).resolve().parents[1]
-
-
-class Serve:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@contextmanager
-def serve(tmp_path: Path, *, nofile: int | None = None, **env: str) -> Iterator[Serve]:
-    """`mmc serve` on loopback; with ``nofile``, under that open-file limit (soft and hard,
-    set in the child before it becomes mmc)."""
-    port = free_port()
-    log = tmp_path / "mmc.log"
-    argv = [sys.executable, "-m", "mmc", "serve", "--port", str(port)]
-    if nofile is not None:
-        setup = (
-            "import os, resource, sys; "
-            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
-            "os.execv(sys.executable, sys.argv[1:])"
-        )
-        argv = [sys.executable, "-c", setup, *argv]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            argv,
-            cwd=tmp_path,  # no config/mmc.toml picked up by accident
-            env={
-                **{k: v for k, v in os.environ.items() if not k.startswith("MMC_")},
-                "MMC_DATA_DIR": str(tmp_path / "data"),
-                "MMC_ADMIN_PASSWORD": ADMIN_PASSWORD,
-                "MMC_LOG_LEVEL": "INFO",
-                "PYTHONPATH": str(REPO),
-                **env,
-            },
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield Serve(proc, port, log)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 async def raw_request(
@@ -108,18 +52,6 @@ def get(path: str = "/healthz") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
 
 
-async def wait_http(server: Serve, timeout: float = 20) -> None:
-    async def up() -> bool:
-        assert server.proc.poll() is None, server.output()
-        try:
-            status, _, _ = await raw_request(server.port, get(), timeout=1)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError):
-            return False
-        return status == 200
-
-    await wait_until(up, timeout=timeout, interval=0.1, detail=server.output)
-
-
 @asynccontextmanager
 async def idle_connections(
     port: int, count: int, *, source: str | None = None
@@ -146,13 +78,15 @@ def error_body(body: bytes, status: int) -> dict[str, Any]:
 
 
 async def test_connections_over_the_caps_are_answered_and_closed(tmp_path: Path) -> None:
-    with serve(
+    with MmcServer(
         tmp_path,
-        MMC_HTTP_MAX_CONNECTIONS="6",
-        MMC_HTTP_MAX_CONNECTIONS_PER_ADDRESS="3",
-        MMC_TRUSTED_PROXIES="127.0.0.3",
+        env={
+            "MMC_HTTP_MAX_CONNECTIONS": "6",
+            "MMC_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "3",
+            "MMC_TRUSTED_PROXIES": "127.0.0.3",
+        },
     ) as server:
-        await wait_http(server)
+        await server.wait_ready()
         port = server.port
         async with idle_connections(port, 3) as first:
             # The fourth connection from 127.0.0.1 is refused at once, in the error shape.
@@ -194,8 +128,8 @@ async def _answers(port: int) -> bool:
 
 
 async def test_parser_errors_are_in_the_error_shape_and_quiet(tmp_path: Path) -> None:
-    with serve(tmp_path, MMC_LOG_LEVEL="DEBUG") as server:
-        await wait_http(server)
+    with MmcServer(tmp_path, env={"MMC_LOG_LEVEL": "DEBUG"}) as server:
+        await server.wait_ready()
         for data in (
             f"GET /{'x' * 9000} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode(),
             f"GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {'y' * 9000}\r\n\r\n".encode(),
@@ -213,8 +147,8 @@ async def test_parser_errors_are_in_the_error_shape_and_quiet(tmp_path: Path) ->
 
 
 async def test_a_client_dropping_mid_body_is_a_debug_line(tmp_path: Path) -> None:
-    with serve(tmp_path, MMC_LOG_LEVEL="DEBUG") as server:
-        await wait_http(server)
+    with MmcServer(tmp_path, env={"MMC_LOG_LEVEL": "DEBUG"}) as server:
+        await server.wait_ready()
         for _ in range(3):
             _reader, writer = await asyncio.open_connection(HOST, server.port)
             writer.write(
@@ -238,8 +172,8 @@ async def test_a_client_dropping_mid_body_is_a_debug_line(tmp_path: Path) -> Non
 async def test_running_out_of_file_descriptors_logs_a_few_lines_and_recovers(
     tmp_path: Path,
 ) -> None:
-    with serve(tmp_path, nofile=128, MMC_HTTP_HEADER_TIMEOUT="3") as server:
-        await wait_http(server)
+    with MmcServer(tmp_path, nofile=128, env={"MMC_HTTP_HEADER_TIMEOUT": "3"}) as server:
+        await server.wait_ready()
         assert "open-file limit (128" in server.output()
         sockets: list[socket.socket] = []
         try:
@@ -252,7 +186,7 @@ async def test_running_out_of_file_descriptors_logs_a_few_lines_and_recovers(
                     sock.connect((HOST, server.port))
                 sockets.append(sock)
             await asyncio.sleep(4)
-            assert server.proc.poll() is None
+            assert server.returncode is None
         finally:
             for sock in sockets:
                 sock.close()

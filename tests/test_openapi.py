@@ -9,7 +9,7 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
 from mmc.auth.permissions import PUBLIC_ROUTES
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body, registered_operations
 from tests.dynsec_helpers import connect, dynsec_path
 

@@ -14,7 +14,7 @@ import pytest
 from mmc.config import Settings
 from mmc.keys import connections_key
 from mmc.logs import JsonFormatter
-from tests.brokers import MosquittoBroker, TlsMaterial, free_port, write_tls_files
+from testbed.mosquitto import MosquittoBroker, TlsMaterial, free_port, write_tls_files
 from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, plain_body
 from tests.nginx import Nginx, nginx_available
 

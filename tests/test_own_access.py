@@ -16,7 +16,7 @@ from mmc.clock import now_ms
 from mmc.config import Settings
 from mmc.keys import connections_key, db_key, secret_box_key
 from mmc.store.connections import ConnectionRepository
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
 from tests.conftest import BACKENDS, Client, wait_until
 from tests.dynsec_helpers import call, can_login, connect, dynsec_path
 

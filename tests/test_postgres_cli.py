@@ -17,7 +17,7 @@ from mmc.crypto import KEY_CHECK_PLAINTEXT, SecretBox
 from mmc.store import open_database
 from mmc.store.connections import ConnectionRecord, ConnectionRepository
 from mmc.store.projects import ProjectRepository
-from tests.brokers import free_port
+from testbed.mosquitto import free_port
 from tests.conftest import SECRET_KEY
 
 pytestmark = pytest.mark.backends("postgresql")

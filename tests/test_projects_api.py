@@ -11,7 +11,7 @@ import pytest
 
 from mmc.config import Settings
 from mmc.store.migrations import MIGRATIONS
-from tests.brokers import MosquittoBroker, free_port
+from testbed.mosquitto import MosquittoBroker, free_port
 from tests.conftest import BACKENDS, Client, plain_body
 
 pytestmark = pytest.mark.backends(*BACKENDS)

@@ -13,15 +13,15 @@ import aiohttp
 import asyncpg
 import pytest
 
-from bench.common import MmcServer
 from mmc.config import Settings
 from mmc.crypto import SecretBox
 from mmc.keys import connections_key
 from mmc.store import open_database
 from mmc.store.migrations import MIGRATIONS
-from tests.brokers import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker
+from testbed.postgres import postgres_database
+from testbed.serve import MmcServer
 from tests.conftest import ADMIN_PASSWORD, SECRET_KEY, MakeClient, call, plain_body, wait_until
-from tests.postgres import postgres_database
 from tests.tcp_proxy import TcpProxy
 
 CONFIG = """
@@ -52,19 +52,18 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     def start(name: str, url: str, **env: str) -> MmcServer:
         server = MmcServer(
             tmp_path / name,
+            # The first replica to start creates the admin, with this password.
+            admin_password=ADMIN_PASSWORD,
             env={
                 "MMC_CONFIG": str(config),
                 "MMC_DATABASE_URL": url,
                 "MMC_SECRET_KEY": SECRET_KEY,
                 "MMC_REPLICA_ID": name,
-                # The first replica to start creates the admin, with this password.
-                "MMC_ADMIN_PASSWORD": ADMIN_PASSWORD,
                 # Far beyond the test: a change that arrives did so by NOTIFY.
                 "MMC_RECONCILE_INTERVAL": "600",
                 **env,
             },
         )
-        server.password = ADMIN_PASSWORD
         server.start()
         started.append(server)
         return server

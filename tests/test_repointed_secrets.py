@@ -11,7 +11,7 @@ import pytest
 from mmc.keys import connections_key, db_key, secret_box_key
 from mmc.services.connections import target
 from mmc.store.connections import ConnectionRecord, ConnectionRepository
-from tests.brokers import MosquittoBroker, TlsMaterial, free_port
+from testbed.mosquitto import MosquittoBroker, TlsMaterial, free_port
 from tests.conftest import BACKENDS, Client, blob, plain_body, tls_body, wait_until
 from tests.fake_mqtt import FakeBroker
 

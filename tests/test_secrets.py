@@ -15,10 +15,9 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
 from mmc.config import Settings
-from tests.brokers import MosquittoBroker, TlsMaterial, free_port
-from tests.conftest import Client, b64, blob, call, plain_body, tls_body
-from tests.test_cli_process import _wait_http
-from tests.test_durability import _serve
+from testbed.mosquitto import MosquittoBroker, TlsMaterial
+from testbed.serve import MmcServer
+from tests.conftest import ADMIN_PASSWORD, Client, b64, blob, call, plain_body, tls_body
 
 
 def _raw(data_dir: Path) -> bytes:
@@ -60,6 +59,11 @@ async def test_no_secret_is_in_the_database_file(
         assert secret.encode() not in raw, secret  # ...their secrets are not
 
 
+def _server(workdir: Path, **env: str) -> MmcServer:
+    """`mmc serve` on ``workdir/data``, the store the `mmc secrets` commands change."""
+    return MmcServer(workdir, admin_password=ADMIN_PASSWORD, env=env)
+
+
 def _mmc(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mmc", *args, "--data-dir", str(data)],
@@ -83,15 +87,13 @@ async def test_rotate_while_the_server_reads_then_restart_with_the_new_key(
 ) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     data = tmp_path / "data"
-    log = tmp_path / "mmc.log"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = _serve(data, port, log, MMC_SECRET_KEY=old)
-    try:
-        await _wait_http(port, proc)
+    server = _server(tmp_path, MMC_SECRET_KEY=old)
+    base = server.base_url
+    with server:
+        await server.wait_ready()
         jar = aiohttp.CookieJar(unsafe=True)
         async with aiohttp.ClientSession(cookie_jar=jar, headers={"Origin": base}) as session:
-            login = {"username": "admin", "password": "admin-password-for-tests"}
+            login = {"username": "admin", "password": server.password}
             assert (await call(session, "POST", f"{base}/auth", json=login))[0] == 200
             status, _ = await call(
                 session, "POST", f"{base}/api/connections", json=plain_body(broker)
@@ -138,21 +140,18 @@ async def test_rotate_while_the_server_reads_then_restart_with_the_new_key(
             )
             assert status == 503, body
             assert "restart mmc with the new MMC_SECRET_KEY" in body["message"]
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
+    assert server.returncode == 0
 
     # The old key no longer opens the store; the new one does, with the secrets intact.
-    proc = _serve(data, free_port(), log, MMC_SECRET_KEY=old)
-    assert proc.wait(timeout=30) == 2
-    assert "cannot be decrypted with the configured secret key" in log.read_text()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = _serve(data, port, log, MMC_SECRET_KEY=new)
-    try:
-        await _wait_http(port, proc)
+    with _server(tmp_path, MMC_SECRET_KEY=old) as server:
+        assert server.wait(timeout=30) == 2
+    assert "cannot be decrypted with the configured secret key" in server.output()
+    server = _server(tmp_path, MMC_SECRET_KEY=new)
+    base = server.base_url
+    with server:
+        await server.wait_ready()
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-            login = {"username": "admin", "password": "admin-password-for-tests"}
+            login = {"username": "admin", "password": server.password}
             assert (await call(session, "POST", f"{base}/auth", json=login))[0] == 200
             status, listing = await call(session, "GET", f"{base}/api/connections")
             for _ in range(50):
@@ -171,23 +170,18 @@ async def test_rotate_while_the_server_reads_then_restart_with_the_new_key(
             assert status == 200, body
             status, audit = await call(session, "GET", f"{base}/api/audit?method=CLI")
             assert [e["route"] for e in audit["entries"]] == ["mmc secrets rotate"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 async def test_rotate_with_the_key_file_and_a_server_started_with_both_keys(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
     data = tmp_path / "data"
-    log = tmp_path / "mmc.log"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = _serve(data, port, log)
-    try:
-        await _wait_http(port, proc)
+    server = _server(tmp_path)
+    base = server.base_url
+    with server:
+        await server.wait_ready()
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-            login = {"username": "admin", "password": "admin-password-for-tests"}
+            login = {"username": "admin", "password": server.password}
             assert (await call(session, "POST", f"{base}/auth", json=login))[0] == 200
             status, _ = await call(
                 session,
@@ -197,9 +191,6 @@ async def test_rotate_with_the_key_file_and_a_server_started_with_both_keys(
                 headers={"Origin": base},
             )
             assert status == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
     key_file = data / "secret.key"
     old = key_file.read_text().strip()
 
@@ -216,17 +207,12 @@ async def test_rotate_with_the_key_file_and_a_server_started_with_both_keys(
     # The zero-downtime order for MMC_SECRET_KEY: a server started with "newer,current"
     # writes under the newer key at once and still opens everything; rotate finishes.
     newer = Fernet.generate_key().decode()
-    port = free_port()
-    proc = _serve(data, port, log, MMC_SECRET_KEY=f"{newer},{new}")
-    try:
-        await _wait_http(port, proc)
+    with _server(tmp_path, MMC_SECRET_KEY=f"{newer},{new}") as server:
+        await server.wait_ready()
         result = _mmc(
             data, "secrets", "rotate", MMC_SECRET_KEY=f"{newer},{new}", MMC_NEW_SECRET_KEY=newer
         )
         assert result.returncode == 0, result.stderr
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
     for token in _password_tokens(data):
         Fernet(newer.encode()).decrypt(token.encode())
 

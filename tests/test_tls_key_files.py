@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mmc.brokers.tls import context_from_base64
-from tests.brokers import MosquittoBroker, TlsMaterial
+from testbed.mosquitto import MosquittoBroker, TlsMaterial
 from tests.conftest import b64
 
 # Run in a process of its own: an audit hook cannot be removed once added. It records
