@@ -20,11 +20,9 @@ from mmc import __version__
 from mmc.auth.permissions import PUBLIC_ROUTES
 from mmc.schemas.responses import ErrorSchema
 from mmc.web.hosts import ANY_HOST_ROUTES
+from mmc.web.routing import ResponseSpec, Route, declared
 
 F = TypeVar("F", bound=Callable[..., Any])
-# A marshmallow schema or a JSON schema dict (JSON answer), (media type, description) for a
-# text answer, or None (no body).
-ResponseSpec = Schema | Mapping[str, Any] | tuple[str, str] | None
 _ATTR = "__mmc_openapi__"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
@@ -129,9 +127,23 @@ def _response(status: int, spec: ResponseSpec) -> dict[str, Any]:
     return {"description": "Success", "content": {"application/json": {"schema": spec}}}
 
 
-def _operation(template: str, method: str, op: Operation) -> dict[str, Any]:
+def _from_route(route: Route) -> tuple[Operation, bool]:
+    """The declaration as documented: a body that may come in the query string is
+    documented as query parameters."""
+    op = Operation(
+        summary=route.summary,
+        responses=route.responses,
+        body=None if route.body_in_query else route.body,
+        query=route.body if route.body_in_query else route.query,
+        errors=route.errors,
+        description=route.description,
+        body_content_types=route.body_content_types,
+    )
+    return op, route.public
+
+
+def _operation(template: str, method: str, op: Operation, public: bool) -> dict[str, Any]:
     params = _PARAM.findall(template)
-    public = template in PUBLIC_ROUTES
     parameters: list[dict[str, Any]] = [
         {"in": "path", "name": name, "required": True, "schema": {"type": "string"}}
         for name in params
@@ -217,11 +229,17 @@ def build_spec(app: web.Application, base_path: str = "") -> tuple[dict[str, Any
         if base_path and template.startswith(base_path):
             template = template[len(base_path) :]
         for method, fn in _handlers(route):
-            op = getattr(fn, _ATTR, None)
-            if not isinstance(op, Operation):
+            declaration = declared(fn)
+            old = getattr(fn, _ATTR, None)
+            if declaration is not None:
+                op, public = _from_route(declaration)
+            elif isinstance(old, Operation):
+                op, public = old, template in PUBLIC_ROUTES
+            else:
                 missing.append(f"{method} {template}")
                 continue
-            paths.setdefault(template, {})[method.lower()] = _operation(template, method, op)
+            operation = _operation(template, method, op, public)
+            paths.setdefault(template, {})[method.lower()] = operation
     for template in sorted(paths):
         spec.path(path=template, operations=paths[template])
     return spec.to_dict(), missing

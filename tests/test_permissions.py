@@ -11,8 +11,9 @@ import re
 import pytest
 from aiohttp import web
 
-from mmc.auth.permissions import PUBLIC_ROUTES, ROUTE_PERMISSIONS, Role
+from mmc.auth.permissions import PUBLIC_ROUTES, ROUTE_PERMISSIONS, Role, allowed
 from mmc.config import Settings
+from mmc.web.routing import declarations
 from tests.conftest import BACKENDS, Client, MakeClient, create_token, login, registered_operations
 
 pytestmark = pytest.mark.backends(*BACKENDS)
@@ -99,9 +100,15 @@ def _registered(app: web.Application) -> set[tuple[str, str]]:
 async def test_every_route_is_in_the_matrix_and_the_table(client: Client) -> None:
     registered = _registered(client.app)
     assert registered == set(EXPECTED), "update EXPECTED for new or removed routes"
+    declared = {(r.method, r.path): r.permission for r in declarations(client.app) if not r.public}
     table = {(m, route) for route, methods in ROUTE_PERMISSIONS.items() for m in methods}
     static = {("GET", "/api/docs/static")}
-    assert registered | static == table, "ROUTE_PERMISSIONS and the registered handlers disagree"
+    assert not set(declared) & table, "a route is both declared and in ROUTE_PERMISSIONS"
+    assert registered | static == table | set(declared)
+    # Each declaration's permission lets exactly the roles of the specification in.
+    for op, permission in declared.items():
+        roles = {role for role in Role if allowed((role.value,), permission)}
+        assert roles == EXPECTED[op], op
 
 
 def _concrete(template: str) -> str:

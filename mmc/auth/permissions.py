@@ -18,6 +18,7 @@ class Role(StrEnum):
 
 
 class Permission(StrEnum):
+    PUBLIC = "public"  # anybody, without logging in: probes, metrics, the login endpoints
     SELF = "self"  # one's own profile and session
     MONITOR = "monitor"  # broker list, broker info and status
     READ = "read"  # every other read
@@ -66,8 +67,6 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
     "/api/user-management/users": {"GET": _A, "POST": _A},
     "/api/user-management/users/{username}": {"GET": _A, "PUT": _A, "DELETE": _A},
     "/api/user-management/roles": {"GET": _A},
-    "/api/tokens": {"GET": _A, "POST": _A},
-    "/api/tokens/{tokenId}": {"DELETE": _A},
     "/api/audit": {"GET": _A},
     "/api/projects": {"GET": _R, "POST": _C},
     "/api/projects/{projectId}": {"GET": _R, "PUT": _C, "DELETE": _C},
@@ -130,6 +129,8 @@ def required_permission(route: str, method: str) -> Permission | None:
 
 
 def allowed(roles: tuple[str, ...], permission: Permission) -> bool:
+    if permission is Permission.PUBLIC:
+        return True
     for name in roles:
         try:
             role = Role(name)

@@ -27,7 +27,7 @@ from mmc.auth.service import Identity
 from mmc.errors import NotAllowed, Unauthorized
 from mmc.keys import auth_key, identity_key, settings_key
 from mmc.web.proxy import is_https, public_host
-from mmc.web.routing import route_template
+from mmc.web.routing import declaration, route_template
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def same_origin(request: web.Request) -> bool:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     template = route_template(request)
-    if template in PUBLIC_ROUTES:
+    route = declaration(request)
+    if route.public if route is not None else template in PUBLIC_ROUTES:
         return await handler(request)
     identity = await identify(request)
     if identity is None:
@@ -97,6 +98,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request[identity_key] = identity
     if request.match_info.http_exception is not None:
         return await handler(request)  # 404 / 405, now that we know who asks
+    if route is not None:
+        if not allowed(identity.roles, route.permission):
+            raise NotAllowed()
+        if (
+            identity.method == "session"
+            and request.method not in SAFE_METHODS
+            and cross_site(request)
+        ):
+            raise NotAllowed(CROSS_SITE_MESSAGE)
+        return await handler(request)
     methods = ROUTE_PERMISSIONS.get(template or "")
     if methods is None:
         log.error("route %s has no entry in the permission table", template)

@@ -14,6 +14,7 @@ from marshmallow import Schema, ValidationError
 from mmc.errors import InvalidInput, UndecodableBody
 
 JSON_TYPES = frozenset({"application/json"})
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
