@@ -64,10 +64,6 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
     "/api/docs/static": {"GET": _S},
     "/api/connections": {"GET": _R, "POST": _C},
     "/api/connections/{connectionId}": {"GET": _R, "PUT": _C, "DELETE": _C},
-    "/api/user-management/users": {"GET": _A, "POST": _A},
-    "/api/user-management/users/{username}": {"GET": _A, "PUT": _A, "DELETE": _A},
-    "/api/user-management/roles": {"GET": _A},
-    "/api/audit": {"GET": _A},
     "/api/projects": {"GET": _R, "POST": _C},
     "/api/projects/{projectId}": {"GET": _R, "PUT": _C, "DELETE": _C},
     # Monitoring: the broker list, one broker, its $SYS info.
