@@ -62,10 +62,6 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
     "/api/docs": {"GET": _S},
     "/api/docs/openapi.json": {"GET": _S},
     "/api/docs/static": {"GET": _S},
-    "/api/connections": {"GET": _R, "POST": _C},
-    "/api/connections/{connectionId}": {"GET": _R, "PUT": _C, "DELETE": _C},
-    "/api/projects": {"GET": _R, "POST": _C},
-    "/api/projects/{projectId}": {"GET": _R, "PUT": _C, "DELETE": _C},
     # Monitoring: the broker list, one broker, its $SYS info.
     "/api/projects/{projectId}/brokers": {"GET": _M},
     "/api/projects/{projectId}/brokers/{brokerId}": {"GET": _M, "DELETE": _C},
