@@ -21,26 +21,26 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.auth.permissions import Permission
 from mmc.brokers import mappings
 from mmc.brokers.link import BrokerLink
 from mmc.brokers.sys_tree import snapshot
-from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
+from mmc.errors import BrokerUnavailable, MmcError, NotFound
 from mmc.keys import connections_key, projects_key, settings_key
-from mmc.openapi import doc
 from mmc.schemas.responses import (
     OBJECT,
+    BridgeConfigSchema,
     BridgeSchema,
     BridgeStatusSchema,
     BrokerInfoSchema,
     BrokerSchema,
     LicenseSchema,
     ListenerSchema,
-    ObjectSchema,
 )
 from mmc.store.db import now_ms
-from mmc.web.body import read_json
+from mmc.web.routing import Routes
 
-routes = web.RouteTableDef()
+routes = Routes()
 
 BASE = "/api/projects/{projectId}/brokers"
 LICENSE_API = "cedalo/license"
@@ -92,122 +92,123 @@ async def fetch_license(link: BrokerLink) -> dict[str, Any]:
     return mappings.license_info(data if isinstance(data, dict) else {})
 
 
-@routes.view(BASE)
-class BrokersView(web.View):
-    @doc("The project's brokers", responses={200: BrokerSchema(many=True)})
-    async def get(self) -> web.Response:
-        project_id = self.request.match_info["projectId"]
-        await _require_project(self.request, project_id)
-        pool = self.request.app[connections_key].pool
-        return web.json_response(
-            [broker_wire(link) for link in pool if link.record.project_id == project_id]
-        )
-
-
-class _BrokerView(web.View):
-    """A view of one broker of one project."""
-
-    @property
-    def project_id(self) -> str:
-        return self.request.match_info["projectId"]
-
-    @property
-    def broker_id(self) -> str:
-        return self.request.match_info["brokerId"]
-
-    async def link(self) -> BrokerLink:
-        link = project_broker(self.request)
-        if link is not None:
-            return link
-        await _require_project(self.request, self.project_id)
-        raise NotFound(f"Broker {self.broker_id} not found in project {self.project_id}")
-
-
-@routes.view(BASE + "/{brokerId}")
-class BrokerView(_BrokerView):
-    @doc("One broker", responses={200: BrokerSchema()})
-    async def get(self) -> web.Response:
-        return web.json_response(broker_wire(await self.link()))
-
-    @doc("Remove the broker (its connection)", responses={204: None})
-    async def delete(self) -> web.Response:
-        link = await self.link()
-        # Through the service: the record goes and the link is closed.
-        await self.request.app[connections_key].delete(link.id)
-        return web.Response(status=204)
-
-
-@routes.view(BASE + "/{brokerId}/info")
-class BrokerInfoView(_BrokerView):
-    @doc(
-        "$SYS values and their history; tries to connect a broker that is down",
-        responses={200: BrokerInfoSchema()},
+@routes.get(
+    BASE, Permission.MONITOR, "The project's brokers", responses={200: BrokerSchema(many=True)}
+)
+async def list_brokers(request: web.Request) -> web.Response:
+    project_id = request.match_info["projectId"]
+    await _require_project(request, project_id)
+    pool = request.app[connections_key].pool
+    return web.json_response(
+        [broker_wire(link) for link in pool if link.record.project_id == project_id]
     )
-    async def get(self) -> web.Response:
-        link = await self.link()
-        settings = self.request.app[settings_key]
-        # "Tries to connect": a link that is down skips its backoff and gets a bounded
-        # time; once up, its retained $SYS values are on their way: give them a moment.
-        if (
-            not link.connected
-            and link.reconnect_now()
-            and await link.wait_connected(settings.connect_timeout)
-        ):
-            await link.wait_sys_values(settings.probe_timeout)
-        body: dict[str, Any] = {
-            "id": link.id,
-            "url": link.record.url,
-            "name": link.record.name,
-            "project_id": link.record.project_id,
-            "sysTopics": snapshot(link.sys_values, link.sys_updated_at or now_ms()),
-            "sysTopicsHistory": link.sys_history.entries(),
-            "isConnected": link.connected,
-            "status": link.status.to_wire(),
-        }
-        if link.connected:
-            # No license plugin, or it did not answer: licenseInfo is optional.
-            with contextlib.suppress(MmcError):
-                body["licenseInfo"] = await fetch_license(link)
-        return web.json_response(body)
 
 
-@routes.view(BASE + "/{brokerId}/license")
-class BrokerLicenseView(_BrokerView):
-    @doc("The broker's license (Pro)", responses={200: LicenseSchema()})
-    async def get(self) -> web.Response:
-        return web.json_response(await fetch_license(await self.link()))
+async def _link(request: web.Request) -> BrokerLink:
+    """The path's broker of the path's project: 404 naming what is missing."""
+    link = project_broker(request)
+    if link is not None:
+        return link
+    project_id = request.match_info["projectId"]
+    await _require_project(request, project_id)
+    raise NotFound(f"Broker {request.match_info['brokerId']} not found in project {project_id}")
 
 
-@routes.view(BASE + "/{brokerId}/listeners")
-class BrokerListenersView(_BrokerView):
-    @doc("The broker's listeners (2.1, Pro)", responses={200: ListenerSchema(many=True)})
-    async def get(self) -> web.Response:
-        link = await self.link()
-        await link.require_feature("brokerControl")
-        response = await link.control.request(BROKER_API, {"command": "listListeners"})
-        data = response.get("data")
-        return web.json_response(mappings.listeners(data if isinstance(data, dict) else {}))
+@routes.get(BASE + "/{brokerId}", Permission.MONITOR, "One broker", responses={200: BrokerSchema()})
+async def get_broker(request: web.Request) -> web.Response:
+    return web.json_response(broker_wire(await _link(request)))
 
 
-@routes.view(BASE + "/{brokerId}/bridges")
-class BridgesView(_BrokerView):
-    @doc(
-        "Bridges from mosquitto.conf ($SYS) and bridge plugins",
-        responses={200: BridgeSchema(many=True)},
-    )
-    async def get(self) -> web.Response:
-        link = await self.link()
-        capabilities = link.capabilities
-        licensed: list[str] | None = None
-        if link.connected:
-            try:
-                capabilities = await link.ensure_capabilities()
-                if "license" in capabilities.features:
-                    licensed = (await fetch_license(link))["features"]
-            except MmcError:
-                pass  # the bridges of mosquitto.conf are still known from $SYS
-        bridge_apis = capabilities.bridge_apis if capabilities is not None else ()
-        return web.json_response(mappings.bridge_listing(link.sys_values, bridge_apis, licensed))
+@routes.delete(
+    BASE + "/{brokerId}",
+    Permission.CONNECTIONS,
+    "Remove the broker (its connection)",
+    responses={204: None},
+)
+async def delete_broker(request: web.Request) -> web.Response:
+    link = await _link(request)
+    # Through the service: the record goes and the link is closed.
+    await request.app[connections_key].delete(link.id)
+    return web.Response(status=204)
+
+
+@routes.get(
+    BASE + "/{brokerId}/info",
+    Permission.MONITOR,
+    "$SYS values and their history; tries to connect a broker that is down",
+    responses={200: BrokerInfoSchema()},
+)
+async def broker_info(request: web.Request) -> web.Response:
+    link = await _link(request)
+    settings = request.app[settings_key]
+    # "Tries to connect": a link that is down skips its backoff and gets a bounded
+    # time; once up, its retained $SYS values are on their way: give them a moment.
+    if (
+        not link.connected
+        and link.reconnect_now()
+        and await link.wait_connected(settings.connect_timeout)
+    ):
+        await link.wait_sys_values(settings.probe_timeout)
+    body: dict[str, Any] = {
+        "id": link.id,
+        "url": link.record.url,
+        "name": link.record.name,
+        "project_id": link.record.project_id,
+        "sysTopics": snapshot(link.sys_values, link.sys_updated_at or now_ms()),
+        "sysTopicsHistory": link.sys_history.entries(),
+        "isConnected": link.connected,
+        "status": link.status.to_wire(),
+    }
+    if link.connected:
+        # No license plugin, or it did not answer: licenseInfo is optional.
+        with contextlib.suppress(MmcError):
+            body["licenseInfo"] = await fetch_license(link)
+    return web.json_response(body)
+
+
+@routes.get(
+    BASE + "/{brokerId}/license",
+    Permission.READ,
+    "The broker's license (Pro)",
+    responses={200: LicenseSchema()},
+)
+async def broker_license(request: web.Request) -> web.Response:
+    return web.json_response(await fetch_license(await _link(request)))
+
+
+@routes.get(
+    BASE + "/{brokerId}/listeners",
+    Permission.READ,
+    "The broker's listeners (2.1, Pro)",
+    responses={200: ListenerSchema(many=True)},
+)
+async def broker_listeners(request: web.Request) -> web.Response:
+    link = await _link(request)
+    await link.require_feature("brokerControl")
+    response = await link.control.request(BROKER_API, {"command": "listListeners"})
+    data = response.get("data")
+    return web.json_response(mappings.listeners(data if isinstance(data, dict) else {}))
+
+
+@routes.get(
+    BASE + "/{brokerId}/bridges",
+    Permission.READ,
+    "Bridges from mosquitto.conf ($SYS) and bridge plugins",
+    responses={200: BridgeSchema(many=True)},
+)
+async def list_bridges(request: web.Request) -> web.Response:
+    link = await _link(request)
+    capabilities = link.capabilities
+    licensed: list[str] | None = None
+    if link.connected:
+        try:
+            capabilities = await link.ensure_capabilities()
+            if "license" in capabilities.features:
+                licensed = (await fetch_license(link))["features"]
+        except MmcError:
+            pass  # the bridges of mosquitto.conf are still known from $SYS
+    bridge_apis = capabilities.bridge_apis if capabilities is not None else ()
+    return web.json_response(mappings.bridge_listing(link.sys_values, bridge_apis, licensed))
 
 
 @dataclass(frozen=True)
@@ -219,73 +220,84 @@ class Bridge:
     api: str | None = None
 
 
-class _BridgeView(_BrokerView):
-    @property
-    def bridge_id(self) -> str:
-        return self.request.match_info["bridgeId"]
-
-    async def bridge(self, link: BrokerLink) -> Bridge:
-        """The bridge by its id; a mosquitto.conf bridge also by its connection name."""
-        configured = mappings.conf_bridges(link.sys_values)
-        if self.bridge_id in configured:
-            return Bridge(self.bridge_id, client_id=self.bridge_id)
-        by_name = [c for c in configured if mappings.bridge_name(c) == self.bridge_id]
-        if len(by_name) == 1:
-            return Bridge(by_name[0], client_id=by_name[0])
-        if link.connected:
-            capabilities = await link.ensure_capabilities()
-            api = mappings.plugin_bridge_api(self.bridge_id)
-            if api in capabilities.bridge_apis:
-                return Bridge(self.bridge_id, api=api)
-        raise NotFound(f"Bridge {self.bridge_id} not found on broker {link.id}")
-
-    async def plugin_api(self, link: BrokerLink) -> tuple[Bridge, str]:
-        bridge = await self.bridge(link)
-        if bridge.api is None:
-            raise NotFound(
-                f"Bridge {bridge.id} is configured in mosquitto.conf, which has no "
-                "configuration API: change the broker's mosquitto.conf instead",
-                info={"bridge": bridge.id, "source": "config"},
-            )
-        return bridge, bridge.api
+async def _bridge(request: web.Request, link: BrokerLink) -> Bridge:
+    """The path's bridge by its id; a mosquitto.conf bridge also by its connection name."""
+    bridge_id = request.match_info["bridgeId"]
+    configured = mappings.conf_bridges(link.sys_values)
+    if bridge_id in configured:
+        return Bridge(bridge_id, client_id=bridge_id)
+    by_name = [c for c in configured if mappings.bridge_name(c) == bridge_id]
+    if len(by_name) == 1:
+        return Bridge(by_name[0], client_id=by_name[0])
+    if link.connected:
+        capabilities = await link.ensure_capabilities()
+        api = mappings.plugin_bridge_api(bridge_id)
+        if api in capabilities.bridge_apis:
+            return Bridge(bridge_id, api=api)
+    raise NotFound(f"Bridge {bridge_id} not found on broker {link.id}")
 
 
-@routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/status")
-class BridgeStatusView(_BridgeView):
-    @doc("Whether a bridge is connected", responses={200: BridgeStatusSchema()})
-    async def get(self) -> web.Response:
-        link = await self.link()
-        bridge = await self.bridge(link)
-        if not link.connected:
-            raise BrokerUnavailable(f"Broker {link.id} is not connected")
-        if bridge.client_id is not None:
-            topic = f"$SYS/broker/connection/{bridge.client_id}/state"
-            state = link.sys_values.get(topic, "0")
-            since = link.sys_changed_at.get(topic)
-            return web.json_response(mappings.conf_bridge_status(bridge.id, state, since))
-        assert bridge.api is not None
-        response = await link.control.request(bridge.api, {"command": "getStatus"})
-        data = response.get("data")
-        return web.json_response(
-            mappings.plugin_bridge_status(bridge.id, data if isinstance(data, dict) else {})
+async def _plugin_api(request: web.Request, link: BrokerLink) -> str:
+    bridge = await _bridge(request, link)
+    if bridge.api is None:
+        raise NotFound(
+            f"Bridge {bridge.id} is configured in mosquitto.conf, which has no "
+            "configuration API: change the broker's mosquitto.conf instead",
+            info={"bridge": bridge.id, "source": "config"},
         )
+    return bridge.api
 
 
-@routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/config")
-class BridgeConfigView(_BridgeView):
-    @doc("A bridge plugin's configuration", responses={200: OBJECT})
-    async def get(self) -> web.Response:
-        link = await self.link()
-        _, api = await self.plugin_api(link)
-        response = await link.control.request(api, {"command": "getConfig"})
-        return web.json_response(response.get("data", {}))
+BRIDGE = BASE + "/{brokerId}/bridges/{bridgeId}"
 
-    @doc("Change a bridge plugin's configuration", body=ObjectSchema(), responses={204: None})
-    async def put(self) -> web.Response:
-        link = await self.link()
-        _, api = await self.plugin_api(link)
-        body = await read_json(self.request)
-        if not isinstance(body, dict):
-            raise InvalidInput("The bridge configuration must be a JSON object")
-        await link.control.request(api, {"command": "updateConfig", "configChange": body})
-        return web.Response(status=204)
+
+@routes.get(
+    BRIDGE + "/status",
+    Permission.READ,
+    "Whether a bridge is connected",
+    responses={200: BridgeStatusSchema()},
+)
+async def bridge_status(request: web.Request) -> web.Response:
+    link = await _link(request)
+    bridge = await _bridge(request, link)
+    if not link.connected:
+        raise BrokerUnavailable(f"Broker {link.id} is not connected")
+    if bridge.client_id is not None:
+        topic = f"$SYS/broker/connection/{bridge.client_id}/state"
+        state = link.sys_values.get(topic, "0")
+        since = link.sys_changed_at.get(topic)
+        return web.json_response(mappings.conf_bridge_status(bridge.id, state, since))
+    assert bridge.api is not None
+    response = await link.control.request(bridge.api, {"command": "getStatus"})
+    data = response.get("data")
+    return web.json_response(
+        mappings.plugin_bridge_status(bridge.id, data if isinstance(data, dict) else {})
+    )
+
+
+@routes.get(
+    BRIDGE + "/config",
+    Permission.READ,
+    "A bridge plugin's configuration",
+    responses={200: OBJECT},
+)
+async def bridge_config(request: web.Request) -> web.Response:
+    link = await _link(request)
+    api = await _plugin_api(request, link)
+    response = await link.control.request(api, {"command": "getConfig"})
+    return web.json_response(response.get("data", {}))
+
+
+# Changing a bridge changes what the broker does: the same right as dynsec changes.
+@routes.put(
+    BRIDGE + "/config",
+    Permission.CONTROL,
+    "Change a bridge plugin's configuration",
+    body=BridgeConfigSchema(),
+    responses={204: None},
+)
+async def change_bridge_config(request: web.Request, body: dict[str, Any]) -> web.Response:
+    link = await _link(request)
+    api = await _plugin_api(request, link)
+    await link.control.request(api, {"command": "updateConfig", "configChange": body})
+    return web.Response(status=204)

@@ -62,22 +62,6 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
     "/api/docs": {"GET": _S},
     "/api/docs/openapi.json": {"GET": _S},
     "/api/docs/static": {"GET": _S},
-    # Monitoring: the broker list, one broker, its $SYS info.
-    "/api/projects/{projectId}/brokers": {"GET": _M},
-    "/api/projects/{projectId}/brokers/{brokerId}": {"GET": _M, "DELETE": _C},
-    "/api/projects/{projectId}/brokers/{brokerId}/info": {"GET": _M},
-    "/api/projects/{projectId}/brokers/{brokerId}/license": {"GET": _R},
-    "/api/projects/{projectId}/brokers/{brokerId}/listeners": {"GET": _R},
-    "/api/projects/{projectId}/brokers/{brokerId}/bridges": {"GET": _R},
-    "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/status": {"GET": _R},
-    # Changing a bridge changes what the broker does: the same right as dynsec changes.
-    "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/config": {
-        "GET": _R,
-        "PUT": _X,
-    },
-    "/api/projects/{projectId}/brokers/{brokerId}/client-control/disconnect": {"PUT": _X},
-    "/api/projects/{projectId}/brokers/{brokerId}/client-control/subscribe": {"PUT": _X},
-    "/api/projects/{projectId}/brokers/{brokerId}/client-control/unsubscribe": {"PUT": _X},
 }
 
 

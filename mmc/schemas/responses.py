@@ -231,5 +231,13 @@ class ObjectSchema(Schema):
         unknown = "include"
 
 
+class BridgeConfigSchema(ObjectSchema):
+    """A bridge plugin's configuration change, passed on as sent."""
+
+    error_messages = {  # noqa: RUF012 - marshmallow's own class attribute
+        "not_object": "The bridge configuration must be a JSON object"
+    }
+
+
 STRING_LIST: dict[str, object] = {"type": "array", "items": {"type": "string"}}
 OBJECT: dict[str, object] = {"type": "object"}

@@ -13,6 +13,7 @@ from marshmallow import Schema, ValidationError
 
 from mmc.errors import InvalidInput, UndecodableBody
 
+NOT_OBJECT = "The JSON body must be an object"
 JSON_TYPES = frozenset({"application/json"})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
@@ -143,7 +144,8 @@ async def read_form(request: web.Request) -> dict[str, str]:
 
 def load(schema: Schema, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise InvalidInput("The JSON body must be an object")
+        # A schema may say what it expects in its error_messages.
+        raise InvalidInput(schema.error_messages.get("not_object", NOT_OBJECT))
     try:
         result = schema.load(data)
     except ValidationError as exc:
