@@ -65,37 +65,6 @@ ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
 }
 
 
-# Dynamic security: reads for readers, every change (and the passthrough, which can
-# change anything) for those who may control brokers.
-_DYNSEC = "/api/projects/{projectId}/brokers/{brokerId}/dynsec"
-ROUTE_PERMISSIONS.update(
-    {
-        f"{_DYNSEC}/clients": {"GET": _R, "POST": _X},
-        f"{_DYNSEC}/groups": {"GET": _R, "POST": _X},
-        f"{_DYNSEC}/roles": {"GET": _R, "POST": _X},
-        f"{_DYNSEC}/clients/{{name}}": {"GET": _R, "PATCH": _X, "DELETE": _X},
-        f"{_DYNSEC}/groups/{{name}}": {"GET": _R, "PATCH": _X, "DELETE": _X},
-        f"{_DYNSEC}/roles/{{name}}": {"GET": _R, "PATCH": _X, "DELETE": _X},
-        f"{_DYNSEC}/clients/{{name}}/roles": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/clients/{{name}}/groups": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/groups/{{name}}/clients": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/groups/{{name}}/roles": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/roles/{{name}}/acls": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/clients/{{name}}/enable": {"PUT": _X},
-        f"{_DYNSEC}/clients/{{name}}/disable": {"PUT": _X},
-        f"{_DYNSEC}/clients/{{name}}/password": {"PUT": _X},
-        f"{_DYNSEC}/clients/{{name}}/clientid": {"PUT": _X},
-        f"{_DYNSEC}/default-acl": {"GET": _R, "PUT": _X},
-        f"{_DYNSEC}/anonymous-group": {"GET": _R, "PUT": _X},
-        f"{_DYNSEC}/export": {"GET": _R},
-        f"{_DYNSEC}/import": {"POST": _X},
-        "/api/projects/{projectId}/dynsec/apply": {"POST": _X},
-        "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security": {"POST": _X},
-        "/api/dynamic-security/{brokerId}/command": {"POST": _X},
-    }
-)
-
-
 def required_permission(route: str, method: str) -> Permission | None:
     """None when the table has no entry: the caller must refuse."""
     methods = ROUTE_PERMISSIONS.get(route)
