@@ -1,7 +1,7 @@
-"""The one permission table: which role may call which route.
+"""The role model: the permissions a route may require, and the roles that have them.
 
-Every route the application registers must appear here (a test enforces it);
-an unlisted route is refused to everybody but is still a bug.
+Each route states the one permission it requires in its declaration (mmc.web.routing);
+mmc.web.auth checks it against the caller's roles here. Paths appear nowhere in this file.
 """
 
 from __future__ import annotations
@@ -38,39 +38,6 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     ),
     Role.MONITORING_VIEWER: frozenset({Permission.SELF, Permission.MONITOR}),
 }
-
-# Open to anybody: probes, metrics, and the login endpoints themselves.
-PUBLIC_ROUTES: frozenset[str] = frozenset(
-    {
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/api/status-check",
-        "/auth",
-        "/logout",
-        "/validate-session",
-    }
-)
-
-_S, _M, _R = Permission.SELF, Permission.MONITOR, Permission.READ
-_C, _X, _A = Permission.CONNECTIONS, Permission.CONTROL, Permission.ADMIN
-
-# Route template -> method -> permission. HEAD is checked as GET.
-ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
-    "/api/profile": {"GET": _S},
-    # The API's documentation: for anybody logged in.
-    "/api/docs": {"GET": _S},
-    "/api/docs/openapi.json": {"GET": _S},
-    "/api/docs/static": {"GET": _S},
-}
-
-
-def required_permission(route: str, method: str) -> Permission | None:
-    """None when the table has no entry: the caller must refuse."""
-    methods = ROUTE_PERMISSIONS.get(route)
-    if methods is None:
-        return None
-    return methods.get("GET" if method == "HEAD" else method)
 
 
 def allowed(roles: tuple[str, ...], permission: Permission) -> bool:

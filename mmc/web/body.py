@@ -152,7 +152,3 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
         raise InvalidInput("Invalid input", info=exc.messages) from None
     assert isinstance(result, dict)
     return result
-
-
-async def read_valid(request: web.Request, schema: Schema) -> dict[str, Any]:
-    return load(schema, await read_json(request))

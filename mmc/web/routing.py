@@ -192,14 +192,10 @@ def _endpoint(route: Route) -> Handler:
     return endpoint
 
 
-def add_routes(app: web.Application, routes: Routes | web.RouteTableDef, base_path: str) -> None:
+def add_routes(app: web.Application, routes: Routes, base_path: str) -> None:
     """Register a module's routes, every path prefixed with ``base_path`` (MMC_BASE_PATH)."""
     for route in routes:
-        if isinstance(route, Route):
-            app.router.add_route(route.method, base_path + route.path, _endpoint(route))
-            continue
-        assert isinstance(route, web.RouteDef)
-        app.router.add_route(route.method, base_path + route.path, route.handler, **route.kwargs)
+        app.router.add_route(route.method, base_path + route.path, _endpoint(route))
 
 
 def declared(handler: object) -> Route | None:
