@@ -152,3 +152,72 @@ async def test_documented_conflicts_are_the_real_ones(
     await client.delete(f"{ds}/clients/{user}")
     await client.delete(f"{ds}/groups/{group}")
     await client.delete(f"{ds}/roles/{role}")
+
+
+async def test_dynamic_security_answers_match_their_schemas(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    """Each dynamic-security operation documents the plugin's answer (not a bare object),
+    and a real broker's answers validate against it."""
+    spec = await _spec(client)
+    await connect(client, broker)
+    uid = uuid.uuid4().hex[:8]
+    user, group, role = f"u-{uid}", f"g-{uid}", f"r-{uid}"
+    ds = dynsec_path()
+    checked: set[tuple[str, str]] = set()
+
+    async def check(method: str, template: str, path: str, body: Any = None) -> Any:
+        resp = await client.request(method, path, json=body)
+        assert resp.status < 300, (method, path, await resp.text())
+        answer = await resp.json()
+        schema = _response_schema(spec, template, method.lower(), resp.status)
+        assert schema.get("properties") or schema.get("additionalProperties"), template
+        OAS30Validator(schema).validate(answer)
+        checked.add((method, template))
+        return answer
+
+    base = DYNSEC_BASE
+    acl = {"acltype": "publishClientSend", "topic": "a/#", "allow": True, "priority": 3}
+    await check("POST", base + "/roles", ds + "/roles", {"rolename": role, "acls": [acl]})
+    await check("POST", base + "/groups", ds + "/groups", {"groupname": group, "textname": "G"})
+    created = {"username": user, "password": "pw-12345", "clientid": f"c-{uid}"}
+    await check("POST", base + "/clients", ds + "/clients", created)
+    await check(
+        "POST", base + "/clients/{name}/groups", f"{ds}/clients/{user}/groups", {"groupname": group}
+    )
+    await check(
+        "POST", base + "/groups/{name}/roles", f"{ds}/groups/{group}/roles", {"rolename": role}
+    )
+    await check("PUT", base + "/clients/{name}/disable", f"{ds}/clients/{user}/disable")
+    for kind, name in (("clients", user), ("groups", group), ("roles", role)):
+        listing = await check("GET", f"{base}/{kind}", f"{ds}/{kind}")
+        assert name in listing[kind]
+        verbose = await check("GET", f"{base}/{kind}", f"{ds}/{kind}?verbose=true")
+        assert all(isinstance(entry, dict) for entry in verbose[kind])
+        await check("GET", f"{base}/{kind}/{{name}}", f"{ds}/{kind}/{name}")
+    await check("GET", base + "/default-acl", ds + "/default-acl")
+    await check("GET", base + "/anonymous-group", ds + "/anonymous-group")
+    document = await check("GET", base + "/export", ds + "/export")
+    await check("POST", base + "/import", ds + "/import?dryRun=true", document)
+    command = "/api/dynamic-security/{brokerId}/command"
+    sent = {"command": "getClient", "username": user, "correlationData": "mine"}
+    await check("POST", command, "/api/dynamic-security/plain/command", sent)
+    envelope = "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security"
+    answers = await check(
+        "POST",
+        envelope,
+        "/api/projects/default/brokers/plain/dynamic-security",
+        {"commands": [{"command": "getGroup", "groupname": "nope"}]},
+    )
+    assert "error" in answers["responses"][0]
+    apply = "/api/projects/{projectId}/dynsec/apply"
+    await check(
+        "POST",
+        apply,
+        "/api/projects/default/dynsec/apply",
+        {"commands": [{"command": "getDefaultACLAccess"}]},
+    )
+    assert len(checked) == 19, checked
+    await client.delete(f"{ds}/clients/{user}")
+    await client.delete(f"{ds}/groups/{group}")
+    await client.delete(f"{ds}/roles/{role}")

@@ -36,7 +36,19 @@ from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
 from mmc.keys import connections_key
 from mmc.schemas import dynsec as schemas
 from mmc.schemas.broker_strings import check_name
-from mmc.schemas.responses import OBJECT
+from mmc.schemas.responses import (
+    ANONYMOUS_GROUP,
+    APPLY_ANSWER,
+    COMMAND_ANSWER,
+    COMMAND_ANSWERS,
+    DEFAULT_ACL_ACCESS,
+    DYNSEC_CLIENT,
+    DYNSEC_DOCUMENT,
+    DYNSEC_GROUP,
+    DYNSEC_ROLE,
+    IMPORT_REPORT,
+    dynsec_listing,
+)
 from mmc.web.routing import Routes
 
 log = logging.getLogger(__name__)
@@ -80,6 +92,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class Kind:
     plural: str
     key: str
+    # What the plugin answers for one (OpenAPI; a JSON schema).
+    entity: Mapping[str, Any]
     create_schema: Schema
     modify_schema: Schema
     list: Callable[..., Awaitable[dict[str, Any]]]
@@ -92,6 +106,7 @@ class Kind:
 CLIENTS = Kind(
     "clients",
     "username",
+    DYNSEC_CLIENT,
     schemas.ClientCreateSchema(),
     schemas.ClientModifySchema(),
     Dynsec.list_clients,
@@ -103,6 +118,7 @@ CLIENTS = Kind(
 GROUPS = Kind(
     "groups",
     "groupname",
+    DYNSEC_GROUP,
     schemas.GroupCreateSchema(),
     schemas.GroupModifySchema(),
     Dynsec.list_groups,
@@ -114,6 +130,7 @@ GROUPS = Kind(
 ROLES = Kind(
     "roles",
     "rolename",
+    DYNSEC_ROLE,
     schemas.RoleCreateSchema(),
     schemas.RoleModifySchema(),
     Dynsec.list_roles,
@@ -226,7 +243,7 @@ def _declare_change(
         body=schema,
         query=force_schema,
         body_in_query=or_query,
-        responses={200: OBJECT},
+        responses={200: kind.entity},
         errors=(409,),
         description=OWN_ACCESS_NOTE,
     )(handler)
@@ -243,7 +260,7 @@ def _add_kind_routes(kind: Kind) -> None:
         Permission.READ,
         f"List {kind.plural}",
         query=schemas.list_query_schema,
-        responses={200: OBJECT},
+        responses={200: dynsec_listing(kind.plural, kind.entity)},
     )
     async def list_(request: web.Request, query: dict[str, Any]) -> web.Response:
         link = connected_project_broker(request)
@@ -254,7 +271,7 @@ def _add_kind_routes(kind: Kind) -> None:
         Permission.CONTROL,
         f"Create a {one}",
         body=kind.create_schema,
-        responses={201: OBJECT},
+        responses={201: kind.entity},
         errors=(409,),
     )
     async def create(request: web.Request, body: dict[str, Any]) -> web.Response:
@@ -263,7 +280,7 @@ def _add_kind_routes(kind: Kind) -> None:
         await kind.create(ds, **body)
         return _json(await kind.get(ds, body[kind.key]), status=201)
 
-    @routes.get(item, Permission.READ, f"One {one}", responses={200: OBJECT})
+    @routes.get(item, Permission.READ, f"One {one}", responses={200: kind.entity})
     async def get(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
         return _json(await kind.get(await Dynsec.of(link), _path_name(request, kind)))
@@ -317,7 +334,12 @@ for _action, (_schema, _change) in CLIENT_ACTIONS.items():
 # ------------------------------------------------------------ broker-wide settings
 
 
-@routes.get(f"{BASE}/default-acl", Permission.READ, "Default ACL access", responses={200: OBJECT})
+@routes.get(
+    f"{BASE}/default-acl",
+    Permission.READ,
+    "Default ACL access",
+    responses={200: DEFAULT_ACL_ACCESS},
+)
 async def get_default_acl(request: web.Request) -> web.Response:
     ds = await Dynsec.of(connected_project_broker(request))
     return _json({"acls": await ds.get_default_acl_access()})
@@ -328,7 +350,7 @@ async def get_default_acl(request: web.Request) -> web.Response:
     Permission.CONTROL,
     "Set default ACL access",
     body=schemas.DefaultAclAccessSchema(),
-    responses={200: OBJECT},
+    responses={200: DEFAULT_ACL_ACCESS},
 )
 async def put_default_acl(request: web.Request, body: dict[str, Any]) -> web.Response:
     link = connected_project_broker(request)
@@ -338,7 +360,10 @@ async def put_default_acl(request: web.Request, body: dict[str, Any]) -> web.Res
 
 
 @routes.get(
-    f"{BASE}/anonymous-group", Permission.READ, "The anonymous group", responses={200: OBJECT}
+    f"{BASE}/anonymous-group",
+    Permission.READ,
+    "The anonymous group",
+    responses={200: ANONYMOUS_GROUP},
 )
 async def get_anonymous_group(request: web.Request) -> web.Response:
     ds = await Dynsec.of(connected_project_broker(request))
@@ -350,7 +375,7 @@ async def get_anonymous_group(request: web.Request) -> web.Response:
     Permission.CONTROL,
     "Set the anonymous group",
     body=schemas.AnonymousGroupSchema(),
-    responses={200: OBJECT},
+    responses={200: ANONYMOUS_GROUP},
 )
 async def put_anonymous_group(request: web.Request, body: dict[str, Any]) -> web.Response:
     link = connected_project_broker(request)
@@ -366,7 +391,7 @@ async def put_anonymous_group(request: web.Request, body: dict[str, Any]) -> web
     f"{BASE}/export",
     Permission.READ,
     "The broker's whole dynamic-security state (no passwords)",
-    responses={200: OBJECT},
+    responses={200: DYNSEC_DOCUMENT},
 )
 async def export(request: web.Request) -> web.Response:
     ds = await Dynsec.of(connected_project_broker(request))
@@ -379,7 +404,7 @@ async def export(request: web.Request) -> web.Response:
     "Make the broker match a document (idempotent); ?dryRun=true only reports",
     body=schemas.document_schema,
     query=_dry_run_schema,
-    responses={200: OBJECT},
+    responses={200: IMPORT_REPORT},
 )
 async def import_(
     request: web.Request, query: dict[str, Any], body: dict[str, Any]
@@ -416,7 +441,7 @@ async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any
     "Send one plugin command (the MMC's endpoint)",
     body=schemas.CommandSchema(),
     query=force_schema,
-    responses={200: OBJECT},
+    responses={200: COMMAND_ANSWER},
     errors=(409,),
     description=OWN_ACCESS_NOTE,
 )
@@ -438,7 +463,7 @@ async def command(
     "Send the plugin's own envelope {commands}",
     body=schemas.CommandsSchema(),
     query=force_schema,
-    responses={200: OBJECT},
+    responses={200: COMMAND_ANSWERS},
     errors=(409,),
     description=OWN_ACCESS_NOTE,
 )
@@ -485,7 +510,7 @@ async def _apply_one(link: BrokerLink, body: Mapping[str, Any], guard: Guard) ->
     "Run commands or an import on every broker of the project (one entry per broker)",
     body=schemas.ApplySchema(),
     query=force_schema,
-    responses={207: OBJECT},
+    responses={207: APPLY_ANSWER},
     description="A broker whose own access the commands would cut off gets a 409 entry "
     "unless ?force=true.",
 )
