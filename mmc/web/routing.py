@@ -25,6 +25,7 @@ input validation of Home Assistant's ``RequestDataValidator`` in front of the ha
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar, Unpack
@@ -72,7 +73,7 @@ class Route:
     def public(self) -> bool:
         return self.permission is Permission.PUBLIC
 
-    async def read_query(self, request: web.Request) -> dict[str, Any]:
+    def read_query(self, request: web.Request) -> dict[str, Any]:
         assert self.query is not None
         return load(self.query, dict(request.query))
 
@@ -95,7 +96,7 @@ class Route:
         """The handler with its declared input read, validated and passed in."""
         inputs: dict[str, Any] = {}
         if self.query is not None:
-            inputs["query"] = await self.read_query(request)
+            inputs["query"] = self.read_query(request)
         if self.body is not None:
             inputs["body"] = await self.read_body(request)
         return await self.handler(request, **inputs)
@@ -118,6 +119,18 @@ class Options(TypedDict, total=False):
     errors: tuple[int, ...]
     description: str | None
     body_content_types: tuple[str, ...]
+
+
+def _check_inputs(handler: Handler, options: Options) -> None:
+    """At import: a handler takes ``body``/``query`` exactly when its declaration reads one."""
+    parameters = inspect.signature(handler).parameters
+    for name in ("body", "query"):
+        declared = options.get(name) is not None
+        parameter = parameters.get(name)
+        if declared and parameter is None:
+            raise TypeError(f"{handler.__qualname__} must take {name!r}: it is declared")
+        if not declared and parameter is not None and parameter.default is parameter.empty:
+            raise TypeError(f"{handler.__qualname__} takes {name!r}, which is not declared")
 
 
 class Routes:
@@ -144,6 +157,7 @@ class Routes:
         names the others (409...)."""
 
         def declare(handler: H) -> H:
+            _check_inputs(handler, options)
             self._routes.append(
                 Route(
                     method=method,
