@@ -12,9 +12,11 @@ from pytest_aiohttp import AiohttpClient
 from mmc.api.own_user import force_schema
 from mmc.auth.permissions import Permission
 from mmc.config import Settings
+from mmc.errors import NotFound
 from mmc.keys import settings_key
 from mmc.web.middlewares import error_middleware
 from mmc.web.routing import Routes, add_routes, declarations
+from tests.conftest import Client
 
 KEY = Schema.from_dict({"name": fields.String(required=True)})
 WITH_ID = Schema.from_dict({"id": fields.String(required=True), "size": fields.Integer()})
@@ -92,3 +94,45 @@ def test_a_handler_takes_what_its_declaration_reads() -> None:
         @routes.get("/x", Permission.SELF, "x")
         async def stray(request: web.Request, query: dict[str, Any]) -> web.Response:
             raise AssertionError
+
+
+async def test_what_the_path_names_is_resolved_before_the_input(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    routes = Routes()
+
+    def thing(request: web.Request) -> str:
+        if request.match_info["id"] != "1":
+            raise NotFound("No such thing")
+        return "one"
+
+    @routes.post("/things/{id}", Permission.PUBLIC, "x", before={"thing": thing}, body=KEY())
+    async def post(request: web.Request, thing: str, body: dict[str, Any]) -> web.Response:
+        return web.json_response({"thing": thing, **body})
+
+    app = web.Application(middlewares=[error_middleware])
+    app[settings_key] = Settings()
+    add_routes(app, routes, "")
+    client = await aiohttp_client(app)
+    assert (await client.post("/things/2", json={})).status == 404
+    assert (await client.post("/things/1", json={})).status == 400
+    resp = await client.post("/things/1", json={"name": "n"})
+    assert await resp.json() == {"thing": "one", "name": "n"}
+
+
+async def test_a_missing_broker_is_named_before_a_bad_body(client: Client) -> None:
+    """As before declarations: the path's broker (404) comes before the body (400)."""
+    base = "/api/projects/default/brokers/nope"
+    for method, path in (
+        ("POST", "/dynsec/clients"),
+        ("PATCH", "/dynsec/clients/u"),
+        ("DELETE", "/dynsec/clients/u/roles"),
+        ("PUT", "/dynsec/default-acl"),
+        ("POST", "/dynsec/import"),
+        ("POST", "/dynamic-security"),
+        ("PUT", "/bridges/b/config"),
+    ):
+        resp = await client.request(method, base + path, json=[])
+        assert resp.status == 404, (method, path, await resp.text())
+    resp = await client.post("/api/dynamic-security/nope/command", json=[])
+    assert resp.status == 404

@@ -248,6 +248,12 @@ async def _plugin_api(request: web.Request, link: BrokerLink) -> str:
     return bridge.api
 
 
+async def _plugin_target(request: web.Request) -> tuple[BrokerLink, str]:
+    """The path's broker and its bridge plugin's API: their 404s before a bad body's 400."""
+    link = await _link(request)
+    return link, await _plugin_api(request, link)
+
+
 BRIDGE = BASE + "/{brokerId}/bridges/{bridgeId}"
 
 
@@ -293,11 +299,13 @@ async def bridge_config(request: web.Request) -> web.Response:
     BRIDGE + "/config",
     Permission.CONTROL,
     "Change a bridge plugin's configuration",
+    before={"target": _plugin_target},
     body=BridgeConfigSchema(),
     responses={204: None},
 )
-async def change_bridge_config(request: web.Request, body: dict[str, Any]) -> web.Response:
-    link = await _link(request)
-    api = await _plugin_api(request, link)
+async def change_bridge_config(
+    request: web.Request, target: tuple[BrokerLink, str], body: dict[str, Any]
+) -> web.Response:
+    link, api = target
     await link.control.request(api, {"command": "updateConfig", "configChange": body})
     return web.Response(status=204)

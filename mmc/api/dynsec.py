@@ -18,6 +18,7 @@ answers 204. Bodies are validated before anything is sent to the broker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ OWN_ACCESS_NOTE = (
     "changing the client id of a user mmc logs in with, or taking away its "
     "$CONTROL/dynamic-security grants); ?force=true does it anyway."
 )
+
+# The path's broker, connected: resolved before the input is read (its 404/503 first).
+LINK = {"link": connected_project_broker}
 
 _dry_run_schema = Schema.from_dict({"dryRun": fields.Boolean(load_default=False)})()
 
@@ -226,10 +230,12 @@ def _declare_change(
     string (DELETE)."""
 
     async def handler(
-        request: web.Request, query: dict[str, Any], body: dict[str, Any] | None = None
+        request: web.Request,
+        link: BrokerLink,
+        name: str,
+        query: dict[str, Any],
+        body: dict[str, Any] | None = None,
     ) -> web.Response:
-        link = connected_project_broker(request)
-        name = _path_name(request, kind)
         data = body or {}
         ds = await Dynsec.of(link)
         await Guard.of(request, query["force"]).change(link, ds, lambda d: change(d, name, data))
@@ -240,6 +246,7 @@ def _declare_change(
         path,
         Permission.CONTROL,
         summary,
+        before={**LINK, "name": functools.partial(_path_name, kind=kind)},
         body=schema,
         query=force_schema,
         body_in_query=or_query,
@@ -259,23 +266,23 @@ def _add_kind_routes(kind: Kind) -> None:
         collection,
         Permission.READ,
         f"List {kind.plural}",
+        before=LINK,
         query=schemas.list_query_schema,
         responses={200: dynsec_listing(kind.plural, kind.entity)},
     )
-    async def list_(request: web.Request, query: dict[str, Any]) -> web.Response:
-        link = connected_project_broker(request)
+    async def list_(request: web.Request, link: BrokerLink, query: dict[str, Any]) -> web.Response:
         return _json(await kind.list(await Dynsec.of(link), **query))
 
     @routes.post(
         collection,
         Permission.CONTROL,
         f"Create a {one}",
+        before=LINK,
         body=kind.create_schema,
         responses={201: kind.entity},
         errors=(409,),
     )
-    async def create(request: web.Request, body: dict[str, Any]) -> web.Response:
-        link = connected_project_broker(request)
+    async def create(request: web.Request, link: BrokerLink, body: dict[str, Any]) -> web.Response:
         ds = await Dynsec.of(link)
         await kind.create(ds, **body)
         return _json(await kind.get(ds, body[kind.key]), status=201)
@@ -289,14 +296,15 @@ def _add_kind_routes(kind: Kind) -> None:
         item,
         Permission.CONTROL,
         f"Delete a {one}",
+        before={**LINK, "name": functools.partial(_path_name, kind=kind)},
         query=force_schema,
         responses={204: None},
         errors=(409,),
         description=OWN_ACCESS_NOTE,
     )
-    async def delete(request: web.Request, query: dict[str, Any]) -> web.Response:
-        link = connected_project_broker(request)
-        name = _path_name(request, kind)
+    async def delete(
+        request: web.Request, link: BrokerLink, name: str, query: dict[str, Any]
+    ) -> web.Response:
         guard = Guard.of(request, query["force"])
         await guard.change(link, await Dynsec.of(link), lambda d: kind.delete(d, name))
         return web.Response(status=204)
@@ -349,11 +357,13 @@ async def get_default_acl(request: web.Request) -> web.Response:
     f"{BASE}/default-acl",
     Permission.CONTROL,
     "Set default ACL access",
+    before=LINK,
     body=schemas.DefaultAclAccessSchema(),
     responses={200: DEFAULT_ACL_ACCESS},
 )
-async def put_default_acl(request: web.Request, body: dict[str, Any]) -> web.Response:
-    link = connected_project_broker(request)
+async def put_default_acl(
+    request: web.Request, link: BrokerLink, body: dict[str, Any]
+) -> web.Response:
     ds = await Dynsec.of(link)
     await ds.set_default_acl_access(body["acls"])
     return _json({"acls": await ds.get_default_acl_access()})
@@ -374,11 +384,13 @@ async def get_anonymous_group(request: web.Request) -> web.Response:
     f"{BASE}/anonymous-group",
     Permission.CONTROL,
     "Set the anonymous group",
+    before=LINK,
     body=schemas.AnonymousGroupSchema(),
     responses={200: ANONYMOUS_GROUP},
 )
-async def put_anonymous_group(request: web.Request, body: dict[str, Any]) -> web.Response:
-    link = connected_project_broker(request)
+async def put_anonymous_group(
+    request: web.Request, link: BrokerLink, body: dict[str, Any]
+) -> web.Response:
     ds = await Dynsec.of(link)
     await ds.set_anonymous_group(body["groupname"])
     return _json({"groupname": await ds.get_anonymous_group()})
@@ -402,14 +414,14 @@ async def export(request: web.Request) -> web.Response:
     f"{BASE}/import",
     Permission.CONTROL,
     "Make the broker match a document (idempotent); ?dryRun=true only reports",
+    before=LINK,
     body=schemas.document_schema,
     query=_dry_run_schema,
     responses={200: IMPORT_REPORT},
 )
 async def import_(
-    request: web.Request, query: dict[str, Any], body: dict[str, Any]
+    request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
-    link = connected_project_broker(request)
     ds = await Dynsec.of(link)
     report = await ds.import_document(
         body,
@@ -439,6 +451,7 @@ async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any
     "/api/dynamic-security/{brokerId}/command",
     Permission.CONTROL,
     "Send one plugin command (the MMC's endpoint)",
+    before=LINK,
     body=schemas.CommandSchema(),
     query=force_schema,
     responses={200: COMMAND_ANSWER},
@@ -446,10 +459,9 @@ async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any
     description=OWN_ACCESS_NOTE,
 )
 async def command(
-    request: web.Request, query: dict[str, Any], body: dict[str, Any]
+    request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
     """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
-    link = connected_project_broker(request)
     guard = Guard.of(request, query["force"])
     [entry] = await guard.run(link, await Dynsec.of(link), [body], _run)
     if "error" in entry:
@@ -461,6 +473,7 @@ async def command(
     f"{BROKER}/dynamic-security",
     Permission.CONTROL,
     "Send the plugin's own envelope {commands}",
+    before=LINK,
     body=schemas.CommandsSchema(),
     query=force_schema,
     responses={200: COMMAND_ANSWERS},
@@ -468,10 +481,9 @@ async def command(
     description=OWN_ACCESS_NOTE,
 )
 async def commands(
-    request: web.Request, query: dict[str, Any], body: dict[str, Any]
+    request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
     """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
-    link = connected_project_broker(request)
     ds = await Dynsec.of(link)
     guard = Guard.of(request, query["force"])
     return _json({"responses": await guard.run(link, ds, body["commands"], _run)})
