@@ -53,7 +53,7 @@ from mmc.web.audit import audit_middleware
 from mmc.web.auth import auth_middleware
 from mmc.web.hosts import allowed_hosts_middleware
 from mmc.web.middlewares import body_timeout_middleware, error_middleware, observe_middleware
-from mmc.web.routing import add_routes
+from mmc.web.routing import Routes, add_routes
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,22 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.stop()
 
 
+# Every API module's route declarations, in registration order.
+API: tuple[Routes, ...] = (
+    health_api.routes,
+    auth_api.routes,
+    users_api.routes,
+    tokens_api.routes,
+    audit_api.routes,
+    connections_api.routes,
+    projects_api.routes,
+    brokers_api.routes,
+    dynsec_api.routes,
+    client_control_api.routes,
+    docs_api.routes,
+)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[
@@ -202,19 +218,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend(
         [executor_ctx, loop_lag_ctx, store_ctx, auth_ctx, projects_ctx, connections_ctx]
     )
-    for routes in (
-        health_api.routes,
-        auth_api.routes,
-        users_api.routes,
-        tokens_api.routes,
-        audit_api.routes,
-        connections_api.routes,
-        projects_api.routes,
-        brokers_api.routes,
-        dynsec_api.routes,
-        client_control_api.routes,
-        docs_api.routes,
-    ):
+    for routes in API:
         add_routes(app, routes, settings.base_path)
     docs_api.setup(app, settings.base_path)
     return app

@@ -1,15 +1,14 @@
-"""The OpenAPI document, generated from the routes and their marshmallow schemas.
+"""The OpenAPI document, generated from the route declarations and their schemas.
 
-Handlers carry their description with ``@doc(...)``; ``build_spec`` walks the router,
-so a route without one is reported (a test requires every route to be documented).
+``build_spec`` walks the router and documents each route from its declaration
+(mmc.web.routing); a route without one is reported (a test requires every route to be
+documented).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 from apispec import APISpec
@@ -17,16 +16,10 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 from mmc import __version__
-from mmc.auth.permissions import PUBLIC_ROUTES
 from mmc.schemas.responses import ErrorSchema
 from mmc.web.hosts import ANY_HOST_ROUTES
+from mmc.web.routing import ResponseSpec, Route, declared
 
-F = TypeVar("F", bound=Callable[..., Any])
-# A marshmallow schema or a JSON schema dict (JSON answer), (media type, description) for a
-# text answer, or None (no body).
-ResponseSpec = Schema | Mapping[str, Any] | tuple[str, str] | None
-_ATTR = "__mmc_openapi__"
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
@@ -43,61 +36,6 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     503: "Broker not connected, or store not writable (BROKER_UNAVAILABLE, STORE_UNAVAILABLE)",
     504: "Broker did not answer in time (TIMEOUT)",
 }
-
-
-@dataclass(frozen=True)
-class Operation:
-    summary: str
-    responses: Mapping[int, ResponseSpec]
-    body: Schema | None = None
-    query: Schema | None = None
-    errors: tuple[int, ...] = ()
-    description: str | None = None
-    body_content_types: tuple[str, ...] = ("application/json",)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-def doc(
-    summary: str,
-    *,
-    responses: Mapping[int, ResponseSpec] | None = None,
-    body: Schema | None = None,
-    query: Schema | None = None,
-    errors: tuple[int, ...] = (),
-    description: str | None = None,
-    body_content_types: tuple[str, ...] = ("application/json",),
-) -> Callable[[F], F]:
-    """Describe a handler (or a web.View method) for the OpenAPI document.
-
-    ``responses`` maps a status to a ResponseSpec;
-    the error responses every route can give are added by ``build_spec``.
-    """
-    operation = Operation(
-        summary=summary,
-        responses=responses if responses is not None else {200: None},
-        body=body,
-        query=query,
-        errors=errors,
-        description=description,
-        body_content_types=body_content_types,
-    )
-
-    def decorate(fn: F) -> F:
-        setattr(fn, _ATTR, operation)
-        return fn
-
-    return decorate
-
-
-def _handlers(route: web.AbstractRoute) -> Iterator[tuple[str, Any]]:
-    handler = route.handler
-    if route.method == "*" and isinstance(handler, type) and issubclass(handler, web.View):
-        for method in METHODS:
-            fn = getattr(handler, method.lower(), None)
-            if fn is not None:
-                yield method, fn
-    elif route.method in METHODS:
-        yield route.method, handler
 
 
 def _tag(template: str) -> str:
@@ -129,20 +67,23 @@ def _response(status: int, spec: ResponseSpec) -> dict[str, Any]:
     return {"description": "Success", "content": {"application/json": {"schema": spec}}}
 
 
-def _operation(template: str, method: str, op: Operation) -> dict[str, Any]:
+def _operation(template: str, method: str, route: Route) -> dict[str, Any]:
     params = _PARAM.findall(template)
-    public = template in PUBLIC_ROUTES
+    public = route.public
+    # A body that may come in the query string instead is documented as query parameters.
+    body = None if route.body_in_query else route.body
+    query = route.body if route.body_in_query else route.query
     parameters: list[dict[str, Any]] = [
         {"in": "path", "name": name, "required": True, "schema": {"type": "string"}}
         for name in params
     ]
-    if op.query is not None:
-        parameters.append({"in": "query", "schema": op.query})
-    responses = {str(status): _response(status, spec) for status, spec in op.responses.items()}
-    errors = set(op.errors) | {500}
-    if op.body is not None or op.query is not None or params or template not in ANY_HOST_ROUTES:
+    if query is not None:
+        parameters.append({"in": "query", "schema": query})
+    responses = {str(status): _response(status, spec) for status, spec in route.responses.items()}
+    errors = set(route.errors) | {500}
+    if body is not None or query is not None or params or template not in ANY_HOST_ROUTES:
         errors.add(400)
-    if op.body is not None:
+    if body is not None:
         errors |= {408, 413}
     if not public:
         errors |= {401, 403, 405}
@@ -161,19 +102,19 @@ def _operation(template: str, method: str, op: Operation) -> dict[str, Any]:
             },
         )
     out: dict[str, Any] = {
-        "summary": op.summary,
+        "summary": route.summary,
         "operationId": re.sub(r"[^A-Za-z0-9]+", "_", f"{method.lower()}{template}").strip("_"),
         "tags": [_tag(template)],
         "parameters": parameters,
         "responses": responses,
         "security": [] if public else [{"bearer": []}, {"session": []}],
     }
-    if op.description:
-        out["description"] = op.description
-    if op.body is not None:
+    if route.description:
+        out["description"] = route.description
+    if body is not None:
         out["requestBody"] = {
             "required": True,
-            "content": {ct: {"schema": op.body} for ct in op.body_content_types},
+            "content": {ct: {"schema": body} for ct in route.body_content_types},
         }
     return out
 
@@ -184,7 +125,7 @@ def _inline(schema: Schema) -> None:
 
 
 def build_spec(app: web.Application, base_path: str = "") -> tuple[dict[str, Any], list[str]]:
-    """The document, and the ``METHOD /path`` of every handler that has no ``@doc``."""
+    """The document, and the ``METHOD /path`` of every handler that has no declaration."""
     spec = APISpec(
         title="mmc",
         version=__version__,
@@ -216,12 +157,12 @@ def build_spec(app: web.Application, base_path: str = "") -> tuple[dict[str, Any
         template = resource.canonical
         if base_path and template.startswith(base_path):
             template = template[len(base_path) :]
-        for method, fn in _handlers(route):
-            op = getattr(fn, _ATTR, None)
-            if not isinstance(op, Operation):
-                missing.append(f"{method} {template}")
-                continue
-            paths.setdefault(template, {})[method.lower()] = _operation(template, method, op)
+        declaration = declared(route.handler)
+        if declaration is None:
+            missing.append(f"{route.method} {template}")
+            continue
+        operation = _operation(template, route.method, declaration)
+        paths.setdefault(template, {})[route.method.lower()] = operation
     for template in sorted(paths):
         spec.path(path=template, operations=paths[template])
     return spec.to_dict(), missing

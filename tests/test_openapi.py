@@ -8,7 +8,7 @@ from typing import Any
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
-from mmc.auth.permissions import PUBLIC_ROUTES
+from mmc.web.routing import declarations
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body, registered_operations
 from tests.dynsec_helpers import connect, dynsec_path
@@ -27,12 +27,13 @@ async def test_document_is_valid_and_covers_every_route(client: Client) -> None:
     spec = await _spec(client)
     validate(spec)
     documented = {(m, path) for path, ops in spec["paths"].items() for m in ops}
+    public = {(r.method.lower(), r.path) for r in declarations(client.app) if r.public}
     assert documented == {(m.lower(), path) for m, path in registered_operations(client.app)}
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             responses = op["responses"]
             assert "500" in responses, (method, path)
-            if path in PUBLIC_ROUTES:
+            if (method, path) in public:
                 assert op["security"] == [], (method, path)
             else:
                 assert {"401", "403"} <= set(responses), (method, path)
@@ -148,6 +149,75 @@ async def test_documented_conflicts_are_the_real_ones(
             assert "409" in declared, path
     command = spec["paths"]["/api/dynamic-security/{brokerId}/command"]["post"]["responses"]
     assert "409" in command
+    await client.delete(f"{ds}/clients/{user}")
+    await client.delete(f"{ds}/groups/{group}")
+    await client.delete(f"{ds}/roles/{role}")
+
+
+async def test_dynamic_security_answers_match_their_schemas(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    """Each dynamic-security operation documents the plugin's answer (not a bare object),
+    and a real broker's answers validate against it."""
+    spec = await _spec(client)
+    await connect(client, broker)
+    uid = uuid.uuid4().hex[:8]
+    user, group, role = f"u-{uid}", f"g-{uid}", f"r-{uid}"
+    ds = dynsec_path()
+    checked: set[tuple[str, str]] = set()
+
+    async def check(method: str, template: str, path: str, body: Any = None) -> Any:
+        resp = await client.request(method, path, json=body)
+        assert resp.status < 300, (method, path, await resp.text())
+        answer = await resp.json()
+        schema = _response_schema(spec, template, method.lower(), resp.status)
+        assert schema.get("properties") or schema.get("additionalProperties"), template
+        OAS30Validator(schema).validate(answer)
+        checked.add((method, template))
+        return answer
+
+    base = DYNSEC_BASE
+    acl = {"acltype": "publishClientSend", "topic": "a/#", "allow": True, "priority": 3}
+    await check("POST", base + "/roles", ds + "/roles", {"rolename": role, "acls": [acl]})
+    await check("POST", base + "/groups", ds + "/groups", {"groupname": group, "textname": "G"})
+    created = {"username": user, "password": "pw-12345", "clientid": f"c-{uid}"}
+    await check("POST", base + "/clients", ds + "/clients", created)
+    await check(
+        "POST", base + "/clients/{name}/groups", f"{ds}/clients/{user}/groups", {"groupname": group}
+    )
+    await check(
+        "POST", base + "/groups/{name}/roles", f"{ds}/groups/{group}/roles", {"rolename": role}
+    )
+    await check("PUT", base + "/clients/{name}/disable", f"{ds}/clients/{user}/disable")
+    for kind, name in (("clients", user), ("groups", group), ("roles", role)):
+        listing = await check("GET", f"{base}/{kind}", f"{ds}/{kind}")
+        assert name in listing[kind]
+        verbose = await check("GET", f"{base}/{kind}", f"{ds}/{kind}?verbose=true")
+        assert all(isinstance(entry, dict) for entry in verbose[kind])
+        await check("GET", f"{base}/{kind}/{{name}}", f"{ds}/{kind}/{name}")
+    await check("GET", base + "/default-acl", ds + "/default-acl")
+    await check("GET", base + "/anonymous-group", ds + "/anonymous-group")
+    document = await check("GET", base + "/export", ds + "/export")
+    await check("POST", base + "/import", ds + "/import?dryRun=true", document)
+    command = "/api/dynamic-security/{brokerId}/command"
+    sent = {"command": "getClient", "username": user, "correlationData": "mine"}
+    await check("POST", command, "/api/dynamic-security/plain/command", sent)
+    envelope = "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security"
+    answers = await check(
+        "POST",
+        envelope,
+        "/api/projects/default/brokers/plain/dynamic-security",
+        {"commands": [{"command": "getGroup", "groupname": "nope"}]},
+    )
+    assert "error" in answers["responses"][0]
+    apply = "/api/projects/{projectId}/dynsec/apply"
+    await check(
+        "POST",
+        apply,
+        "/api/projects/default/dynsec/apply",
+        {"commands": [{"command": "getDefaultACLAccess"}]},
+    )
+    assert len(checked) == 19, checked
     await client.delete(f"{ds}/clients/{user}")
     await client.delete(f"{ds}/groups/{group}")
     await client.delete(f"{ds}/roles/{role}")

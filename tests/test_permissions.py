@@ -1,7 +1,7 @@
 """Every route x every role: 401 without credentials, 403 without the right, else through.
 
-The expectations are written out here, independently of mmc.auth.permissions, and the
-test fails when a route exists that this table does not name.
+The expectations are written out here, independently of the route declarations and
+mmc.auth.permissions, and the test fails when a route exists that this table does not name.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import re
 import pytest
 from aiohttp import web
 
-from mmc.auth.permissions import PUBLIC_ROUTES, ROUTE_PERMISSIONS, Role
+from mmc.auth.permissions import Role, allowed
 from mmc.config import Settings
+from mmc.web.routing import declarations
 from tests.conftest import BACKENDS, Client, MakeClient, create_token, login, registered_operations
 
 pytestmark = pytest.mark.backends(*BACKENDS)
@@ -93,15 +94,19 @@ EXPECTED[("POST", f"{_DYNSEC}/import")] = CONTROLLERS
 
 
 def _registered(app: web.Application) -> set[tuple[str, str]]:
-    return {op for op in registered_operations(app) if op[1] not in PUBLIC_ROUTES}
+    public = {(r.method, r.path) for r in declarations(app) if r.public}
+    return registered_operations(app) - public
 
 
-async def test_every_route_is_in_the_matrix_and_the_table(client: Client) -> None:
+async def test_every_route_is_in_the_matrix_and_declares_its_permission(client: Client) -> None:
     registered = _registered(client.app)
     assert registered == set(EXPECTED), "update EXPECTED for new or removed routes"
-    table = {(m, route) for route, methods in ROUTE_PERMISSIONS.items() for m in methods}
-    static = {("GET", "/api/docs/static")}
-    assert registered | static == table, "ROUTE_PERMISSIONS and the registered handlers disagree"
+    declared = {(r.method, r.path): r for r in declarations(client.app)}
+    assert set(declared) == registered_operations(client.app), "every route is declared"
+    # Each declaration's permission lets exactly the roles of the specification in.
+    for op, roles in EXPECTED.items():
+        permission = declared[op].permission
+        assert {role for role in Role if allowed((role.value,), permission)} == roles, op
 
 
 def _concrete(template: str) -> str:

@@ -17,15 +17,15 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
+from mmc.auth.permissions import Permission
 from mmc.errors import InvalidInput
 from mmc.keys import audit_key
-from mmc.openapi import doc
 from mmc.schemas.responses import AuditPageSchema
 from mmc.store.audit import AuditEntry, AuditQuery
 from mmc.web.audit import AUDITED_METHODS
-from mmc.web.body import load
+from mmc.web.routing import Routes
 
-routes = web.RouteTableDef()
+routes = Routes()
 
 MAX_LIMIT = 1000
 _CURSOR_PREFIX = "audit:v1:"
@@ -91,29 +91,29 @@ def entry_wire(entry: AuditEntry) -> dict[str, Any]:
     return out
 
 
-@routes.get("/api/audit")
-@doc(
+@routes.get(
+    "/api/audit",
+    Permission.ADMIN,
     "The audit trail: every change, newest first (admin)",
     query=_query_schema,
     responses={200: AuditPageSchema()},
     description="Filters combine with AND. Page with `limit` and the `nextCursor` of the "
     "previous answer, sending the same filters again.",
 )
-async def audit(request: web.Request) -> web.Response:
-    data = load(_query_schema, dict(request.query))
-    limit: int = data["limit"]
-    query = AuditQuery(
-        user=data.get("user"),
-        method=data.get("method"),
-        route=data.get("route"),
-        status=data.get("status"),
-        outcome=data.get("outcome"),
-        since=_ms(data.get("since")),
-        until=_ms(data.get("until")),
-        before_id=decode_cursor(data["cursor"]) if "cursor" in data else None,
+async def audit(request: web.Request, query: dict[str, Any]) -> web.Response:
+    limit: int = query["limit"]
+    wanted = AuditQuery(
+        user=query.get("user"),
+        method=query.get("method"),
+        route=query.get("route"),
+        status=query.get("status"),
+        outcome=query.get("outcome"),
+        since=_ms(query.get("since")),
+        until=_ms(query.get("until")),
+        before_id=decode_cursor(query["cursor"]) if "cursor" in query else None,
         limit=limit + 1,
     )
-    entries = await request.app[audit_key].query(query)
+    entries = await request.app[audit_key].query(wanted)
     more = len(entries) > limit
     entries = entries[:limit]
     last_id = entries[-1].id if entries else None

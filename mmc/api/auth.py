@@ -9,25 +9,24 @@ UI's link) ends a session only when the request shows it comes from this site.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from mmc.auth.permissions import Permission
 from mmc.errors import NotAllowed
 from mmc.keys import audit_user_key, auth_key, identity_key, settings_key
-from mmc.openapi import doc
 from mmc.schemas.responses import ProfileSchema, SuccessSchema, ValidSessionSchema
 from mmc.schemas.users import login_schema
 from mmc.web.auth import CROSS_SITE_MESSAGE, SESSION_COOKIE, cross_site, identify, same_origin
-from mmc.web.body import load, read_form, read_json
 from mmc.web.proxy import client_address, is_https
+from mmc.web.routing import FORM, Routes
 
-routes = web.RouteTableDef()
+routes = Routes()
 
 
 def cookie_path(request: web.Request) -> str:
     return request.app[settings_key].base_path or "/"
-
-
-FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 def _set_cookie(request: web.Request, response: web.Response, value: str) -> None:
@@ -41,25 +40,21 @@ def _set_cookie(request: web.Request, response: web.Response, value: str) -> Non
     )
 
 
-@routes.post("/auth")
-@doc(
+@routes.post(
+    "/auth",
+    Permission.PUBLIC,
     "Log in: sets the session cookie",
     body=login_schema,
-    body_content_types=("application/json", "application/x-www-form-urlencoded"),
+    body_content_types=("application/json", FORM),
     responses={200: SuccessSchema()},
     errors=(401, 403, 429),
 )
-async def login(request: web.Request) -> web.Response:
+async def login(request: web.Request, body: dict[str, Any]) -> web.Response:
     if cross_site(request):
         raise NotAllowed(CROSS_SITE_MESSAGE)
-    if request.content_type in FORM_TYPES:
-        body = await read_form(request)
-    else:
-        body = await read_json(request)
-    data = load(login_schema, body)
-    request[audit_user_key] = data["username"]
+    request[audit_user_key] = body["username"]
     address = client_address(request, request.app[settings_key].trusted_networks)
-    session_id = await request.app[auth_key].login(data["username"], data["password"], address)
+    session_id = await request.app[auth_key].login(body["username"], body["password"], address)
     old = request.cookies.get(SESSION_COOKIE)
     if old:
         # Never keep a session id chosen before login (session fixation).
@@ -69,11 +64,6 @@ async def login(request: web.Request) -> web.Response:
     return response
 
 
-@doc(
-    "Log out: ends the session (GET: only from a page of this site; scripts use POST)",
-    responses={200: SuccessSchema()},
-    errors=(403,),
-)
 async def _logout(request: web.Request) -> web.Response:
     session_id = request.cookies.get(SESSION_COOKIE)
     if session_id:
@@ -96,18 +86,30 @@ async def _logout(request: web.Request) -> web.Response:
     return response
 
 
-routes.get("/logout")(_logout)
-routes.post("/logout")(_logout)
+for _method in ("GET", "POST"):
+    routes.route(
+        _method,
+        "/logout",
+        Permission.PUBLIC,
+        "Log out: ends the session (GET: only from a page of this site; scripts use POST)",
+        responses={200: SuccessSchema()},
+        errors=(403,),
+    )(_logout)
 
 
-@routes.get("/validate-session")
-@doc("Whether the caller is logged in", responses={200: ValidSessionSchema()})
+@routes.get(
+    "/validate-session",
+    Permission.PUBLIC,
+    "Whether the caller is logged in",
+    responses={200: ValidSessionSchema()},
+)
 async def validate_session(request: web.Request) -> web.Response:
     return web.json_response({"valid": await identify(request) is not None})
 
 
-@routes.get("/api/profile")
-@doc("The caller's own user", responses={200: ProfileSchema()})
+@routes.get(
+    "/api/profile", Permission.SELF, "The caller's own user", responses={200: ProfileSchema()}
+)
 async def profile(request: web.Request) -> web.Response:
     identity = request[identity_key]
     out: dict[str, object] = {

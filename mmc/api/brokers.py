@@ -20,28 +20,28 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.auth.permissions import Permission
 from mmc.brokers import bridges, broker_control
 from mmc.brokers import license as broker_license
 from mmc.brokers.link import BrokerLink
 from mmc.brokers.sys_tree import snapshot
 from mmc.clock import now_ms
-from mmc.errors import InvalidInput, MmcError, NotFound
+from mmc.errors import MmcError, NotFound
 from mmc.keys import connections_key, projects_key, settings_key
-from mmc.openapi import doc
 from mmc.schemas.responses import (
     OBJECT,
+    BridgeConfigSchema,
     BridgeSchema,
     BridgeStatusSchema,
     BrokerInfoSchema,
     BrokerSchema,
     LicenseSchema,
     ListenerSchema,
-    ObjectSchema,
 )
-from mmc.web.body import read_json
 from mmc.web.brokers import project_broker
+from mmc.web.routing import Routes
 
-routes = web.RouteTableDef()
+routes = Routes()
 
 BASE = "/api/projects/{projectId}/brokers"
 
@@ -64,136 +64,153 @@ async def _require_project(request: web.Request, project_id: str) -> None:
         raise NotFound(f"Project {project_id} not found")
 
 
-@routes.view(BASE)
-class BrokersView(web.View):
-    @doc("The project's brokers", responses={200: BrokerSchema(many=True)})
-    async def get(self) -> web.Response:
-        project_id = self.request.match_info["projectId"]
-        await _require_project(self.request, project_id)
-        pool = self.request.app[connections_key].pool
-        return web.json_response(
-            [broker_wire(link) for link in pool if link.record.project_id == project_id]
-        )
-
-
-class _BrokerView(web.View):
-    """A view of one broker of one project."""
-
-    @property
-    def project_id(self) -> str:
-        return self.request.match_info["projectId"]
-
-    @property
-    def broker_id(self) -> str:
-        return self.request.match_info["brokerId"]
-
-    async def link(self) -> BrokerLink:
-        link = project_broker(self.request)
-        if link is not None:
-            return link
-        await _require_project(self.request, self.project_id)
-        raise NotFound(f"Broker {self.broker_id} not found in project {self.project_id}")
-
-
-@routes.view(BASE + "/{brokerId}")
-class BrokerView(_BrokerView):
-    @doc("One broker", responses={200: BrokerSchema()})
-    async def get(self) -> web.Response:
-        return web.json_response(broker_wire(await self.link()))
-
-    @doc("Remove the broker (its connection)", responses={204: None})
-    async def delete(self) -> web.Response:
-        link = await self.link()
-        # Through the service: the record goes and the link is closed.
-        await self.request.app[connections_key].delete(link.id)
-        return web.Response(status=204)
-
-
-@routes.view(BASE + "/{brokerId}/info")
-class BrokerInfoView(_BrokerView):
-    @doc(
-        "$SYS values and their history; tries to connect a broker that is down",
-        responses={200: BrokerInfoSchema()},
+@routes.get(
+    BASE, Permission.MONITOR, "The project's brokers", responses={200: BrokerSchema(many=True)}
+)
+async def list_brokers(request: web.Request) -> web.Response:
+    project_id = request.match_info["projectId"]
+    await _require_project(request, project_id)
+    pool = request.app[connections_key].pool
+    return web.json_response(
+        [broker_wire(link) for link in pool if link.record.project_id == project_id]
     )
-    async def get(self) -> web.Response:
-        link = await self.link()
-        settings = self.request.app[settings_key]
-        # "Tries to connect": a link that is down skips its backoff and gets a bounded
-        # time; once up, its retained $SYS values are on their way: give them a moment.
-        if (
-            not link.connected
-            and link.reconnect_now()
-            and await link.wait_connected(settings.connect_timeout)
-        ):
-            await link.wait_sys_values(settings.probe_timeout)
-        body: dict[str, Any] = {
-            "id": link.id,
-            "url": link.record.url,
-            "name": link.record.name,
-            "project_id": link.record.project_id,
-            "sysTopics": snapshot(link.sys_values, link.sys_updated_at or now_ms()),
-            "sysTopicsHistory": link.sys_history.entries(),
-            "isConnected": link.connected,
-            "status": link.status.to_wire(),
-        }
-        if link.connected:
-            # No license plugin, or it did not answer: licenseInfo is optional.
-            with contextlib.suppress(MmcError):
-                body["licenseInfo"] = await broker_license.information(link)
-        return web.json_response(body)
 
 
-@routes.view(BASE + "/{brokerId}/license")
-class BrokerLicenseView(_BrokerView):
-    @doc("The broker's license (Pro)", responses={200: LicenseSchema()})
-    async def get(self) -> web.Response:
-        return web.json_response(await broker_license.information(await self.link()))
+async def _link(request: web.Request) -> BrokerLink:
+    """The path's broker of the path's project: 404 naming what is missing."""
+    link = project_broker(request)
+    if link is not None:
+        return link
+    project_id = request.match_info["projectId"]
+    await _require_project(request, project_id)
+    raise NotFound(f"Broker {request.match_info['brokerId']} not found in project {project_id}")
 
 
-@routes.view(BASE + "/{brokerId}/listeners")
-class BrokerListenersView(_BrokerView):
-    @doc("The broker's listeners (2.1, Pro)", responses={200: ListenerSchema(many=True)})
-    async def get(self) -> web.Response:
-        return web.json_response(await broker_control.listeners(await self.link()))
+@routes.get(BASE + "/{brokerId}", Permission.MONITOR, "One broker", responses={200: BrokerSchema()})
+async def get_broker(request: web.Request) -> web.Response:
+    return web.json_response(broker_wire(await _link(request)))
 
 
-@routes.view(BASE + "/{brokerId}/bridges")
-class BridgesView(_BrokerView):
-    @doc(
-        "Bridges from mosquitto.conf ($SYS) and bridge plugins",
-        responses={200: BridgeSchema(many=True)},
-    )
-    async def get(self) -> web.Response:
-        return web.json_response(await bridges.listing(await self.link()))
+@routes.delete(
+    BASE + "/{brokerId}",
+    Permission.CONNECTIONS,
+    "Remove the broker (its connection)",
+    responses={204: None},
+)
+async def delete_broker(request: web.Request) -> web.Response:
+    link = await _link(request)
+    # Through the service: the record goes and the link is closed.
+    await request.app[connections_key].delete(link.id)
+    return web.Response(status=204)
 
 
-class _BridgeView(_BrokerView):
-    @property
-    def bridge_id(self) -> str:
-        return self.request.match_info["bridgeId"]
+@routes.get(
+    BASE + "/{brokerId}/info",
+    Permission.MONITOR,
+    "$SYS values and their history; tries to connect a broker that is down",
+    responses={200: BrokerInfoSchema()},
+)
+async def broker_info(request: web.Request) -> web.Response:
+    link = await _link(request)
+    settings = request.app[settings_key]
+    # "Tries to connect": a link that is down skips its backoff and gets a bounded
+    # time; once up, its retained $SYS values are on their way: give them a moment.
+    if (
+        not link.connected
+        and link.reconnect_now()
+        and await link.wait_connected(settings.connect_timeout)
+    ):
+        await link.wait_sys_values(settings.probe_timeout)
+    body: dict[str, Any] = {
+        "id": link.id,
+        "url": link.record.url,
+        "name": link.record.name,
+        "project_id": link.record.project_id,
+        "sysTopics": snapshot(link.sys_values, link.sys_updated_at or now_ms()),
+        "sysTopicsHistory": link.sys_history.entries(),
+        "isConnected": link.connected,
+        "status": link.status.to_wire(),
+    }
+    if link.connected:
+        # No license plugin, or it did not answer: licenseInfo is optional.
+        with contextlib.suppress(MmcError):
+            body["licenseInfo"] = await broker_license.information(link)
+    return web.json_response(body)
 
 
-@routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/status")
-class BridgeStatusView(_BridgeView):
-    @doc("Whether a bridge is connected", responses={200: BridgeStatusSchema()})
-    async def get(self) -> web.Response:
-        return web.json_response(await bridges.status(await self.link(), self.bridge_id))
+@routes.get(
+    BASE + "/{brokerId}/license",
+    Permission.READ,
+    "The broker's license (Pro)",
+    responses={200: LicenseSchema()},
+)
+async def get_license(request: web.Request) -> web.Response:
+    return web.json_response(await broker_license.information(await _link(request)))
 
 
-@routes.view(BASE + "/{brokerId}/bridges/{bridgeId}/config")
-class BridgeConfigView(_BridgeView):
-    @doc("A bridge plugin's configuration", responses={200: OBJECT})
-    async def get(self) -> web.Response:
-        link = await self.link()
-        api = await bridges.config_api(link, self.bridge_id)
-        return web.json_response(await bridges.get_config(link, api))
+@routes.get(
+    BASE + "/{brokerId}/listeners",
+    Permission.READ,
+    "The broker's listeners (2.1, Pro)",
+    responses={200: ListenerSchema(many=True)},
+)
+async def get_listeners(request: web.Request) -> web.Response:
+    return web.json_response(await broker_control.listeners(await _link(request)))
 
-    @doc("Change a bridge plugin's configuration", body=ObjectSchema(), responses={204: None})
-    async def put(self) -> web.Response:
-        link = await self.link()
-        api = await bridges.config_api(link, self.bridge_id)
-        body = await read_json(self.request)
-        if not isinstance(body, dict):
-            raise InvalidInput("The bridge configuration must be a JSON object")
-        await bridges.update_config(link, api, body)
-        return web.Response(status=204)
+
+@routes.get(
+    BASE + "/{brokerId}/bridges",
+    Permission.READ,
+    "Bridges from mosquitto.conf ($SYS) and bridge plugins",
+    responses={200: BridgeSchema(many=True)},
+)
+async def list_bridges(request: web.Request) -> web.Response:
+    return web.json_response(await bridges.listing(await _link(request)))
+
+
+BRIDGE = BASE + "/{brokerId}/bridges/{bridgeId}"
+
+
+async def _plugin_target(request: web.Request) -> tuple[BrokerLink, str]:
+    """The path's broker and its bridge plugin's API: their 404s before a bad body's 400."""
+    link = await _link(request)
+    return link, await bridges.config_api(link, request.match_info["bridgeId"])
+
+
+@routes.get(
+    BRIDGE + "/status",
+    Permission.READ,
+    "Whether a bridge is connected",
+    responses={200: BridgeStatusSchema()},
+)
+async def bridge_status(request: web.Request) -> web.Response:
+    link = await _link(request)
+    return web.json_response(await bridges.status(link, request.match_info["bridgeId"]))
+
+
+@routes.get(
+    BRIDGE + "/config",
+    Permission.READ,
+    "A bridge plugin's configuration",
+    responses={200: OBJECT},
+)
+async def bridge_config(request: web.Request) -> web.Response:
+    link, api = await _plugin_target(request)
+    return web.json_response(await bridges.get_config(link, api))
+
+
+# Changing a bridge changes what the broker does: the same right as dynsec changes.
+@routes.put(
+    BRIDGE + "/config",
+    Permission.CONTROL,
+    "Change a bridge plugin's configuration",
+    before={"target": _plugin_target},
+    body=BridgeConfigSchema(),
+    responses={204: None},
+)
+async def change_bridge_config(
+    request: web.Request, target: tuple[BrokerLink, str], body: dict[str, Any]
+) -> web.Response:
+    link, api = target
+    await bridges.update_config(link, api, body)
+    return web.Response(status=204)

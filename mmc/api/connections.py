@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from mmc.auth.permissions import Permission
 from mmc.keys import connections_key
-from mmc.openapi import doc
 from mmc.schemas.connections import connection_schema
 from mmc.schemas.responses import AcceptedSchema, ConnectionOutSchema
 from mmc.services.connections import Outcome
-from mmc.web.body import load, read_json, read_valid
+from mmc.web.routing import Routes
 
-routes = web.RouteTableDef()
+routes = Routes()
+
+CONNECTIONS = "/api/connections"
+CONNECTION = CONNECTIONS + "/{connectionId}"
 
 
 def _answer(outcome: Outcome) -> web.Response:
@@ -27,56 +32,63 @@ def _answer(outcome: Outcome) -> web.Response:
     )
 
 
-@routes.view("/api/connections")
-class ConnectionsView(web.View):
-    @doc("All connections with their live status", responses={200: ConnectionOutSchema(many=True)})
-    async def get(self) -> web.Response:
-        # The listing is polled (dashboards, probes): its JSON is cached per entry.
-        return web.Response(
-            text=self.request.app[connections_key].listing_json(), content_type="application/json"
-        )
-
-    @doc(
-        "Create a connection and try to connect",
-        description=(
-            "Connected: 200 with every connection. Stored but not connected: 202. "
-            "A POST for a connection whose attempt failed replaces its settings."
-        ),
-        body=connection_schema,
-        responses={200: ConnectionOutSchema(many=True), 202: AcceptedSchema()},
+@routes.get(
+    CONNECTIONS,
+    Permission.READ,
+    "All connections with their live status",
+    responses={200: ConnectionOutSchema(many=True)},
+)
+async def list_connections(request: web.Request) -> web.Response:
+    # The listing is polled (dashboards, probes): its JSON is cached per entry.
+    return web.Response(
+        text=request.app[connections_key].listing_json(), content_type="application/json"
     )
-    async def post(self) -> web.Response:
-        data = await read_valid(self.request, connection_schema)
-        return _answer(await self.request.app[connections_key].create(data))
 
 
-@routes.view("/api/connections/{connectionId}")
-class ConnectionView(web.View):
-    @property
-    def connection_id(self) -> str:
-        return self.request.match_info["connectionId"]
+@routes.post(
+    CONNECTIONS,
+    Permission.CONNECTIONS,
+    "Create a connection and try to connect",
+    description=(
+        "Connected: 200 with every connection. Stored but not connected: 202. "
+        "A POST for a connection whose attempt failed replaces its settings."
+    ),
+    body=connection_schema,
+    responses={200: ConnectionOutSchema(many=True), 202: AcceptedSchema()},
+)
+async def create_connection(request: web.Request, body: dict[str, Any]) -> web.Response:
+    return _answer(await request.app[connections_key].create(body))
 
-    @doc("One connection", responses={200: ConnectionOutSchema()})
-    async def get(self) -> web.Response:
-        return web.json_response(self.request.app[connections_key].get(self.connection_id))
 
-    @doc(
-        "Change a connection and reconnect; omitted password and key are kept",
-        description=(
-            "Omitted password and key are kept only while scheme, host and port stay the "
-            "same: a connection moved to another broker must send them again (or null), "
-            "else 400 naming them."
-        ),
-        body=connection_schema,
-        responses={200: ConnectionOutSchema(many=True), 202: AcceptedSchema()},
-    )
-    async def put(self) -> web.Response:
-        body = await read_json(self.request)
-        if isinstance(body, dict):
-            body.setdefault("id", self.connection_id)
-        data = load(connection_schema, body)
-        return _answer(await self.request.app[connections_key].update(self.connection_id, data))
+@routes.get(CONNECTION, Permission.READ, "One connection", responses={200: ConnectionOutSchema()})
+async def get_connection(request: web.Request) -> web.Response:
+    return web.json_response(request.app[connections_key].get(request.match_info["connectionId"]))
 
-    @doc("Disconnect and delete", responses={200: ConnectionOutSchema(many=True)})
-    async def delete(self) -> web.Response:
-        return web.json_response(await self.request.app[connections_key].delete(self.connection_id))
+
+@routes.put(
+    CONNECTION,
+    Permission.CONNECTIONS,
+    "Change a connection and reconnect; omitted password and key are kept",
+    description=(
+        "Omitted password and key are kept only while scheme, host and port stay the "
+        "same: a connection moved to another broker must send them again (or null), "
+        "else 400 naming them."
+    ),
+    body=connection_schema,
+    path_defaults={"id": "connectionId"},
+    responses={200: ConnectionOutSchema(many=True), 202: AcceptedSchema()},
+)
+async def update_connection(request: web.Request, body: dict[str, Any]) -> web.Response:
+    connection_id = request.match_info["connectionId"]
+    return _answer(await request.app[connections_key].update(connection_id, body))
+
+
+@routes.delete(
+    CONNECTION,
+    Permission.CONNECTIONS,
+    "Disconnect and delete",
+    responses={200: ConnectionOutSchema(many=True)},
+)
+async def delete_connection(request: web.Request) -> web.Response:
+    connection_id = request.match_info["connectionId"]
+    return web.json_response(await request.app[connections_key].delete(connection_id))

@@ -8,11 +8,13 @@ import secrets
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
+from mmc.auth.permissions import Permission
 from mmc.keys import openapi_key, settings_key
-from mmc.openapi import build_spec, doc
+from mmc.openapi import build_spec
 from mmc.schemas.responses import OBJECT
+from mmc.web.routing import Routes
 
-routes = web.RouteTableDef()
+routes = Routes()
 
 STATIC = "/api/docs/static"
 
@@ -43,14 +45,23 @@ def spec_text(app: web.Application) -> str:
     return cache[0]
 
 
-@routes.get("/api/docs/openapi.json")
-@doc("The OpenAPI 3.0 document of this API", responses={200: OBJECT})
+# The API's documentation: for anybody logged in.
+@routes.get(
+    "/api/docs/openapi.json",
+    Permission.SELF,
+    "The OpenAPI 3.0 document of this API",
+    responses={200: OBJECT},
+)
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=spec_text(request.app), content_type="application/json")
 
 
-@routes.get("/api/docs")
-@doc("Browse the API (Swagger UI)", responses={200: ("text/html", "An HTML page")})
+@routes.get(
+    "/api/docs",
+    Permission.SELF,
+    "Browse the API (Swagger UI)",
+    responses={200: ("text/html", "An HTML page")},
+)
 async def page(request: web.Request) -> web.Response:
     base = request.app[settings_key].base_path
     nonce = secrets.token_urlsafe(16)
@@ -73,4 +84,5 @@ async def page(request: web.Request) -> web.Response:
 
 def setup(app: web.Application, base_path: str) -> None:
     app[openapi_key] = []
+    # Its files need a login like the page (mmc.web.routing.STATIC_PERMISSION).
     app.router.add_static(base_path + STATIC, swagger_ui_path)

@@ -18,6 +18,7 @@ answers 204. Bodies are validated before anything is sent to the broker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -26,23 +27,35 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields
 
+from mmc.auth.permissions import Permission
 from mmc.broker_strings import check_name
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
 from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
 from mmc.keys import connections_key
-from mmc.openapi import doc
 from mmc.schemas import dynsec as schemas
-from mmc.schemas.responses import OBJECT
-from mmc.web.body import load, read_json, read_valid
+from mmc.schemas.responses import (
+    ANONYMOUS_GROUP,
+    APPLY_ANSWER,
+    COMMAND_ANSWER,
+    COMMAND_ANSWERS,
+    DEFAULT_ACL_ACCESS,
+    DYNSEC_CLIENT,
+    DYNSEC_DOCUMENT,
+    DYNSEC_GROUP,
+    DYNSEC_ROLE,
+    IMPORT_REPORT,
+    dynsec_listing,
+)
 from mmc.web.brokers import connected_project_broker
 from mmc.web.middlewares import error_body
 from mmc.web.own_user import Guard, force_schema, own_usernames
+from mmc.web.routing import Routes
 
 log = logging.getLogger(__name__)
 
-routes = web.RouteTableDef()
+routes = Routes()
 
 BROKER = "/api/projects/{projectId}/brokers/{brokerId}"
 BASE = f"{BROKER}/dynsec"
@@ -56,14 +69,10 @@ OWN_ACCESS_NOTE = (
     "$CONTROL/dynamic-security grants); ?force=true does it anyway."
 )
 
+# The path's broker, connected: resolved before the input is read (its 404/503 first).
+LINK = {"link": connected_project_broker}
+
 _dry_run_schema = Schema.from_dict({"dryRun": fields.Boolean(load_default=False)})()
-
-
-async def _body_or_query(request: web.Request, schema: Schema) -> dict[str, Any]:
-    """A JSON body, or the query string when there is no body (DELETE without a body)."""
-    if request.body_exists:
-        return load(schema, await read_json(request))
-    return load(schema, {k: v for k, v in request.query.items() if k != "force"})
 
 
 def _path_name(request: web.Request, kind: Kind) -> str:
@@ -88,6 +97,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class Kind:
     plural: str
     key: str
+    # What the plugin answers for one (OpenAPI; a JSON schema).
+    entity: Mapping[str, Any]
     create_schema: Schema
     modify_schema: Schema
     list: Callable[..., Awaitable[dict[str, Any]]]
@@ -100,6 +111,7 @@ class Kind:
 CLIENTS = Kind(
     "clients",
     "username",
+    DYNSEC_CLIENT,
     schemas.ClientCreateSchema(),
     schemas.ClientModifySchema(),
     Dynsec.list_clients,
@@ -111,6 +123,7 @@ CLIENTS = Kind(
 GROUPS = Kind(
     "groups",
     "groupname",
+    DYNSEC_GROUP,
     schemas.GroupCreateSchema(),
     schemas.GroupModifySchema(),
     Dynsec.list_groups,
@@ -122,6 +135,7 @@ GROUPS = Kind(
 ROLES = Kind(
     "roles",
     "rolename",
+    DYNSEC_ROLE,
     schemas.RoleCreateSchema(),
     schemas.RoleModifySchema(),
     Dynsec.list_roles,
@@ -202,40 +216,45 @@ CLIENT_ACTIONS: dict[str, tuple[Schema | None, Change]] = {
 }
 
 
-def _change_handler(
+def _declare_change(
+    method: str,
+    path: str,
     kind: Kind,
     schema: Schema | None,
     change: Change,
     summary: str,
     *,
     or_query: bool = False,
-) -> Handler:
-    """Validate, apply ``change`` to the named resource, answer the resource afterwards.
+) -> None:
+    """A change of the named resource: validated, applied, answered with the resource as
+    it is afterwards. ``or_query``: without a body, the fields may come in the query
+    string (DELETE)."""
 
-    ``or_query``: without a body, the fields may come in the query string (DELETE).
-    """
-
-    @doc(
-        summary,
-        body=None if or_query else schema,
-        query=schema if or_query else force_schema,
-        responses={200: OBJECT},
-        errors=(409,),
-        description=OWN_ACCESS_NOTE,
-    )
-    async def handler(request: web.Request) -> web.Response:
-        link = connected_project_broker(request)
-        name = _path_name(request, kind)
-        data: dict[str, Any] = {}
-        if schema is not None:
-            data = await (
-                _body_or_query(request, schema) if or_query else read_valid(request, schema)
-            )
+    async def handler(
+        request: web.Request,
+        link: BrokerLink,
+        name: str,
+        query: dict[str, Any],
+        body: dict[str, Any] | None = None,
+    ) -> web.Response:
+        data = body or {}
         ds = await Dynsec.of(link)
-        await Guard.of(request).change(link, ds, lambda d: change(d, name, data))
+        await Guard.of(request, query["force"]).change(link, ds, lambda d: change(d, name, data))
         return _json(await kind.get(ds, name))
 
-    return handler
+    routes.route(
+        method,
+        path,
+        Permission.CONTROL,
+        summary,
+        before={**LINK, "name": functools.partial(_path_name, kind=kind)},
+        body=schema,
+        query=force_schema,
+        body_in_query=or_query,
+        responses={200: kind.entity},
+        errors=(409,),
+        description=OWN_ACCESS_NOTE,
+    )(handler)
 
 
 def _add_kind_routes(kind: Kind) -> None:
@@ -244,134 +263,170 @@ def _add_kind_routes(kind: Kind) -> None:
 
     one = kind.key.removesuffix("name")
 
-    @routes.get(collection)
-    @doc(f"List {kind.plural}", query=schemas.list_query_schema, responses={200: OBJECT})
-    async def list_(request: web.Request) -> web.Response:
-        link = connected_project_broker(request)
-        query = load(schemas.list_query_schema, dict(request.query))
+    @routes.get(
+        collection,
+        Permission.READ,
+        f"List {kind.plural}",
+        before=LINK,
+        query=schemas.list_query_schema,
+        responses={200: dynsec_listing(kind.plural, kind.entity)},
+    )
+    async def list_(request: web.Request, link: BrokerLink, query: dict[str, Any]) -> web.Response:
         return _json(await kind.list(await Dynsec.of(link), **query))
 
-    @routes.post(collection)
-    @doc(f"Create a {one}", body=kind.create_schema, responses={201: OBJECT}, errors=(409,))
-    async def create(request: web.Request) -> web.Response:
-        link = connected_project_broker(request)
-        data = await read_valid(request, kind.create_schema)
+    @routes.post(
+        collection,
+        Permission.CONTROL,
+        f"Create a {one}",
+        before=LINK,
+        body=kind.create_schema,
+        responses={201: kind.entity},
+        errors=(409,),
+    )
+    async def create(request: web.Request, link: BrokerLink, body: dict[str, Any]) -> web.Response:
         ds = await Dynsec.of(link)
-        await kind.create(ds, **data)
-        return _json(await kind.get(ds, data[kind.key]), status=201)
+        await kind.create(ds, **body)
+        return _json(await kind.get(ds, body[kind.key]), status=201)
 
-    @routes.get(item)
-    @doc(f"One {one}", responses={200: OBJECT})
+    @routes.get(item, Permission.READ, f"One {one}", responses={200: kind.entity})
     async def get(request: web.Request) -> web.Response:
         link = connected_project_broker(request)
         return _json(await kind.get(await Dynsec.of(link), _path_name(request, kind)))
 
-    @routes.delete(item)
-    @doc(
+    @routes.delete(
+        item,
+        Permission.CONTROL,
         f"Delete a {one}",
+        before={**LINK, "name": functools.partial(_path_name, kind=kind)},
         query=force_schema,
         responses={204: None},
         errors=(409,),
         description=OWN_ACCESS_NOTE,
     )
-    async def delete(request: web.Request) -> web.Response:
-        link = connected_project_broker(request)
-        name = _path_name(request, kind)
-        await Guard.of(request).change(link, await Dynsec.of(link), lambda d: kind.delete(d, name))
+    async def delete(
+        request: web.Request, link: BrokerLink, name: str, query: dict[str, Any]
+    ) -> web.Response:
+        guard = Guard.of(request, query["force"])
+        await guard.change(link, await Dynsec.of(link), lambda d: kind.delete(d, name))
         return web.Response(status=204)
 
     async def modify(ds: Dynsec, name: str, data: dict[str, Any]) -> None:
         await kind.modify(ds, name, **data)
 
-    routes.patch(item)(_change_handler(kind, kind.modify_schema, modify, f"Change a {one}"))
+    _declare_change("PATCH", item, kind, kind.modify_schema, modify, f"Change a {one}")
     for members in MEMBERS:
         if members.owner is kind:
             path = f"{item}/{members.segment}"
             what = f"{members.segment} of a {one}"
-            routes.post(path)(
-                _change_handler(kind, members.add_schema, members.add, f"Add to the {what}")
+            _declare_change(
+                "POST", path, kind, members.add_schema, members.add, f"Add to the {what}"
             )
-            routes.delete(path)(
-                _change_handler(
-                    kind,
-                    members.remove_schema,
-                    members.remove,
-                    f"Remove from the {what}",
-                    or_query=True,
-                )
+            _declare_change(
+                "DELETE",
+                path,
+                kind,
+                members.remove_schema,
+                members.remove,
+                f"Remove from the {what}",
+                or_query=True,
             )
 
 
 for _kind in (CLIENTS, GROUPS, ROLES):
     _add_kind_routes(_kind)
 for _action, (_schema, _change) in CLIENT_ACTIONS.items():
-    routes.put(f"{BASE}/clients/{{name}}/{_action}")(
-        _change_handler(CLIENTS, _schema, _change, f"Client: {_action}")
+    _declare_change(
+        "PUT", f"{BASE}/clients/{{name}}/{_action}", CLIENTS, _schema, _change, f"Client: {_action}"
     )
 
 
 # ------------------------------------------------------------ broker-wide settings
 
 
-@routes.get(f"{BASE}/default-acl")
-@doc("Default ACL access", responses={200: OBJECT})
+@routes.get(
+    f"{BASE}/default-acl",
+    Permission.READ,
+    "Default ACL access",
+    responses={200: DEFAULT_ACL_ACCESS},
+)
 async def get_default_acl(request: web.Request) -> web.Response:
     ds = await Dynsec.of(connected_project_broker(request))
     return _json({"acls": await ds.get_default_acl_access()})
 
 
-@routes.put(f"{BASE}/default-acl")
-@doc("Set default ACL access", body=schemas.DefaultAclAccessSchema(), responses={200: OBJECT})
-async def put_default_acl(request: web.Request) -> web.Response:
-    link = connected_project_broker(request)
-    data = await read_valid(request, schemas.DefaultAclAccessSchema())
+@routes.put(
+    f"{BASE}/default-acl",
+    Permission.CONTROL,
+    "Set default ACL access",
+    before=LINK,
+    body=schemas.DefaultAclAccessSchema(),
+    responses={200: DEFAULT_ACL_ACCESS},
+)
+async def put_default_acl(
+    request: web.Request, link: BrokerLink, body: dict[str, Any]
+) -> web.Response:
     ds = await Dynsec.of(link)
-    await ds.set_default_acl_access(data["acls"])
+    await ds.set_default_acl_access(body["acls"])
     return _json({"acls": await ds.get_default_acl_access()})
 
 
-@routes.get(f"{BASE}/anonymous-group")
-@doc("The anonymous group", responses={200: OBJECT})
+@routes.get(
+    f"{BASE}/anonymous-group",
+    Permission.READ,
+    "The anonymous group",
+    responses={200: ANONYMOUS_GROUP},
+)
 async def get_anonymous_group(request: web.Request) -> web.Response:
     ds = await Dynsec.of(connected_project_broker(request))
     return _json({"groupname": await ds.get_anonymous_group()})
 
 
-@routes.put(f"{BASE}/anonymous-group")
-@doc("Set the anonymous group", body=schemas.AnonymousGroupSchema(), responses={200: OBJECT})
-async def put_anonymous_group(request: web.Request) -> web.Response:
-    link = connected_project_broker(request)
-    data = await read_valid(request, schemas.AnonymousGroupSchema())
+@routes.put(
+    f"{BASE}/anonymous-group",
+    Permission.CONTROL,
+    "Set the anonymous group",
+    before=LINK,
+    body=schemas.AnonymousGroupSchema(),
+    responses={200: ANONYMOUS_GROUP},
+)
+async def put_anonymous_group(
+    request: web.Request, link: BrokerLink, body: dict[str, Any]
+) -> web.Response:
     ds = await Dynsec.of(link)
-    await ds.set_anonymous_group(data["groupname"])
+    await ds.set_anonymous_group(body["groupname"])
     return _json({"groupname": await ds.get_anonymous_group()})
 
 
 # ------------------------------------------------------------------ export/import
 
 
-@routes.get(f"{BASE}/export")
-@doc("The broker's whole dynamic-security state (no passwords)", responses={200: OBJECT})
+@routes.get(
+    f"{BASE}/export",
+    Permission.READ,
+    "The broker's whole dynamic-security state (no passwords)",
+    responses={200: DYNSEC_DOCUMENT},
+)
 async def export(request: web.Request) -> web.Response:
     ds = await Dynsec.of(connected_project_broker(request))
     return _json(await ds.export())
 
 
-@routes.post(f"{BASE}/import")
-@doc(
+@routes.post(
+    f"{BASE}/import",
+    Permission.CONTROL,
     "Make the broker match a document (idempotent); ?dryRun=true only reports",
+    before=LINK,
     body=schemas.document_schema,
     query=_dry_run_schema,
-    responses={200: OBJECT},
+    responses={200: IMPORT_REPORT},
 )
-async def import_(request: web.Request) -> web.Response:
-    link = connected_project_broker(request)
-    dry_run = load(_dry_run_schema, dict(request.query))["dryRun"]
-    document = await read_valid(request, schemas.document_schema)
+async def import_(
+    request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
+) -> web.Response:
     ds = await Dynsec.of(link)
     report = await ds.import_document(
-        document,
-        dry_run=dry_run,
+        body,
+        dry_run=query["dryRun"],
         protected_client=own_usernames(request.app[connections_key], link),
     )
     return _json(report)
@@ -393,40 +448,46 @@ async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any
     return [_answer(e, c) for e, c in zip(entries, commands, strict=True)]
 
 
-@routes.post("/api/dynamic-security/{brokerId}/command")
-@doc(
+@routes.post(
+    "/api/dynamic-security/{brokerId}/command",
+    Permission.CONTROL,
     "Send one plugin command (the MMC's endpoint)",
+    before=LINK,
     body=schemas.CommandSchema(),
     query=force_schema,
-    responses={200: OBJECT},
+    responses={200: COMMAND_ANSWER},
     errors=(409,),
     description=OWN_ACCESS_NOTE,
 )
-async def command(request: web.Request) -> web.Response:
+async def command(
+    request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
+) -> web.Response:
     """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
-    link = connected_project_broker(request)
-    sent = await read_valid(request, schemas.CommandSchema())
-    [entry] = await Guard.of(request).run(link, await Dynsec.of(link), [sent], _run)
+    guard = Guard.of(request, query["force"])
+    [entry] = await guard.run(link, await Dynsec.of(link), [body], _run)
     if "error" in entry:
-        raise error_for(sent["command"], str(entry["error"]))
+        raise error_for(body["command"], str(entry["error"]))
     return _json(entry)
 
 
-@routes.post(f"{BROKER}/dynamic-security")
-@doc(
+@routes.post(
+    f"{BROKER}/dynamic-security",
+    Permission.CONTROL,
     "Send the plugin's own envelope {commands}",
+    before=LINK,
     body=schemas.CommandsSchema(),
     query=force_schema,
-    responses={200: OBJECT},
+    responses={200: COMMAND_ANSWERS},
     errors=(409,),
     description=OWN_ACCESS_NOTE,
 )
-async def commands(request: web.Request) -> web.Response:
+async def commands(
+    request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
+) -> web.Response:
     """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
-    link = connected_project_broker(request)
-    data = await read_valid(request, schemas.CommandsSchema())
     ds = await Dynsec.of(link)
-    return _json({"responses": await Guard.of(request).run(link, ds, data["commands"], _run)})
+    guard = Guard.of(request, query["force"])
+    return _json({"responses": await guard.run(link, ds, body["commands"], _run)})
 
 
 # ---------------------------------------------------------------------- project
@@ -456,24 +517,24 @@ async def _apply_one(link: BrokerLink, body: Mapping[str, Any], guard: Guard) ->
         return error_body(MmcError())
 
 
-@routes.post("/api/projects/{projectId}/dynsec/apply")
-@doc(
+@routes.post(
+    "/api/projects/{projectId}/dynsec/apply",
+    Permission.CONTROL,
     "Run commands or an import on every broker of the project (one entry per broker)",
     body=schemas.ApplySchema(),
     query=force_schema,
-    responses={207: OBJECT},
+    responses={207: APPLY_ANSWER},
     description="A broker whose own access the commands would cut off gets a 409 entry "
     "unless ?force=true.",
 )
-async def apply(request: web.Request) -> web.Response:
+async def apply(request: web.Request, query: dict[str, Any], body: dict[str, Any]) -> web.Response:
     """Run the same commands, or the same import, on every broker of the project (207)."""
     project_id = request.match_info["projectId"]
-    body = await read_valid(request, schemas.ApplySchema())
     links = [
         link for link in request.app[connections_key].pool if link.record.project_id == project_id
     ]
     if not links:
         raise NotFound(f"Project {project_id} has no brokers")
-    guard = Guard.of(request)
+    guard = Guard.of(request, query["force"])
     results = await asyncio.gather(*(_apply_one(link, body, guard) for link in links))
     return _json({link.id: result for link, result in zip(links, results, strict=True)}, 207)

@@ -12,25 +12,31 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mmc.auth.permissions import Permission
 from mmc.errors import MmcError, Unauthorized
 from mmc.keys import db_key, metrics_key, settings_key
-from mmc.openapi import doc
 from mmc.schemas.responses import HealthSchema, ReadySchema
+from mmc.web.routing import Routes
 
 log = logging.getLogger(__name__)
 
-routes = web.RouteTableDef()
+routes = Routes()
 
 
-@routes.get("/healthz")
-@doc("Liveness: the process and its event loop answer", responses={200: HealthSchema()})
+@routes.get(
+    "/healthz",
+    Permission.PUBLIC,
+    "Liveness: the process and its event loop answer",
+    responses={200: HealthSchema()},
+)
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process and its event loop answer. Never depends on brokers."""
     return web.json_response({"status": "ok"})
 
 
-@routes.get("/readyz")
-@doc(
+@routes.get(
+    "/readyz",
+    Permission.PUBLIC,
     "Readiness: start-up finished and the store answers",
     responses={200: ReadySchema(), 503: ReadySchema()},
 )
@@ -57,8 +63,9 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "reasons": [], **body})
 
 
-@routes.get("/metrics")
-@doc(
+@routes.get(
+    "/metrics",
+    Permission.PUBLIC,
     "Prometheus metrics (needs the metrics token as Bearer when one is configured)",
     responses={200: ("text/plain", "Prometheus text format")},
     errors=(401,),
@@ -83,7 +90,11 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
-@routes.get("/api/status-check")
-@doc("The MMC's status check", responses={200: HealthSchema()})
+@routes.get(
+    "/api/status-check",
+    Permission.PUBLIC,
+    "The MMC's status check",
+    responses={200: HealthSchema()},
+)
 async def status_check(request: web.Request) -> web.Response:
     return web.json_response({"status": "healthy"})

@@ -7,15 +7,15 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.auth.permissions import Permission
 from mmc.clock import now_ms
 from mmc.keys import auth_key, identity_key
-from mmc.openapi import doc
 from mmc.schemas.responses import TokenCreatedSchema, TokenSchema
 from mmc.schemas.users import token_create_schema
 from mmc.store.tokens import TokenRecord
-from mmc.web.body import read_valid
+from mmc.web.routing import Routes
 
-routes = web.RouteTableDef()
+routes = Routes()
 
 
 def _iso(ms: int | None) -> str | None:
@@ -36,33 +36,36 @@ def token_wire(record: TokenRecord) -> dict[str, Any]:
     }
 
 
-@routes.view("/api/tokens")
-class TokensView(web.View):
-    @doc("List application tokens (never their secret)", responses={200: TokenSchema(many=True)})
-    async def get(self) -> web.Response:
-        tokens = await self.request.app[auth_key].list_tokens()
-        return web.json_response([token_wire(t) for t in tokens])
+@routes.get(
+    "/api/tokens",
+    Permission.ADMIN,
+    "List application tokens (never their secret)",
+    responses={200: TokenSchema(many=True)},
+)
+async def list_tokens(request: web.Request) -> web.Response:
+    tokens = await request.app[auth_key].list_tokens()
+    return web.json_response([token_wire(t) for t in tokens])
 
-    @doc(
-        "Create an application token; the token is in this answer only",
-        body=token_create_schema,
-        responses={201: TokenCreatedSchema()},
+
+@routes.post(
+    "/api/tokens",
+    Permission.ADMIN,
+    "Create an application token; the token is in this answer only",
+    body=token_create_schema,
+    responses={201: TokenCreatedSchema()},
+)
+async def create_token(request: web.Request, body: dict[str, Any]) -> web.Response:
+    until = body.get("valid_until")
+    record, token = await request.app[auth_key].create_token(
+        body["name"],
+        body["role"],
+        int(until.timestamp() * 1000) if until is not None else None,
+        request[identity_key].username,
     )
-    async def post(self) -> web.Response:
-        data = await read_valid(self.request, token_create_schema)
-        until = data.get("valid_until")
-        record, token = await self.request.app[auth_key].create_token(
-            data["name"],
-            data["role"],
-            int(until.timestamp() * 1000) if until is not None else None,
-            self.request[identity_key].username,
-        )
-        return web.json_response({**token_wire(record), "token": token}, status=201)
+    return web.json_response({**token_wire(record), "token": token}, status=201)
 
 
-@routes.view("/api/tokens/{tokenId}")
-class TokenView(web.View):
-    @doc("Revoke a token", responses={204: None})
-    async def delete(self) -> web.Response:
-        await self.request.app[auth_key].revoke_token(self.request.match_info["tokenId"])
-        return web.Response(status=204)
+@routes.delete("/api/tokens/{tokenId}", Permission.ADMIN, "Revoke a token", responses={204: None})
+async def revoke_token(request: web.Request) -> web.Response:
+    await request.app[auth_key].revoke_token(request.match_info["tokenId"])
+    return web.Response(status=204)

@@ -1,7 +1,7 @@
-"""The one permission table: which role may call which route.
+"""The role model: the permissions a route may require, and the roles that have them.
 
-Every route the application registers must appear here (a test enforces it);
-an unlisted route is refused to everybody but is still a bug.
+Each route states the one permission it requires in its declaration (mmc.web.routing);
+mmc.web.auth checks it against the caller's roles here. Paths appear nowhere in this file.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ class Role(StrEnum):
 
 
 class Permission(StrEnum):
+    PUBLIC = "public"  # anybody, without logging in: probes, metrics, the login endpoints
     SELF = "self"  # one's own profile and session
     MONITOR = "monitor"  # broker list, broker info and status
     READ = "read"  # every other read
@@ -38,98 +39,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.MONITORING_VIEWER: frozenset({Permission.SELF, Permission.MONITOR}),
 }
 
-# Open to anybody: probes, metrics, and the login endpoints themselves.
-PUBLIC_ROUTES: frozenset[str] = frozenset(
-    {
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/api/status-check",
-        "/auth",
-        "/logout",
-        "/validate-session",
-    }
-)
-
-_S, _M, _R = Permission.SELF, Permission.MONITOR, Permission.READ
-_C, _X, _A = Permission.CONNECTIONS, Permission.CONTROL, Permission.ADMIN
-
-# Route template -> method -> permission. HEAD is checked as GET.
-ROUTE_PERMISSIONS: dict[str, dict[str, Permission]] = {
-    "/api/profile": {"GET": _S},
-    # The API's documentation: for anybody logged in.
-    "/api/docs": {"GET": _S},
-    "/api/docs/openapi.json": {"GET": _S},
-    "/api/docs/static": {"GET": _S},
-    "/api/connections": {"GET": _R, "POST": _C},
-    "/api/connections/{connectionId}": {"GET": _R, "PUT": _C, "DELETE": _C},
-    "/api/user-management/users": {"GET": _A, "POST": _A},
-    "/api/user-management/users/{username}": {"GET": _A, "PUT": _A, "DELETE": _A},
-    "/api/user-management/roles": {"GET": _A},
-    "/api/tokens": {"GET": _A, "POST": _A},
-    "/api/tokens/{tokenId}": {"DELETE": _A},
-    "/api/audit": {"GET": _A},
-    "/api/projects": {"GET": _R, "POST": _C},
-    "/api/projects/{projectId}": {"GET": _R, "PUT": _C, "DELETE": _C},
-    # Monitoring: the broker list, one broker, its $SYS info.
-    "/api/projects/{projectId}/brokers": {"GET": _M},
-    "/api/projects/{projectId}/brokers/{brokerId}": {"GET": _M, "DELETE": _C},
-    "/api/projects/{projectId}/brokers/{brokerId}/info": {"GET": _M},
-    "/api/projects/{projectId}/brokers/{brokerId}/license": {"GET": _R},
-    "/api/projects/{projectId}/brokers/{brokerId}/listeners": {"GET": _R},
-    "/api/projects/{projectId}/brokers/{brokerId}/bridges": {"GET": _R},
-    "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/status": {"GET": _R},
-    # Changing a bridge changes what the broker does: the same right as dynsec changes.
-    "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/config": {
-        "GET": _R,
-        "PUT": _X,
-    },
-    "/api/projects/{projectId}/brokers/{brokerId}/client-control/disconnect": {"PUT": _X},
-    "/api/projects/{projectId}/brokers/{brokerId}/client-control/subscribe": {"PUT": _X},
-    "/api/projects/{projectId}/brokers/{brokerId}/client-control/unsubscribe": {"PUT": _X},
-}
-
-
-# Dynamic security: reads for readers, every change (and the passthrough, which can
-# change anything) for those who may control brokers.
-_DYNSEC = "/api/projects/{projectId}/brokers/{brokerId}/dynsec"
-ROUTE_PERMISSIONS.update(
-    {
-        f"{_DYNSEC}/clients": {"GET": _R, "POST": _X},
-        f"{_DYNSEC}/groups": {"GET": _R, "POST": _X},
-        f"{_DYNSEC}/roles": {"GET": _R, "POST": _X},
-        f"{_DYNSEC}/clients/{{name}}": {"GET": _R, "PATCH": _X, "DELETE": _X},
-        f"{_DYNSEC}/groups/{{name}}": {"GET": _R, "PATCH": _X, "DELETE": _X},
-        f"{_DYNSEC}/roles/{{name}}": {"GET": _R, "PATCH": _X, "DELETE": _X},
-        f"{_DYNSEC}/clients/{{name}}/roles": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/clients/{{name}}/groups": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/groups/{{name}}/clients": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/groups/{{name}}/roles": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/roles/{{name}}/acls": {"POST": _X, "DELETE": _X},
-        f"{_DYNSEC}/clients/{{name}}/enable": {"PUT": _X},
-        f"{_DYNSEC}/clients/{{name}}/disable": {"PUT": _X},
-        f"{_DYNSEC}/clients/{{name}}/password": {"PUT": _X},
-        f"{_DYNSEC}/clients/{{name}}/clientid": {"PUT": _X},
-        f"{_DYNSEC}/default-acl": {"GET": _R, "PUT": _X},
-        f"{_DYNSEC}/anonymous-group": {"GET": _R, "PUT": _X},
-        f"{_DYNSEC}/export": {"GET": _R},
-        f"{_DYNSEC}/import": {"POST": _X},
-        "/api/projects/{projectId}/dynsec/apply": {"POST": _X},
-        "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security": {"POST": _X},
-        "/api/dynamic-security/{brokerId}/command": {"POST": _X},
-    }
-)
-
-
-def required_permission(route: str, method: str) -> Permission | None:
-    """None when the table has no entry: the caller must refuse."""
-    methods = ROUTE_PERMISSIONS.get(route)
-    if methods is None:
-        return None
-    return methods.get("GET" if method == "HEAD" else method)
-
 
 def allowed(roles: tuple[str, ...], permission: Permission) -> bool:
+    if permission is Permission.PUBLIC:
+        return True
     for name in roles:
         try:
             role = Role(name)

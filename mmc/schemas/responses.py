@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from marshmallow import Schema, fields
 
 
@@ -231,5 +234,111 @@ class ObjectSchema(Schema):
         unknown = "include"
 
 
+class BridgeConfigSchema(ObjectSchema):
+    """A bridge plugin's configuration change, passed on as sent."""
+
+    error_messages = {  # noqa: RUF012 - marshmallow's own class attribute
+        "not_object": "The bridge configuration must be a JSON object"
+    }
+
+
 STRING_LIST: dict[str, object] = {"type": "array", "items": {"type": "string"}}
 OBJECT: dict[str, object] = {"type": "object"}
+
+
+# ------------------------------------------------------------ dynamic security
+# The plugin's own answers (mosquitto's plugins/dynamic-security, 2.0 and 2.1), passed on as
+# the plugin gives them: JSON schemas, since a list answers names or objects (``verbose``).
+# Fields a later mosquitto adds (2.1's client ``connections``, role ``allowwildcardsubs``)
+# are allowed: no additionalProperties: false.
+
+
+def _obj(required: tuple[str, ...], **properties: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+_STRING: dict[str, Any] = {"type": "string"}
+_INTEGER: dict[str, Any] = {"type": "integer"}
+_BOOLEAN: dict[str, Any] = {"type": "boolean"}
+
+
+def _list(items: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+def _ref(key: str) -> dict[str, Any]:
+    return _obj((key,), **{key: _STRING, "priority": _INTEGER})
+
+
+ACL = _obj(("acltype", "topic"), acltype=_STRING, topic=_STRING, priority=_INTEGER, allow=_BOOLEAN)
+DEFAULT_ACL = _obj(("acltype", "allow"), acltype=_STRING, allow=_BOOLEAN)
+_TEXT = {"textname": _STRING, "textdescription": _STRING}
+DYNSEC_CLIENT = _obj(
+    ("username",),
+    username=_STRING,
+    clientid=_STRING,
+    **_TEXT,
+    disabled=_BOOLEAN,
+    roles=_list(_ref("rolename")),
+    groups=_list(_ref("groupname")),
+    connections=_list(_obj((), address=_STRING)),
+)
+DYNSEC_GROUP = _obj(
+    ("groupname",),
+    groupname=_STRING,
+    **_TEXT,
+    roles=_list(_ref("rolename")),
+    clients=_list(_ref("username")),
+)
+DYNSEC_ROLE = _obj(
+    ("rolename",), rolename=_STRING, **_TEXT, acls=_list(ACL), allowwildcardsubs=_BOOLEAN
+)
+
+
+def dynsec_listing(plural: str, entity: Mapping[str, Any]) -> dict[str, Any]:
+    """listClients/listGroups/listRoles: names, or whole entities with ``verbose``."""
+    return _obj(
+        ("totalCount", plural),
+        totalCount=_INTEGER,
+        **{plural: _list({"oneOf": [_STRING, entity]})},
+    )
+
+
+DEFAULT_ACL_ACCESS = _obj(("acls",), acls=_list(DEFAULT_ACL))
+ANONYMOUS_GROUP = _obj(("groupname",), groupname={**_STRING, "description": "'' when none"})
+DYNSEC_DOCUMENT = _obj(
+    ("defaultACLAccess", "anonymousGroup", "roles", "groups", "clients"),
+    defaultACLAccess=_list(DEFAULT_ACL),
+    anonymousGroup={**_STRING, "nullable": True},
+    roles=_list(DYNSEC_ROLE),
+    groups=_list(_obj(("groupname",), groupname=_STRING, **_TEXT, roles=_list(_ref("rolename")))),
+    clients=_list(DYNSEC_CLIENT),
+)
+_COMMANDS = _list(_obj(("command",), command=_STRING))
+IMPORT_REPORT = _obj(
+    ("changed", "dryRun", "commands", "errors", "skipped"),
+    changed=_BOOLEAN,
+    dryRun=_BOOLEAN,
+    commands={**_COMMANDS, "description": "Sent (or, with dryRun, to send); no passwords"},
+    errors=_list(_obj(("command", "error"), command=_STRING, error=_STRING)),
+    skipped=_list({"type": "object"}),
+)
+# A plugin response entry; ``error`` is in it only in the envelope's answer (the single
+# command endpoint answers an error in the error shape).
+COMMAND_ANSWER = _obj(
+    ("command",),
+    command=_STRING,
+    data={"type": "object"},
+    error=_STRING,
+    correlationData={"description": "As sent"},
+)
+COMMAND_ANSWERS = _obj(("responses",), responses=_list(COMMAND_ANSWER))
+APPLY_ANSWER = {
+    "type": "object",
+    "description": "Broker id -> its answer: status 200 with the responses or the import "
+    "report, or an error in the error shape",
+    "additionalProperties": _obj(("status",), status=_INTEGER),
+}

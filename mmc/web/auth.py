@@ -1,7 +1,8 @@
 """Authentication and authorisation of every request, in one place.
 
 Who: a ``Bearer`` application token, or the session cookie set by ``POST /auth``.
-What: the route's entry in ``mmc.auth.permissions.ROUTE_PERMISSIONS``.
+What: the permission the matched route's declaration requires (mmc.web.routing), held
+against the caller's roles (mmc.auth.permissions).
 Cross-site: a state-changing request authenticated by cookie is refused when it says it
 comes from another site (``Origin``, else ``Referer``, not ours; ``Origin: null`` too).
 One that sends neither is a script's (curl with a cookie jar): browsers always send
@@ -18,16 +19,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from mmc.auth.identity import Identity
-from mmc.auth.permissions import (
-    PUBLIC_ROUTES,
-    ROUTE_PERMISSIONS,
-    allowed,
-    required_permission,
-)
+from mmc.auth.permissions import allowed
 from mmc.errors import NotAllowed, Unauthorized
 from mmc.keys import auth_key, identity_key, settings_key
 from mmc.web.proxy import is_https, public_host
-from mmc.web.routing import route_template
+from mmc.web.routing import declaration, required_permission, route_template
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +84,8 @@ def same_origin(request: web.Request) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    template = route_template(request)
-    if template in PUBLIC_ROUTES:
+    route = declaration(request)
+    if route is not None and route.public:
         return await handler(request)
     identity = await identify(request)
     if identity is None:
@@ -97,14 +93,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request[identity_key] = identity
     if request.match_info.http_exception is not None:
         return await handler(request)  # 404 / 405, now that we know who asks
-    methods = ROUTE_PERMISSIONS.get(template or "")
-    if methods is None:
-        log.error("route %s has no entry in the permission table", template)
-        raise NotAllowed()
-    permission = required_permission(template or "", request.method)
+    permission = required_permission(request)
     if permission is None:
-        # The table lists every method a route serves (a test holds it to the views).
-        raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
+        log.error("route %s has no declaration", route_template(request))
+        raise NotAllowed()
     if not allowed(identity.roles, permission):
         raise NotAllowed()
     if identity.method == "session" and request.method not in SAFE_METHODS and cross_site(request):

@@ -13,7 +13,9 @@ from marshmallow import Schema, ValidationError
 
 from mmc.errors import InvalidInput, UndecodableBody
 
+NOT_OBJECT = "The JSON body must be an object"
 JSON_TYPES = frozenset({"application/json"})
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -142,14 +144,11 @@ async def read_form(request: web.Request) -> dict[str, str]:
 
 def load(schema: Schema, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise InvalidInput("The JSON body must be an object")
+        # A schema may say what it expects in its error_messages.
+        raise InvalidInput(schema.error_messages.get("not_object", NOT_OBJECT))
     try:
         result = schema.load(data)
     except ValidationError as exc:
         raise InvalidInput("Invalid input", info=exc.messages) from None
     assert isinstance(result, dict)
     return result
-
-
-async def read_valid(request: web.Request, schema: Schema) -> dict[str, Any]:
-    return load(schema, await read_json(request))

@@ -1,6 +1,6 @@
 """The dynamic-security routes' side of "mmc must not cut off its own access".
 
-``Guard.of(request)`` gives a route what it needs: whether the request says ``?force=true``,
+``Guard.of(request, force)`` gives a route what it needs: whether the request says ``?force=true``,
 mmc's own logins on the broker (mmc.brokers.own_access.Login, from every connection that
 reaches the same host and port), and the connections service.
 
@@ -44,7 +44,6 @@ from mmc.brokers.link import BrokerLink, LinkConfig
 from mmc.errors import BrokerUnavailable, MmcError, StoreUnavailable
 from mmc.keys import connections_key, settings_key
 from mmc.services.connections import ConnectionService, target
-from mmc.web.body import load
 
 T = TypeVar("T")
 Run = Callable[[Dynsec, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
@@ -58,11 +57,6 @@ _PROBES = {
 }
 # mosquitto's CONNACK refusals of a login (MQTT 3.1.1 and 5 names, see mmc.brokers.status).
 _LOGIN_REFUSED = frozenset({"NOT_AUTHORIZED", "BAD_USERNAME_OR_PASSWORD"})
-
-
-def forced(request: web.Request) -> bool:
-    """``?force=true``: do it even if it cuts mmc off the broker."""
-    return bool(load(force_schema, dict(request.query))["force"])
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -109,10 +103,11 @@ class Guard:
     reconnect_timeout: float
 
     @classmethod
-    def of(cls, request: web.Request) -> Guard:
+    def of(cls, request: web.Request, force: bool) -> Guard:
+        """``force``: ``?force=true`` (force_schema), do it even if it cuts mmc off."""
         return cls(
             request.app[connections_key],
-            forced(request),
+            force,
             request.app[settings_key].connect_timeout + 1,
         )
 
