@@ -21,6 +21,16 @@ from mmc.api import health as health_api
 from mmc.api import projects as projects_api
 from mmc.api import tokens as tokens_api
 from mmc.api import users as users_api
+from mmc.appkeys import (
+    audit_key,
+    auth_key,
+    connections_key,
+    db_key,
+    metrics_key,
+    projects_key,
+    secret_box_key,
+    settings_key,
+)
 from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.config import Settings
@@ -30,16 +40,6 @@ from mmc.crypto import (
     SecretKeyError,
     check_token_matches,
     load_secret_keys,
-)
-from mmc.keys import (
-    audit_key,
-    auth_key,
-    connections_key,
-    db_key,
-    metrics_key,
-    projects_key,
-    secret_box_key,
-    settings_key,
 )
 from mmc.metrics import Metrics
 from mmc.services.auth import AuthService

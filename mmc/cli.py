@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet
 
 from mmc import logs
 from mmc.app import create_app
+from mmc.appkeys import metrics_key
 from mmc.auth.permissions import Role
 from mmc.config import ConfigError, Settings, load_settings
 from mmc.crypto import (
@@ -30,7 +31,6 @@ from mmc.crypto import (
 )
 from mmc.errors import MmcError
 from mmc.eventloop import new_event_loop
-from mmc.keys import metrics_key
 from mmc.rotation import rotate
 from mmc.services.auth import AuthService
 from mmc.store import open_database

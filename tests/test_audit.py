@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from mmc.appkeys import audit_key, db_key
 from mmc.clock import now_ms
 from mmc.config import Settings
-from mmc.keys import audit_key, db_key
 from mmc.store import migrations, open_database
 from mmc.store.audit import AuditEntry, AuditQuery, AuditRepository
 from testbed.mosquitto import MosquittoBroker

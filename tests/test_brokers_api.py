@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from mmc.appkeys import connections_key
 from mmc.config import Settings
-from mmc.keys import connections_key
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body
 

@@ -18,9 +18,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from mmc.appkeys import connections_key
 from mmc.brokers.client_control import NOT_ENABLED
 from mmc.config import Settings
-from mmc.keys import connections_key
 from testbed.mosquitto import MOSQUITTO_CTRL_BIN, MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
 

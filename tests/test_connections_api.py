@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mmc.keys import connections_key
+from mmc.appkeys import connections_key
 from testbed.mosquitto import MosquittoBroker, TlsMaterial, free_port
 from tests.conftest import BACKENDS, Client, blob, plain_body, tls_body, wait_until
 

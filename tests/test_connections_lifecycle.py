@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
+from mmc.appkeys import connections_key, db_key
 from mmc.config import Settings
-from mmc.keys import connections_key, db_key
 from testbed.mosquitto import MosquittoBroker, TlsMaterial
 from tests.conftest import BACKENDS, Client, MakeClient, b64, blob, plain_body, tls_body, wait_until
 

@@ -9,9 +9,9 @@ import time
 import aiomqtt
 import pytest
 
+from mmc.appkeys import connections_key
 from mmc.brokers.link import BrokerLink
 from mmc.errors import BrokerTimeout, BrokerUnavailable, ControlConflict, ControlNotFound
-from mmc.keys import connections_key
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body, wait_until
 

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from mmc.appkeys import db_key
 from mmc.config import Settings
-from mmc.keys import db_key
 from mmc.store.sqlite import SqliteDatabase
 from testbed.mosquitto import MosquittoBroker
 from testbed.serve import MmcServer

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmc.keys import connections_key
+from mmc.appkeys import connections_key
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, wait_until
 from tests.dynsec_helpers import call, can_login, connect, dynsec_path

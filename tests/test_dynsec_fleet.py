@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from mmc.keys import connections_key
+from mmc.appkeys import connections_key
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, wait_until
 from tests.dynsec_helpers import call, can_login, connect, dynsec_path

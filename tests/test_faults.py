@@ -10,8 +10,8 @@ import statistics
 import time
 from typing import Any
 
+from mmc.appkeys import connections_key
 from mmc.config import Settings
-from mmc.keys import connections_key
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
 from tests.fake_mqtt import FakeBroker

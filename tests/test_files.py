@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mmc.appkeys import db_key
 from mmc.config import Settings
-from mmc.keys import db_key
 from mmc.store.files import narrow_existing
 from tests.conftest import MakeClient
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mmc.appkeys import connections_key
 from mmc.config import Settings
-from mmc.keys import connections_key
 from mmc.logs import JsonFormatter
 from testbed.mosquitto import MosquittoBroker, TlsMaterial, free_port, write_tls_files
 from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, plain_body

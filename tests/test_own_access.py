@@ -10,11 +10,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from mmc.appkeys import connections_key, db_key, secret_box_key
 from mmc.brokers.link import BrokerLink
 from mmc.brokers.own_access import NEEDED, State, subscription_covered, topic_matches
 from mmc.clock import now_ms
 from mmc.config import Settings
-from mmc.keys import connections_key, db_key, secret_box_key
 from mmc.store.connections import ConnectionRepository
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import BACKENDS, Client, wait_until

@@ -13,9 +13,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from mmc.appkeys import connections_key
 from mmc.config import Settings
 from mmc.crypto import SecretBox
-from mmc.keys import connections_key
 from mmc.store import open_database
 from mmc.store.migrations import MIGRATIONS
 from testbed.mosquitto import MosquittoBroker

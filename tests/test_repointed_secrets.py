@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mmc.keys import connections_key, db_key, secret_box_key
+from mmc.appkeys import connections_key, db_key, secret_box_key
 from mmc.services.connections import target
 from mmc.store.connections import ConnectionRecord, ConnectionRepository
 from testbed.mosquitto import MosquittoBroker, TlsMaterial, free_port

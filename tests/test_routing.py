@@ -9,10 +9,10 @@ from aiohttp import web
 from marshmallow import Schema, fields
 from pytest_aiohttp import AiohttpClient
 
+from mmc.appkeys import settings_key
 from mmc.auth.permissions import Permission
 from mmc.config import Settings
 from mmc.errors import NotFound
-from mmc.keys import settings_key
 from mmc.web.middlewares import error_middleware
 from mmc.web.own_user import force_schema
 from mmc.web.routing import Routes, add_routes, declarations

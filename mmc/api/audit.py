@@ -17,9 +17,9 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
+from mmc.appkeys import audit_key
 from mmc.auth.permissions import Permission
 from mmc.errors import InvalidInput
-from mmc.keys import audit_key
 from mmc.schemas.responses import AuditPageSchema
 from mmc.store.audit import AuditEntry, AuditQuery
 from mmc.web.audit import AUDITED_METHODS

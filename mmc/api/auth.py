@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.appkeys import audit_user_key, auth_key, identity_key, settings_key
 from mmc.auth.permissions import Permission
 from mmc.errors import NotAllowed
-from mmc.keys import audit_user_key, auth_key, identity_key, settings_key
 from mmc.schemas.responses import ProfileSchema, SuccessSchema, ValidSessionSchema
 from mmc.schemas.users import login_schema
 from mmc.web.auth import CROSS_SITE_MESSAGE, SESSION_COOKIE, cross_site, identify, same_origin

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.appkeys import connections_key, projects_key, settings_key
 from mmc.auth.permissions import Permission
 from mmc.brokers import bridges, broker_control
 from mmc.brokers import license as broker_license
@@ -27,7 +28,6 @@ from mmc.brokers.link import BrokerLink
 from mmc.brokers.sys_tree import snapshot
 from mmc.clock import now_ms
 from mmc.errors import MmcError, NotFound
-from mmc.keys import connections_key, projects_key, settings_key
 from mmc.schemas.responses import (
     OBJECT,
     BridgeConfigSchema,

@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.appkeys import connections_key
 from mmc.auth.permissions import Permission
-from mmc.keys import connections_key
 from mmc.schemas.connections import connection_schema
 from mmc.schemas.responses import AcceptedSchema, ConnectionOutSchema
 from mmc.services.connections import Outcome

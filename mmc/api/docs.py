@@ -8,8 +8,8 @@ import secrets
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
+from mmc.appkeys import openapi_key, settings_key
 from mmc.auth.permissions import Permission
-from mmc.keys import openapi_key, settings_key
 from mmc.openapi import build_spec
 from mmc.schemas.responses import OBJECT
 from mmc.web.routing import Routes

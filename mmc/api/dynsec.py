@@ -27,13 +27,13 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields
 
+from mmc.appkeys import connections_key
 from mmc.auth.permissions import Permission
 from mmc.broker_strings import check_name
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
 from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
-from mmc.keys import connections_key
 from mmc.schemas import dynsec as schemas
 from mmc.schemas.responses import (
     ANONYMOUS_GROUP,

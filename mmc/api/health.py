@@ -12,9 +12,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mmc.appkeys import db_key, metrics_key, settings_key
 from mmc.auth.permissions import Permission
 from mmc.errors import MmcError, Unauthorized
-from mmc.keys import db_key, metrics_key, settings_key
 from mmc.schemas.responses import HealthSchema, ReadySchema
 from mmc.web.routing import Routes
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.appkeys import connections_key, projects_key
 from mmc.auth.permissions import Permission
 from mmc.errors import Conflict, InvalidInput, NotFound
-from mmc.keys import connections_key, projects_key
 from mmc.schemas.projects import project_schema
 from mmc.schemas.responses import ProjectOutSchema
 from mmc.store.projects import DEFAULT_PROJECT_ID, Deletion, ProjectRecord

@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.appkeys import auth_key, identity_key
 from mmc.auth.permissions import Permission
 from mmc.clock import now_ms
-from mmc.keys import auth_key, identity_key
 from mmc.schemas.responses import TokenCreatedSchema, TokenSchema
 from mmc.schemas.users import token_create_schema
 from mmc.store.tokens import TokenRecord

@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
+from mmc.appkeys import auth_key
 from mmc.auth.permissions import Permission, Role
 from mmc.errors import InvalidInput, NotFound
-from mmc.keys import auth_key
 from mmc.schemas.responses import STRING_LIST, UserSchema
 from mmc.schemas.users import user_create_schema, user_update_schema
 from mmc.store.users import UserRecord

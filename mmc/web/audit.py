@@ -30,7 +30,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from mmc.keys import (
+from mmc.appkeys import (
     audit_key,
     audit_user_key,
     error_code_key,

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from mmc.appkeys import auth_key, identity_key, settings_key
 from mmc.auth.identity import Identity
 from mmc.auth.permissions import allowed
 from mmc.errors import NotAllowed, Unauthorized
-from mmc.keys import auth_key, identity_key, settings_key
 from mmc.web.proxy import is_https, public_host
 from mmc.web.routing import declaration, required_permission, route_template
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from mmc.appkeys import connections_key
 from mmc.brokers.link import BrokerLink
 from mmc.errors import NotFound
-from mmc.keys import connections_key
 
 
 def project_broker(request: web.Request) -> BrokerLink | None:

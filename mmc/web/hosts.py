@@ -19,9 +19,9 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from mmc.appkeys import error_code_key, settings_key
 from mmc.config import Settings
 from mmc.errors import InvalidInput
-from mmc.keys import error_code_key, settings_key
 from mmc.web.middlewares import error_response
 from mmc.web.proxy import public_host
 from mmc.web.routing import route_template

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from mmc.appkeys import error_code_key, identity_key, metrics_key, request_id_key, settings_key
 from mmc.errors import (
     BrokerTimeout,
     BrokerUnavailable,
@@ -31,7 +32,6 @@ from mmc.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from mmc.keys import error_code_key, identity_key, metrics_key, request_id_key, settings_key
 from mmc.web.body import BodyAbandoned, abandon_body
 from mmc.web.proxy import client_address
 from mmc.web.routing import route_template

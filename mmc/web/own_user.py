@@ -37,12 +37,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 from marshmallow import EXCLUDE, Schema, fields
 
+from mmc.appkeys import connections_key, settings_key
 from mmc.brokers import own_access
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink, LinkConfig
 from mmc.errors import BrokerUnavailable, MmcError, StoreUnavailable
-from mmc.keys import connections_key, settings_key
 from mmc.services.connections import ConnectionService, target
 
 T = TypeVar("T")

@@ -34,8 +34,8 @@ from typing import Any, TypedDict, TypeVar, Unpack
 from aiohttp import web
 from marshmallow import Schema
 
+from mmc.appkeys import settings_key
 from mmc.auth.permissions import Permission
-from mmc.keys import settings_key
 from mmc.web.body import FORM_TYPES, load, read_form, read_json
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]

@@ -35,9 +35,9 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from mmc.appkeys import metrics_key
 from mmc.config import Settings
 from mmc.errors import BrokerTimeout, InvalidInput, MmcError, ServerBusy, TooManyRequests
-from mmc.keys import metrics_key
 from mmc.metrics import Metrics
 from mmc.web.middlewares import error_body, error_response, status_of
 from mmc.web.proxy import trusted_peer
