@@ -500,6 +500,13 @@ async def test_a_cross_site_form_cannot_log_the_browser_in(anon_client: Client) 
         assert resp.status == 403, headers
         assert (await resp.json())["code"] == "NOT_ALLOWED"
         assert "mmc_session" not in resp.cookies
+    # Refused for where it comes from, before its body is read: a malformed one too.
+    resp = await anon_client.post(
+        "/auth",
+        data="{",
+        headers={"Origin": "http://evil.example", "Content-Type": "application/json"},
+    )
+    assert resp.status == 403
     assert await (await anon_client.get("/validate-session")).json() == {"valid": False}
     # Our own login page, and scripts that send neither header, log in.
     resp = await anon_client.post("/auth", data=form, headers=origin(anon_client))

@@ -40,6 +40,13 @@ def _set_cookie(request: web.Request, response: web.Response, value: str) -> Non
     )
 
 
+def _same_site(request: web.Request) -> None:
+    """Refuses a cross-site login before its body is read: whatever it holds, it is not
+    ours to evaluate."""
+    if cross_site(request):
+        raise NotAllowed(CROSS_SITE_MESSAGE)
+
+
 @routes.post(
     "/auth",
     Permission.PUBLIC,
@@ -48,10 +55,9 @@ def _set_cookie(request: web.Request, response: web.Response, value: str) -> Non
     body_content_types=("application/json", FORM),
     responses={200: SuccessSchema()},
     errors=(401, 403, 429),
+    before={"same_site": _same_site},
 )
-async def login(request: web.Request, body: dict[str, Any]) -> web.Response:
-    if cross_site(request):
-        raise NotAllowed(CROSS_SITE_MESSAGE)
+async def login(request: web.Request, body: dict[str, Any], same_site: None) -> web.Response:
     request[audit_user_key] = body["username"]
     address = client_address(request, request.app[settings_key].trusted_networks)
     session_id = await request.app[auth_key].login(body["username"], body["password"], address)
