@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -50,7 +51,56 @@ class MqttClient(aiomqtt.Client):
     def __init__(self, *args: Any, on_message: MessageHandler | None = None, **kwargs: Any) -> None:
         self.paho_log = _PahoLog()
         self._handler = on_message
+        # The blocking connect runs in a worker thread: whether it has returned, and
+        # whether the attempt was given up meanwhile (see _close_socket).
+        self._connect_returned = False
+        self._abandoned = False
         super().__init__(*args, logger=self.paho_log, **kwargs)
+
+    async def __aenter__(self) -> Self:
+        # aiomqtt raises on a CONNACK timeout (or a refused CONNACK, or cancellation)
+        # without closing paho's socket: the loop keeps reading it, so a broker that
+        # never answers would cost a descriptor per attempt, and a late CONNACK would
+        # give the broker a session for a client nobody uses.
+        self._connect_returned = self._abandoned = False
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            self._close_socket()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # A graceful DISCONNECT that times out leaves the socket open too.
+        try:
+            await super().__aexit__(exc_type, exc, tb)
+        finally:
+            self._close_socket()
+
+    def _client_connect(self) -> None:
+        # Worker thread. paho announces the new socket to the loop (add_reader) with
+        # call_soon_threadsafe; this is queued after that, so the loop closes the socket
+        # only once the reader is registered.
+        try:
+            super()._client_connect()
+        finally:
+            self._loop.call_soon_threadsafe(self._connect_finished)
+
+    def _connect_finished(self) -> None:
+        self._connect_returned = True
+        if self._abandoned:
+            self._close_socket()
+
+    def _close_socket(self) -> None:
+        """Close paho's socket (unregistering it from the loop); a connect still running in
+        its thread has it closed when it returns."""
+        self._abandoned = True
+        if self._connect_returned:
+            self._client._sock_close()
 
     def forget_disconnect_error(self) -> None:
         """The link has recorded why it dropped; mark aiomqtt's disconnect future as seen

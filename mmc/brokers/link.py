@@ -109,6 +109,9 @@ class BrokerLink:
         # What the broker offers; None until detection after a (re)connect has finished.
         self.capabilities: Capabilities | None = None
         self._detection: asyncio.Task[Capabilities] | None = None
+        # Counts connections made and ended: a detection may only record what it learned
+        # while the session it started in is still the current one.
+        self._session = 0
         self._shared_detection = shared_detection
         # loop.time() of the current connection's start.
         self._connected_at = 0.0
@@ -182,7 +185,14 @@ class BrokerLink:
         task = self._detection
         if task is None or task.done():
             task = self._start_detection()
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The detection was cancelled (the session ended, or stop()), not this caller.
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                raise BrokerUnavailable(f"Broker {self.id} is not connected") from None
+            raise
 
     async def require_feature(self, feature: str) -> Capabilities:
         """The capabilities, or NotFound "<feature> plugin not enabled on this broker"
@@ -195,12 +205,21 @@ class BrokerLink:
         return capabilities
 
     def _start_detection(self) -> asyncio.Task[Capabilities]:
-        task = asyncio.get_running_loop().create_task(self._detect(), name=f"mmc-detect-{self.id}")
+        task = asyncio.get_running_loop().create_task(
+            self._detect(self._session), name=f"mmc-detect-{self.id}"
+        )
         task.add_done_callback(self._detection_done)
         self._detection = task
         return task
 
-    async def _detect(self) -> Capabilities:
+    def _cancel_detection(self) -> asyncio.Task[Capabilities] | None:
+        task, self._detection = self._detection, None
+        if task is None or task.done():
+            return None
+        task.cancel()
+        return task
+
+    async def _detect(self, session: int) -> Capabilities:
         if self._shared_detection is None:
             capabilities = await detect(self.control, self._options.probe_timeout)
         else:
@@ -213,6 +232,10 @@ class BrokerLink:
                 self._connected_at,
                 lambda: detect(self.control, self._options.probe_timeout),
             )
+        if session != self._session:
+            # Awaiting a detection shared with other links, this one reconnected (or
+            # dropped): the answer describes a session that is gone.
+            raise BrokerUnavailable(f"Broker {self.id} reconnected during detection")
         self.capabilities = capabilities
         log.info("broker %s offers %s", self.id, ", ".join(sorted(capabilities.features)) or "-")
         return capabilities
@@ -245,16 +268,20 @@ class BrokerLink:
         if self._serving is not None and not self._serving.done():
             self._serving.set_result(None)
         task = self._task
-        if task is None or task.done():
-            return
-        # A connect in progress runs in a worker thread and cannot be interrupted:
-        # let it finish (or time out) so that no socket outlives the link.
-        bound = 2 * self._options.connect_timeout + 2
-        done, _ = await asyncio.wait({task}, timeout=bound)
-        if not done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None and not task.done():
+            # A connect in progress runs in a worker thread and cannot be interrupted:
+            # let it finish (or time out) so that no socket outlives the link.
+            bound = 2 * self._options.connect_timeout + 2
+            done, _ = await asyncio.wait({task}, timeout=bound)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # A detection (perhaps waiting on one shared with other links) must not outlive
+        # the link.
+        detection = self._cancel_detection()
+        if detection is not None:
+            await asyncio.wait({detection})
 
     async def wait_first_attempt(self, timeout: float) -> LinkStatus | None:
         """The status after the first connection attempt, or None if it is still running."""
@@ -331,8 +358,10 @@ class BrokerLink:
                     )
                     self.control.attach(_Publisher(client))
                     self._connected_at = asyncio.get_running_loop().time()
+                    self._session += 1
                     self._set_status(True)
                     self._settle_first_attempt()
+                    self._cancel_detection()
                     self._start_detection()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
@@ -341,6 +370,7 @@ class BrokerLink:
                 log.exception("broker %s: unexpected link failure", self.id)
                 self._set_status(False, describe_error(exc, self.endpoint.host, self.endpoint.port))
             finally:
+                self._session += 1
                 self.control.detach()
                 client.forget_disconnect_error()
             self._settle_first_attempt()

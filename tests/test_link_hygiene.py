@@ -1,0 +1,231 @@
+"""A link cleans up after itself: every failed connection attempt closes its socket
+(a broker that never answers CONNACK must not cost a file descriptor per attempt), a
+CONNACK arriving after the attempt was given up never reaches the abandoned client, and
+capability detection never outlives its session or the link."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from mmc.brokers.capabilities import SharedDetection
+from mmc.brokers.link import BrokerLink, LinkConfig, LinkOptions
+from tests.conftest import wait_until
+from tests.fake_mqtt import (
+    CONNACK,
+    PINGRESP,
+    FakeBroker,
+    _read_varint,
+    _reply,
+    _string,
+    _suback,
+    publish_packet,
+)
+
+# Short enough that 200 attempts take a few seconds.
+FAST_FAILURES = LinkOptions(
+    connect_timeout=0.02, reconnect_min_delay=0.001, reconnect_max_delay=0.002
+)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_failed_attempts_against_a_silent_broker_leave_no_socket_open() -> None:
+    async with FakeBroker("silent") as silent:
+        link = BrokerLink(LinkConfig(id="silent", url=silent.url), None, FAST_FAILURES)
+        link.start()
+        try:
+            # Warmed up (executor threads, the loop's own descriptors) before counting.
+            await wait_until(lambda: link.reconnects >= 10, timeout=10)
+            before = open_fds()
+            await wait_until(lambda: link.reconnects >= 210, timeout=60)
+            # One attempt may be in flight: its socket (and the listener's end of it).
+            assert open_fds() <= before + 2
+            assert silent.connects >= 200
+        finally:
+            await link.stop()
+        # The listener sees each attempt's socket closed and closes its end too.
+        await wait_until(lambda: open_fds() <= before, timeout=5, detail=lambda: str(open_fds()))
+        assert not link.connected
+
+
+async def test_a_late_connack_finds_the_abandoned_socket_closed() -> None:
+    """The broker answers CONNECT only after the attempt timed out: by then mmc has
+    closed that socket, so the broker never holds a session for it (with a fixed client
+    id, such a session would take over the live one)."""
+    ended_by_client = 0
+    answered_late = 0
+
+    async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal ended_by_client, answered_late
+        try:
+            await reader.read(1024)  # the CONNECT
+            try:
+                rest = await asyncio.wait_for(reader.read(), timeout=0.5)
+            except TimeoutError:
+                writer.write(CONNACK)
+                answered_late += 1
+                await writer.drain()
+                await reader.read()
+            else:
+                assert rest == b""
+                ended_by_client += 1
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(late, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    options = LinkOptions(connect_timeout=0.1, reconnect_min_delay=0.05, reconnect_max_delay=0.1)
+    link = BrokerLink(LinkConfig(id="late", url=f"mqtt://127.0.0.1:{port}"), None, options)
+    link.start()
+    try:
+        await wait_until(lambda: ended_by_client + answered_late >= 3, timeout=10)
+        assert not link.connected
+    finally:
+        await link.stop()
+        server.close()
+        await server.wait_closed()
+    assert answered_late == 0
+
+
+def detection_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("mmc-detect-")]
+
+
+class GatedBroker:
+    """Enough MQTT v5 for two links: holds the first two SUBACKs until both SUBSCRIBEs
+    arrived (so both links connect in the same loop turn and share one detection), then
+    answers the ``$CONTROL`` probes of one connection after ``answer_after`` seconds and
+    never those of any other; ``drop(client_id)`` closes that client's connection."""
+
+    def __init__(self, answer_after: float) -> None:
+        self.answer_after = answer_after
+        self.prober: str | None = None  # the client whose probes are answered
+        self._writers: dict[str, asyncio.StreamWriter] = {}
+        self._held: list[tuple[asyncio.StreamWriter, bytes]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def __aenter__(self) -> GatedBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for writer in self._writers.values():
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await self._server.wait_closed()
+
+    def drop(self, client_id: str) -> None:
+        self._writers[client_id].close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client_id = ""
+        try:
+            while True:
+                first = (await reader.readexactly(1))[0]
+                length, shift = 0, 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                kind = first >> 4
+                if kind == 1:  # CONNECT: protocol name, version, flags, keepalive, props
+                    _, pos = _string(body, 0)
+                    props, pos = _read_varint(body, pos + 4)
+                    client_id, _ = _string(body, pos + props)
+                    self._writers[client_id] = writer
+                    writer.write(CONNACK)
+                elif kind == 8:  # SUBSCRIBE
+                    self._held.append((writer, _suback(body)))
+                    if len(self._held) >= 2:
+                        for held, suback in self._held:
+                            held.write(suback)
+                        self._held = [(writer, b"")] * 2  # later ones pass at once
+                elif kind == 12:
+                    writer.write(PINGRESP)
+                elif kind == 3:  # $CONTROL request (QoS 0)
+                    topic, pos = _string(body, 0)
+                    props, pos = _read_varint(body, pos)
+                    if self.prober in (None, client_id):
+                        self.prober = client_id
+                        commands = json.loads(body[pos + props :])["commands"]
+                        self._answer_later(writer, topic, commands)
+                elif kind == 14:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    def _answer_later(
+        self, writer: asyncio.StreamWriter, topic: str, commands: list[dict[str, object]]
+    ) -> None:
+        async def answer() -> None:
+            await asyncio.sleep(self.answer_after)
+            payload = json.dumps({"responses": [_reply(c) for c in commands]}).encode()
+            writer.write(publish_packet(f"{topic}/response", payload))
+
+        task = asyncio.get_running_loop().create_task(answer())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def test_a_detection_of_an_earlier_session_never_overwrites_the_current_one() -> None:
+    """Two links share one detection (same broker, same user); the one that did not run
+    it reconnects while it is still waiting. That detection then finds plugins, but it
+    describes the session before the reconnect: the reconnected link must keep waiting
+    for its own detection (which, here, finds nothing)."""
+    options = LinkOptions(probe_timeout=2.0, reconnect_min_delay=0.05, reconnect_max_delay=0.1)
+    shared = SharedDetection()
+    async with GatedBroker(answer_after=0.6) as broker:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        links = {
+            name: BrokerLink(
+                LinkConfig(id=name, url=url, client_id=name), None, options, None, shared
+            )
+            for name in ("one", "two")
+        }
+        for link in links.values():
+            link.start()
+        try:
+            for link in links.values():
+                assert await link.wait_connected(5)
+            await wait_until(lambda: broker.prober is not None, timeout=5)
+            assert broker.prober is not None
+            prober = links[broker.prober]
+            follower = links["two" if broker.prober == "one" else "one"]
+            broker.drop(follower.id)
+            await wait_until(lambda: follower.reconnects == 1 and follower.connected, timeout=5)
+            # The shared detection answers (plugins found) for the prober's session...
+            await wait_until(lambda: prober.capabilities is not None, timeout=5)
+            assert prober.features
+            await asyncio.sleep(0.1)
+            # ...which is not the follower's session since its reconnect.
+            assert follower.capabilities is None
+            await wait_until(lambda: follower.capabilities is not None, timeout=5)
+            assert follower.features == frozenset()
+        finally:
+            for link in links.values():
+                await link.stop()
+        assert detection_tasks() == []
+
+
+async def test_stop_leaves_no_detection_running() -> None:
+    options = LinkOptions(probe_timeout=5.0)
+    async with FakeBroker("mute") as mute:
+        link = BrokerLink(LinkConfig(id="mute", url=mute.url), None, options)
+        link.start()
+        assert await link.wait_connected(5)
+        await wait_until(lambda: mute.connects == 1 and len(detection_tasks()) == 1, timeout=5)
+        await link.stop()
+        assert detection_tasks() == []
