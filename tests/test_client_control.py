@@ -209,6 +209,22 @@ async def test_subscribe_delivers_matching_messages_at_the_lower_qos(
         await _nothing(target)
 
 
+async def test_subscribe_without_qos_subscribes_at_qos_0(
+    cc_client: Client, cc_broker: MosquittoBroker
+) -> None:
+    # The seed's schema requires nothing: qos defaults to 0, as in MQTT.
+    uid = _uid()
+    async with (
+        _mqtt(cc_broker, f"target-{uid}") as target,
+        _mqtt(cc_broker, f"pub-{uid}") as publisher,
+    ):
+        body = {"clientid": f"target-{uid}", "topic": f"cc/{uid}/t"}
+        assert await _put(cc_client, "subscribe", body) == (204, None)
+        await publisher.publish(f"cc/{uid}/t", b"x", qos=2)
+        message = await _next(target)
+        assert (message.payload, message.qos) == (b"x", 0)
+
+
 async def test_unsubscribe_stops_delivery(cc_client: Client, cc_broker: MosquittoBroker) -> None:
     uid = _uid()
     target_id = f"target-{uid}"
@@ -322,7 +338,8 @@ INVALID_BODIES: list[tuple[str, Any]] = [
     ("disconnect", {"clientid": "a\x00b"}),
     ("disconnect", {"clientid": "c", "extra": 1}),
     ("disconnect", ["c"]),
-    ("subscribe", {"clientid": "c", "topic": "a/b"}),
+    ("subscribe", {"topic": "a/b", "qos": 0}),
+    ("subscribe", {"clientid": "c", "qos": 0}),
     ("subscribe", {"clientid": "c", "topic": "", "qos": 0}),
     ("subscribe", {"clientid": "c", "topic": "a/#/b", "qos": 0}),
     ("subscribe", {"clientid": "c", "topic": "a/b#", "qos": 0}),

@@ -1,6 +1,11 @@
 """Request bodies of the client-control API (``/client-control/disconnect|subscribe|unsubscribe``).
 
 Wire names are the seed's: ``clientid``, ``topic``, ``qos`` and snake_case options.
+
+The seed (Client Control) requires nothing: a field the operation can do without has a
+default (``qos`` 0, no ``options``: the MQTT defaults); ``clientid`` and ``topic`` stay
+required, since there is nothing to disconnect or (un)subscribe without them. Fields mmc
+does not use are ignored (mmc.schemas.base).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ class SubscribeOptionsSchema(Schema):
 
 
 class SubscribeSchema(TopicSchema):
-    qos = _Qos(required=True)
+    # Missing: 0, the MQTT default; the seed does not require it.
+    qos = _Qos(load_default=0)
     options = fields.Nested(SubscribeOptionsSchema, allow_none=True)
 
 
