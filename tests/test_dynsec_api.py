@@ -202,7 +202,6 @@ async def test_default_acl_and_anonymous_group(client: Client, own_broker: Mosqu
         ("POST", "clients", {"username": "v-{uid}", "password": ""}, "password"),
         ("POST", "clients", {"username": "v-{uid}"}, "password"),
         ("POST", "clients", {"username": "", "password": "p"}, "username"),
-        ("POST", "clients", {"username": "v-{uid}", "password": "p", "bogus": 1}, "bogus"),
         (
             "POST",
             "clients",
@@ -249,6 +248,33 @@ async def test_invalid_bodies_are_refused_before_anything_is_sent(
         await call(client, "GET", f"{DS}/clients/{body['username']}", status=404)
     if method == "POST" and path == "roles" and body:
         await call(client, "GET", f"{DS}/roles/{body['rolename']}", status=404)
+
+
+async def test_fields_mmc_does_not_use_are_ignored(
+    client: Client, broker: MosquittoBroker, uid: str
+) -> None:
+    await connect(client, broker)
+    role, user = f"r-{uid}", f"u-{uid}"
+    acl = {"acltype": "subscribePattern", "topic": f"{uid}/#", "allow": True, "note": "x"}
+    made = await call(
+        client, "POST", f"{DS}/roles", {"rolename": role, "acls": [acl], "ui": 1}, status=201
+    )
+    assert made == {"rolename": role, "acls": [{**_without(acl, "note"), "priority": 0}]}
+    body = {"username": user, "password": "p", "bogus": 1, "roles": [{"rolename": role, "x": 2}]}
+    made = await call(client, "POST", f"{DS}/clients", body, status=201)
+    assert made == {"username": user, "roles": [{"rolename": role}], "groups": []}
+    # Only unknown fields: nothing to change, as for an empty PATCH.
+    refused = await call(client, "PATCH", f"{DS}/clients/{user}", {"bogus": 1}, status=400)
+    assert "_schema" in refused["info"]
+    # Wrong types of known fields are still refused.
+    refused = await call(
+        client, "POST", f"{DS}/roles/{role}/acls", {**acl, "priority": "1"}, status=400
+    )
+    assert list(refused["info"]) == ["priority"]
+
+
+def _without(d: dict[str, object], key: str) -> dict[str, object]:
+    return {k: v for k, v in d.items() if k != key}
 
 
 async def test_names_must_be_utf8(client: Client, broker: MosquittoBroker) -> None:

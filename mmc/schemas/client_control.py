@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import ValidationError, fields, post_load, validate
 
 from mmc.broker_strings import check_name, check_topic
+from mmc.schemas.base import InputSchema
 
 SEND_RETAIN = ("always", "new", "never", "null")
 
@@ -28,7 +29,7 @@ class _Qos(fields.Field[int]):
         return int(value)
 
 
-class ClientIdSchema(Schema):
+class ClientIdSchema(InputSchema):
     clientid = fields.String(required=True, validate=[validate.Length(min=1), check_name])
 
 
@@ -36,7 +37,7 @@ class TopicSchema(ClientIdSchema):
     topic = fields.String(required=True, validate=[validate.Length(min=1), check_topic])
 
 
-class SubscribeOptionsSchema(Schema):
+class SubscribeOptionsSchema(InputSchema):
     no_local = fields.Boolean()
     retain_as_published = fields.Boolean()
     # The seed lists the string "null"; JSON null is taken to mean the same: the default.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow.types import UnknownOption
 
 from mmc.broker_strings import (
     check_name,
@@ -17,6 +18,7 @@ from mmc.broker_strings import (
     check_topic,
     command_problems,
 )
+from mmc.schemas.base import InputSchema
 
 # ACL types a role may hold, and the ones of the default ACL access.
 ROLE_ACL_TYPES = (
@@ -62,22 +64,22 @@ def password_field(**kwargs: Any) -> fields.String:
     )
 
 
-class RoleRefSchema(Schema):
+class RoleRefSchema(InputSchema):
     rolename = name_field(required=True)
     priority = priority_field()
 
 
-class GroupRefSchema(Schema):
+class GroupRefSchema(InputSchema):
     groupname = name_field(required=True)
     priority = priority_field()
 
 
-class ClientRefSchema(Schema):
+class ClientRefSchema(InputSchema):
     username = name_field(required=True)
     priority = priority_field()
 
 
-class AclKeySchema(Schema):
+class AclKeySchema(InputSchema):
     acltype = fields.String(required=True, validate=validate.OneOf(ROLE_ACL_TYPES))
     topic = fields.String(required=True, validate=[validate.Length(min=1), check_topic])
 
@@ -87,7 +89,7 @@ class AclSchema(AclKeySchema):
     allow = fields.Boolean(load_default=False)
 
 
-class DefaultAclSchema(Schema):
+class DefaultAclSchema(InputSchema):
     acltype = fields.String(required=True, validate=validate.OneOf(DEFAULT_ACL_TYPES))
     allow = fields.Boolean(required=True)
 
@@ -100,11 +102,11 @@ def _unique(entries: list[dict[str, Any]], key: str) -> None:
         seen.add(entry[key])
 
 
-def _refs(schema: type[Schema], key: str) -> fields.List[Any]:
-    return fields.List(fields.Nested(schema), validate=lambda v: _unique(v, key))
+def _refs(schema: type[Schema], key: str, unknown: UnknownOption | None = None) -> fields.List[Any]:
+    return fields.List(fields.Nested(schema, unknown=unknown), validate=lambda v: _unique(v, key))
 
 
-class DefaultAclAccessSchema(Schema):
+class DefaultAclAccessSchema(InputSchema):
     acls = fields.List(
         fields.Nested(DefaultAclSchema),
         required=True,
@@ -112,7 +114,7 @@ class DefaultAclAccessSchema(Schema):
     )
 
 
-class _Changes(Schema):
+class _Changes(InputSchema):
     """A PATCH body: at least one field."""
 
     @validates_schema
@@ -130,7 +132,7 @@ class ClientModifySchema(_Changes):
     groups = _refs(GroupRefSchema, "groupname")
 
 
-class ClientCreateSchema(Schema):
+class ClientCreateSchema(InputSchema):
     username = new_name_field(required=True)
     password = password_field(required=True)
     clientid = clientid_field()
@@ -147,16 +149,16 @@ class GroupModifySchema(_Changes):
     clients = _refs(ClientRefSchema, "username")
 
 
-class GroupCreateSchema(Schema):
+class GroupCreateSchema(InputSchema):
     groupname = new_name_field(required=True)
     textname = text_field()
     textdescription = text_field()
     roles = _refs(RoleRefSchema, "rolename")
 
 
-def _acls() -> fields.List[Any]:
+def _acls(unknown: UnknownOption | None = None) -> fields.List[Any]:
     return fields.List(
-        fields.Nested(AclSchema),
+        fields.Nested(AclSchema, unknown=unknown),
         validate=lambda v: _unique([{"k": (a["acltype"], a["topic"])} for a in v], "k"),
     )
 
@@ -167,28 +169,28 @@ class RoleModifySchema(_Changes):
     acls = _acls()
 
 
-class RoleCreateSchema(Schema):
+class RoleCreateSchema(InputSchema):
     rolename = new_name_field(required=True)
     textname = text_field()
     textdescription = text_field()
     acls = _acls()
 
 
-class PasswordSchema(Schema):
+class PasswordSchema(InputSchema):
     password = password_field(required=True)
 
 
-class ClientIdSchema(Schema):
+class ClientIdSchema(InputSchema):
     """``null``, ``""`` or a missing clientid removes it."""
 
     clientid = fields.String(allow_none=True, load_default=None, validate=check_name)
 
 
-class AnonymousGroupSchema(Schema):
+class AnonymousGroupSchema(InputSchema):
     groupname = name_field(required=True)
 
 
-class ListQuerySchema(Schema):
+class ListQuerySchema(InputSchema):
     verbose = fields.Boolean(load_default=False)
     count = fields.Integer(load_default=-1, validate=validate.Range(min=-1))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
@@ -224,6 +226,9 @@ class CommandsSchema(Schema):
 
 
 # ------------------------------------------------------------ document
+# An import document refuses what it does not know, at every level (RAISE): a key dropped
+# there would be data silently not imported. The resource routes' bodies ignore unknown
+# fields (InputSchema), so the document's nested schemas say RAISE themselves.
 
 
 class DocumentClientSchema(Schema):
@@ -233,15 +238,22 @@ class DocumentClientSchema(Schema):
     textname = text_field()
     textdescription = text_field()
     disabled = fields.Boolean(load_default=False)
-    roles = _refs(RoleRefSchema, "rolename")
-    groups = _refs(GroupRefSchema, "groupname")
+    roles = _refs(RoleRefSchema, "rolename", RAISE)
+    groups = _refs(GroupRefSchema, "groupname", RAISE)
 
 
 class DocumentGroupSchema(Schema):
     groupname = new_name_field(required=True)
     textname = text_field()
     textdescription = text_field()
-    roles = _refs(RoleRefSchema, "rolename")
+    roles = _refs(RoleRefSchema, "rolename", RAISE)
+
+
+class DocumentRoleSchema(RoleCreateSchema):
+    class Meta:
+        unknown = RAISE
+
+    acls = _acls(RAISE)
 
 
 class DocumentSchema(Schema):
@@ -249,10 +261,12 @@ class DocumentSchema(Schema):
 
     # Named as on the wire (the plugin's and mosquitto's dynsec.json spelling).
     defaultACLAccess = fields.List(
-        fields.Nested(DefaultAclSchema), validate=lambda v: _unique(v, "acltype")
+        fields.Nested(DefaultAclSchema, unknown=RAISE), validate=lambda v: _unique(v, "acltype")
     )
     anonymousGroup = fields.String(allow_none=True, validate=check_name)
-    roles = fields.List(fields.Nested(RoleCreateSchema), validate=lambda v: _unique(v, "rolename"))
+    roles = fields.List(
+        fields.Nested(DocumentRoleSchema), validate=lambda v: _unique(v, "rolename")
+    )
     groups = fields.List(
         fields.Nested(DocumentGroupSchema), validate=lambda v: _unique(v, "groupname")
     )
