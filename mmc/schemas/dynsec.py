@@ -79,19 +79,48 @@ class ClientRefSchema(InputSchema):
     priority = priority_field()
 
 
+class AclType(fields.String):
+    """An ACL type in any case, as the plugin reads it (strcasecmp), loaded as the canonical
+    spelling (``publishclientsend`` -> ``publishClientSend``), which is what mmc sends."""
+
+    def __init__(self, choices: tuple[str, ...], **kwargs: Any) -> None:
+        kwargs.setdefault("metadata", {"description": f"One of {', '.join(choices)}, any case."})
+        super().__init__(**kwargs)
+        self.choices = choices
+        self._canonical = {choice.lower(): choice for choice in choices}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        canonical = self._canonical.get(text.lower())
+        if canonical is None:
+            raise ValidationError(f"Must be one of: {', '.join(self.choices)}.")
+        return canonical
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only. marshmallow's Boolean reads "yes" and 1 as true, the plugin
+    reads anything but JSON true as false: guessing either way could grant what the client
+    meant to deny, so anything else is a 400."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false (a JSON boolean).")
+        return value
+
+
 class AclKeySchema(InputSchema):
-    acltype = fields.String(required=True, validate=validate.OneOf(ROLE_ACL_TYPES))
+    acltype = AclType(ROLE_ACL_TYPES, required=True)
     topic = fields.String(required=True, validate=[validate.Length(min=1), check_topic])
 
 
 class AclSchema(AclKeySchema):
     priority = priority_field()
-    allow = fields.Boolean(load_default=False)
+    allow = StrictBoolean(load_default=False)
 
 
 class DefaultAclSchema(InputSchema):
-    acltype = fields.String(required=True, validate=validate.OneOf(DEFAULT_ACL_TYPES))
-    allow = fields.Boolean(required=True)
+    acltype = AclType(DEFAULT_ACL_TYPES, required=True)
+    allow = StrictBoolean(required=True)
 
 
 def _unique(entries: list[dict[str, Any]], key: str) -> None:
@@ -134,7 +163,9 @@ class ClientModifySchema(_Changes):
 
 class ClientCreateSchema(InputSchema):
     username = new_name_field(required=True)
-    password = password_field(required=True)
+    # Optional, as for the plugin: a client without one cannot log in with a password but
+    # can with a certificate (use_identity_as_username) or be given one later.
+    password = password_field()
     clientid = clientid_field()
     textname = text_field()
     textdescription = text_field()
