@@ -232,6 +232,47 @@ async def test_put_updates_and_reconnects_keeping_secrets(
     assert (await resp.json())["code"] == "NOT_FOUND"
 
 
+async def test_a_read_connection_sent_back_with_fields_mmc_does_not_use_is_accepted(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    assert (await _post(client, plain_body(broker)))[0] == 200
+    read = await (await client.get("/api/connections/plain")).json()
+    assert "status" in read
+
+    def _settings(connection: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in connection.items() if k != "status"}
+
+    # As read (status included), plus what the Cedalo MMC and newer clients add.
+    extras = {"noMetricsMode": True, "lastConnected": 1700000000, "future": {"x": [1]}}
+    sent = {**read, **extras, "credentials": {**read["credentials"], "extra": "ignored"}}
+    resp = await client.put("/api/connections/plain", json=sent)
+    assert resp.status == 200, await resp.text()
+    [conn] = await resp.json()
+    assert conn["status"]["connected"] is True
+    after = await (await client.get("/api/connections/plain")).json()
+    assert _settings(after) == _settings(read)
+    assert not set(extras) & set(after)
+    resp = await client.post(
+        "/api/connections", json={**plain_body(broker, id="b2", name="b2"), **extras}
+    )
+    assert resp.status == 200, await resp.text()
+
+    # Wrong types and values of the fields mmc uses are still refused, and change nothing.
+    for field, value in (
+        ("rejectUnauthorized", "maybe"),
+        ("name", 5),
+        ("url", "ftp://127.0.0.1"),
+        ("credentials", {"username": 5}),
+        ("ca", {"data": "x", "encoding": "hex"}),
+    ):
+        resp = await client.put("/api/connections/plain", json={**sent, field: value})
+        assert resp.status == 400, (field, await resp.text())
+        answer = await resp.json()
+        assert (answer["code"], list(answer["info"])) == ("INVALID", [field])
+    after = await (await client.get("/api/connections/plain")).json()
+    assert _settings(after) == _settings(read)
+
+
 async def test_delete_disconnects_and_returns_the_rest(
     client: Client, broker: MosquittoBroker
 ) -> None:

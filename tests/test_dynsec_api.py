@@ -200,9 +200,7 @@ async def test_default_acl_and_anonymous_group(client: Client, own_broker: Mosqu
     ("method", "path", "body", "field"),
     [
         ("POST", "clients", {"username": "v-{uid}", "password": ""}, "password"),
-        ("POST", "clients", {"username": "v-{uid}"}, "password"),
         ("POST", "clients", {"username": "", "password": "p"}, "username"),
-        ("POST", "clients", {"username": "v-{uid}", "password": "p", "bogus": 1}, "bogus"),
         (
             "POST",
             "clients",
@@ -221,9 +219,65 @@ async def test_default_acl_and_anonymous_group(client: Client, own_broker: Mosqu
             {"rolename": "v-{uid}", "acls": [{"acltype": "subscribePattern", "topic": "a/#/b"}]},
             "acls",
         ),
+        (
+            "POST",
+            "roles",
+            {
+                "rolename": "v-{uid}",
+                "acls": [{"acltype": "subscribePattern", "topic": "a", "allow": "yes"}],
+            },
+            "acls",
+        ),
+        (
+            "POST",
+            "roles",
+            {
+                "rolename": "v-{uid}",
+                "acls": [{"acltype": "subscribePattern", "topic": "a", "allow": 1}],
+            },
+            "acls",
+        ),
+        (
+            "POST",
+            "roles",
+            {
+                "rolename": "v-{uid}",
+                "acls": [{"acltype": "subscribePattern", "topic": "a", "allow": "false"}],
+            },
+            "acls",
+        ),
+        (
+            "POST",
+            "roles",
+            {
+                "rolename": "v-{uid}",
+                "acls": [{"acltype": "subscribePattern", "topic": "a", "allow": 0}],
+            },
+            "acls",
+        ),
+        (
+            "POST",
+            "roles",
+            {
+                "rolename": "v-{uid}",
+                "acls": [{"acltype": "subscribePattern", "topic": "a", "allow": None}],
+            },
+            "acls",
+        ),
+        (
+            "POST",
+            "roles",
+            {
+                "rolename": "v-{uid}",
+                "acls": [{"acltype": "subscribePattern", "topic": "a", "allow": "true"}],
+            },
+            "acls",
+        ),
         ("PUT", "clients/admin/password", {"password": ""}, "password"),
         ("PATCH", "clients/admin", {}, "_schema"),
         ("PUT", "default-acl", {"acls": [{"acltype": "subscribeLiteral", "allow": True}]}, "acls"),
+        ("PUT", "default-acl", {"acls": [{"acltype": "subscribe", "allow": "false"}]}, "acls"),
+        ("PUT", "default-acl", {"acls": [{"acltype": "subscribe", "allow": 1}]}, "acls"),
         ("GET", "clients?count=-2", None, "count"),
     ],
 )
@@ -249,6 +303,69 @@ async def test_invalid_bodies_are_refused_before_anything_is_sent(
         await call(client, "GET", f"{DS}/clients/{body['username']}", status=404)
     if method == "POST" and path == "roles" and body:
         await call(client, "GET", f"{DS}/roles/{body['rolename']}", status=404)
+
+
+async def test_fields_mmc_does_not_use_are_ignored(
+    client: Client, broker: MosquittoBroker, uid: str
+) -> None:
+    await connect(client, broker)
+    role, user = f"r-{uid}", f"u-{uid}"
+    acl = {"acltype": "subscribePattern", "topic": f"{uid}/#", "allow": True, "note": "x"}
+    made = await call(
+        client, "POST", f"{DS}/roles", {"rolename": role, "acls": [acl], "ui": 1}, status=201
+    )
+    assert made == {"rolename": role, "acls": [{**_without(acl, "note"), "priority": 0}]}
+    body = {"username": user, "password": "p", "bogus": 1, "roles": [{"rolename": role, "x": 2}]}
+    made = await call(client, "POST", f"{DS}/clients", body, status=201)
+    assert made == {"username": user, "roles": [{"rolename": role}], "groups": []}
+    # Only unknown fields: nothing to change, as for an empty PATCH.
+    refused = await call(client, "PATCH", f"{DS}/clients/{user}", {"bogus": 1}, status=400)
+    assert "_schema" in refused["info"]
+    # Wrong types of known fields are still refused.
+    refused = await call(
+        client, "POST", f"{DS}/roles/{role}/acls", {**acl, "priority": "1"}, status=400
+    )
+    assert list(refused["info"]) == ["priority"]
+
+
+def _without(d: dict[str, object], key: str) -> dict[str, object]:
+    return {k: v for k, v in d.items() if k != key}
+
+
+async def test_a_client_without_a_password_is_created(
+    client: Client, broker: MosquittoBroker, uid: str
+) -> None:
+    # Certificate-authenticated clients have none; the plugin allows it.
+    await connect(client, broker)
+    user = f"cert-{uid}"
+    made = await call(client, "POST", f"{DS}/clients", {"username": user}, status=201)
+    assert made == {"username": user, "roles": [], "groups": []}
+    assert await call(client, "GET", f"{DS}/clients/{user}") == made
+    assert not await can_login(broker, user, "")
+    await call(client, "PUT", f"{DS}/clients/{user}/password", {"password": "later"})
+    assert await can_login(broker, user, "later")
+
+
+async def test_acltype_in_any_case_is_sent_as_the_plugin_spells_it(
+    client: Client, broker: MosquittoBroker, uid: str
+) -> None:
+    await connect(client, broker)
+    role = f"r-{uid}"
+    acl = {"acltype": "PUBLISHclientsend", "topic": f"{uid}/a", "allow": True}
+    made = await call(client, "POST", f"{DS}/roles", {"rolename": role, "acls": [acl]}, status=201)
+    assert [a["acltype"] for a in made["acls"]] == ["publishClientSend"]
+    acl = {"acltype": "subscribepattern", "topic": f"{uid}/#", "allow": False}
+    await call(client, "POST", f"{DS}/roles/{role}/acls", acl)
+    got = await call(client, "GET", f"{DS}/roles/{role}")
+    assert sorted(a["acltype"] for a in got["acls"]) == ["publishClientSend", "subscribePattern"]
+    # Removing names the ACL in any case too.
+    await call(client, "DELETE", f"{DS}/roles/{role}/acls?acltype=SUBSCRIBEPATTERN&topic={uid}/%23")
+    got = await call(client, "GET", f"{DS}/roles/{role}")
+    assert [a["acltype"] for a in got["acls"]] == ["publishClientSend"]
+    refused = await call(
+        client, "POST", f"{DS}/roles/{role}/acls", {**acl, "acltype": "sub"}, status=400
+    )
+    assert list(refused["info"]) == ["acltype"]
 
 
 async def test_names_must_be_utf8(client: Client, broker: MosquittoBroker) -> None:

@@ -32,6 +32,9 @@ _CURSOR_PREFIX = "audit:v1:"
 
 
 class AuditQuerySchema(Schema):
+    """Strict (RAISE), unlike the other query strings: mmc's own API, which no Cedalo client
+    calls, and an ignored filter or ``?page=2`` would answer the wrong entries silently."""
+
     user = fields.String(validate=validate.Length(min=1, max=256))
     # "CLI": changes made with the mmc command (users, secrets).
     method = fields.String(validate=validate.OneOf([*sorted(AUDITED_METHODS), "CLI"]))

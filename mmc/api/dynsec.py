@@ -72,6 +72,7 @@ OWN_ACCESS_NOTE = (
 # The path's broker, connected: resolved before the input is read (its 404/503 first).
 LINK = {"link": connected_project_broker}
 
+# Strict (unlike other query strings): a misspelt ?dryrun=true ignored would be a real import.
 _dry_run_schema = Schema.from_dict({"dryRun": fields.Boolean(load_default=False)})()
 
 

@@ -268,8 +268,12 @@ class Dynsec:
         client: dict[str, Any] = (await self.call("getClient", username=username))["client"]
         return client
 
-    async def create_client(self, username: str, password: str, **options: Any) -> None:
-        await self.call("createClient", username=username, password=password, **options)
+    async def create_client(
+        self, username: str, password: str | None = None, **options: Any
+    ) -> None:
+        # Without a password (certificate-authenticated clients): the plugin allows it.
+        secret = {} if password is None else {"password": password}
+        await self.call("createClient", username=username, **secret, **options)
 
     async def modify_client(self, username: str, **changes: Any) -> None:
         await self.call("modifyClient", username=username, **changes)

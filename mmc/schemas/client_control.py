@@ -1,15 +1,21 @@
 """Request bodies of the client-control API (``/client-control/disconnect|subscribe|unsubscribe``).
 
 Wire names are the seed's: ``clientid``, ``topic``, ``qos`` and snake_case options.
+
+The seed (Client Control) requires nothing: a field the operation can do without has a
+default (``qos`` 0, no ``options``: the MQTT defaults); ``clientid`` and ``topic`` stay
+required, since there is nothing to disconnect or (un)subscribe without them. Fields mmc
+does not use are ignored (mmc.schemas.base).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import ValidationError, fields, post_load, validate
 
 from mmc.broker_strings import check_name, check_topic
+from mmc.schemas.base import InputSchema
 
 SEND_RETAIN = ("always", "new", "never", "null")
 
@@ -23,7 +29,7 @@ class _Qos(fields.Field[int]):
         return int(value)
 
 
-class ClientIdSchema(Schema):
+class ClientIdSchema(InputSchema):
     clientid = fields.String(required=True, validate=[validate.Length(min=1), check_name])
 
 
@@ -31,7 +37,7 @@ class TopicSchema(ClientIdSchema):
     topic = fields.String(required=True, validate=[validate.Length(min=1), check_topic])
 
 
-class SubscribeOptionsSchema(Schema):
+class SubscribeOptionsSchema(InputSchema):
     no_local = fields.Boolean()
     retain_as_published = fields.Boolean()
     # The seed lists the string "null"; JSON null is taken to mean the same: the default.
@@ -45,7 +51,8 @@ class SubscribeOptionsSchema(Schema):
 
 
 class SubscribeSchema(TopicSchema):
-    qos = _Qos(required=True)
+    # Missing: 0, the MQTT default; the seed does not require it.
+    qos = _Qos(load_default=0)
     options = fields.Nested(SubscribeOptionsSchema, allow_none=True)
 
 

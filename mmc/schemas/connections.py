@@ -6,9 +6,10 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates
+from marshmallow import ValidationError, fields, post_load, pre_load, validate, validates
 
 from mmc.endpoint import DEFAULT_PORTS
+from mmc.schemas.base import InputSchema
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ID_MESSAGE = (
@@ -22,7 +23,7 @@ def _printable(value: str) -> None:
         raise ValidationError("Must not contain control characters.")
 
 
-class BlobSchema(Schema):
+class BlobSchema(InputSchema):
     """``{data, encoding: "base64"}``; the seeds' typo ``endoding`` is accepted too."""
 
     data = fields.String(validate=validate.Length(min=1, max=256 * 1024))
@@ -49,7 +50,7 @@ class CertificateBlobSchema(BlobSchema):
     data = fields.String(required=True, validate=validate.Length(min=1, max=256 * 1024))
 
 
-class CredentialsSchema(Schema):
+class CredentialsSchema(InputSchema):
     username = fields.String(
         allow_none=True, validate=[validate.Length(min=1, max=1024), _printable]
     )
@@ -59,7 +60,7 @@ class CredentialsSchema(Schema):
     )
 
 
-class ConnectionSchema(Schema):
+class ConnectionSchema(InputSchema):
     id = fields.String(required=True, validate=validate.Regexp(ID_PATTERN, error=ID_MESSAGE))
     name = fields.String(required=True, validate=[validate.Length(min=1, max=128), _printable])
     url = fields.String(required=True, validate=validate.Length(min=1, max=2048))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow.types import UnknownOption
 
 from mmc.broker_strings import (
     check_name,
@@ -17,6 +18,7 @@ from mmc.broker_strings import (
     check_topic,
     command_problems,
 )
+from mmc.schemas.base import InputSchema
 
 # ACL types a role may hold, and the ones of the default ACL access.
 ROLE_ACL_TYPES = (
@@ -62,34 +64,63 @@ def password_field(**kwargs: Any) -> fields.String:
     )
 
 
-class RoleRefSchema(Schema):
+class RoleRefSchema(InputSchema):
     rolename = name_field(required=True)
     priority = priority_field()
 
 
-class GroupRefSchema(Schema):
+class GroupRefSchema(InputSchema):
     groupname = name_field(required=True)
     priority = priority_field()
 
 
-class ClientRefSchema(Schema):
+class ClientRefSchema(InputSchema):
     username = name_field(required=True)
     priority = priority_field()
 
 
-class AclKeySchema(Schema):
-    acltype = fields.String(required=True, validate=validate.OneOf(ROLE_ACL_TYPES))
+class AclType(fields.String):
+    """An ACL type in any case, as the plugin reads it (strcasecmp), loaded as the canonical
+    spelling (``publishclientsend`` -> ``publishClientSend``), which is what mmc sends."""
+
+    def __init__(self, choices: tuple[str, ...], **kwargs: Any) -> None:
+        kwargs.setdefault("metadata", {"description": f"One of {', '.join(choices)}, any case."})
+        super().__init__(**kwargs)
+        self.choices = choices
+        self._canonical = {choice.lower(): choice for choice in choices}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        canonical = self._canonical.get(text.lower())
+        if canonical is None:
+            raise ValidationError(f"Must be one of: {', '.join(self.choices)}.")
+        return canonical
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only. marshmallow's Boolean reads "yes" and 1 as true, the plugin
+    reads anything but JSON true as false: guessing either way could grant what the client
+    meant to deny, so anything else is a 400."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false (a JSON boolean).")
+        return value
+
+
+class AclKeySchema(InputSchema):
+    acltype = AclType(ROLE_ACL_TYPES, required=True)
     topic = fields.String(required=True, validate=[validate.Length(min=1), check_topic])
 
 
 class AclSchema(AclKeySchema):
     priority = priority_field()
-    allow = fields.Boolean(load_default=False)
+    allow = StrictBoolean(load_default=False)
 
 
-class DefaultAclSchema(Schema):
-    acltype = fields.String(required=True, validate=validate.OneOf(DEFAULT_ACL_TYPES))
-    allow = fields.Boolean(required=True)
+class DefaultAclSchema(InputSchema):
+    acltype = AclType(DEFAULT_ACL_TYPES, required=True)
+    allow = StrictBoolean(required=True)
 
 
 def _unique(entries: list[dict[str, Any]], key: str) -> None:
@@ -100,11 +131,11 @@ def _unique(entries: list[dict[str, Any]], key: str) -> None:
         seen.add(entry[key])
 
 
-def _refs(schema: type[Schema], key: str) -> fields.List[Any]:
-    return fields.List(fields.Nested(schema), validate=lambda v: _unique(v, key))
+def _refs(schema: type[Schema], key: str, unknown: UnknownOption | None = None) -> fields.List[Any]:
+    return fields.List(fields.Nested(schema, unknown=unknown), validate=lambda v: _unique(v, key))
 
 
-class DefaultAclAccessSchema(Schema):
+class DefaultAclAccessSchema(InputSchema):
     acls = fields.List(
         fields.Nested(DefaultAclSchema),
         required=True,
@@ -112,7 +143,7 @@ class DefaultAclAccessSchema(Schema):
     )
 
 
-class _Changes(Schema):
+class _Changes(InputSchema):
     """A PATCH body: at least one field."""
 
     @validates_schema
@@ -130,9 +161,11 @@ class ClientModifySchema(_Changes):
     groups = _refs(GroupRefSchema, "groupname")
 
 
-class ClientCreateSchema(Schema):
+class ClientCreateSchema(InputSchema):
     username = new_name_field(required=True)
-    password = password_field(required=True)
+    # Optional, as for the plugin: a client without one cannot log in with a password but
+    # can with a certificate (use_identity_as_username) or be given one later.
+    password = password_field()
     clientid = clientid_field()
     textname = text_field()
     textdescription = text_field()
@@ -147,16 +180,16 @@ class GroupModifySchema(_Changes):
     clients = _refs(ClientRefSchema, "username")
 
 
-class GroupCreateSchema(Schema):
+class GroupCreateSchema(InputSchema):
     groupname = new_name_field(required=True)
     textname = text_field()
     textdescription = text_field()
     roles = _refs(RoleRefSchema, "rolename")
 
 
-def _acls() -> fields.List[Any]:
+def _acls(unknown: UnknownOption | None = None) -> fields.List[Any]:
     return fields.List(
-        fields.Nested(AclSchema),
+        fields.Nested(AclSchema, unknown=unknown),
         validate=lambda v: _unique([{"k": (a["acltype"], a["topic"])} for a in v], "k"),
     )
 
@@ -167,28 +200,28 @@ class RoleModifySchema(_Changes):
     acls = _acls()
 
 
-class RoleCreateSchema(Schema):
+class RoleCreateSchema(InputSchema):
     rolename = new_name_field(required=True)
     textname = text_field()
     textdescription = text_field()
     acls = _acls()
 
 
-class PasswordSchema(Schema):
+class PasswordSchema(InputSchema):
     password = password_field(required=True)
 
 
-class ClientIdSchema(Schema):
+class ClientIdSchema(InputSchema):
     """``null``, ``""`` or a missing clientid removes it."""
 
     clientid = fields.String(allow_none=True, load_default=None, validate=check_name)
 
 
-class AnonymousGroupSchema(Schema):
+class AnonymousGroupSchema(InputSchema):
     groupname = name_field(required=True)
 
 
-class ListQuerySchema(Schema):
+class ListQuerySchema(InputSchema):
     verbose = fields.Boolean(load_default=False)
     count = fields.Integer(load_default=-1, validate=validate.Range(min=-1))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
@@ -224,6 +257,9 @@ class CommandsSchema(Schema):
 
 
 # ------------------------------------------------------------ document
+# An import document refuses what it does not know, at every level (RAISE): a key dropped
+# there would be data silently not imported. The resource routes' bodies ignore unknown
+# fields (InputSchema), so the document's nested schemas say RAISE themselves.
 
 
 class DocumentClientSchema(Schema):
@@ -233,15 +269,22 @@ class DocumentClientSchema(Schema):
     textname = text_field()
     textdescription = text_field()
     disabled = fields.Boolean(load_default=False)
-    roles = _refs(RoleRefSchema, "rolename")
-    groups = _refs(GroupRefSchema, "groupname")
+    roles = _refs(RoleRefSchema, "rolename", RAISE)
+    groups = _refs(GroupRefSchema, "groupname", RAISE)
 
 
 class DocumentGroupSchema(Schema):
     groupname = new_name_field(required=True)
     textname = text_field()
     textdescription = text_field()
-    roles = _refs(RoleRefSchema, "rolename")
+    roles = _refs(RoleRefSchema, "rolename", RAISE)
+
+
+class DocumentRoleSchema(RoleCreateSchema):
+    class Meta:
+        unknown = RAISE
+
+    acls = _acls(RAISE)
 
 
 class DocumentSchema(Schema):
@@ -249,10 +292,12 @@ class DocumentSchema(Schema):
 
     # Named as on the wire (the plugin's and mosquitto's dynsec.json spelling).
     defaultACLAccess = fields.List(
-        fields.Nested(DefaultAclSchema), validate=lambda v: _unique(v, "acltype")
+        fields.Nested(DefaultAclSchema, unknown=RAISE), validate=lambda v: _unique(v, "acltype")
     )
     anonymousGroup = fields.String(allow_none=True, validate=check_name)
-    roles = fields.List(fields.Nested(RoleCreateSchema), validate=lambda v: _unique(v, "rolename"))
+    roles = fields.List(
+        fields.Nested(DocumentRoleSchema), validate=lambda v: _unique(v, "rolename")
+    )
     groups = fields.List(
         fields.Nested(DocumentGroupSchema), validate=lambda v: _unique(v, "groupname")
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates
+from marshmallow import ValidationError, fields, validate, validates
 
 from mmc.auth.permissions import Role
+from mmc.schemas.base import InputSchema
 
 USERNAME = validate.Regexp(
     r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$",
@@ -16,7 +17,7 @@ USERNAME = validate.Regexp(
 ROLE_NAMES = [role.value for role in Role]
 
 
-class LoginSchema(Schema):
+class LoginSchema(InputSchema):
     username = fields.String(required=True, validate=validate.Length(min=1, max=128))
     password = fields.String(required=True, validate=validate.Length(min=1, max=1024))
 
@@ -26,7 +27,7 @@ def _unique_roles(value: list[str]) -> None:
         raise ValidationError("Roles must not repeat.")
 
 
-class UserCreateSchema(Schema):
+class UserCreateSchema(InputSchema):
     username = fields.String(required=True, validate=USERNAME)
     password = fields.String(required=True, validate=validate.Length(min=1, max=1024))
     roles = fields.List(
@@ -36,7 +37,7 @@ class UserCreateSchema(Schema):
     )
 
 
-class UserUpdateSchema(Schema):
+class UserUpdateSchema(InputSchema):
     password = fields.String(validate=validate.Length(min=1, max=1024))
     roles = fields.List(
         fields.String(validate=validate.OneOf(ROLE_NAMES)),
@@ -46,7 +47,7 @@ class UserUpdateSchema(Schema):
     username = fields.String(validate=USERNAME)
 
 
-class TokenCreateSchema(Schema):
+class TokenCreateSchema(InputSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
     role = fields.String(required=True, validate=validate.OneOf(ROLE_NAMES))
     valid_until = fields.AwareDateTime(data_key="validUntil", allow_none=True)
