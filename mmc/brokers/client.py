@@ -24,6 +24,17 @@ class ConnectionLost(aiomqtt.MqttError):
         self.detail = detail
 
 
+class HandshakeTimeout(aiomqtt.MqttError):
+    """TCP (and TLS) connected, but the broker sent no CONNACK within the timeout.
+
+    aiomqtt reports this as a bare "Operation timed out" whose context is asyncio's
+    TimeoutError, which reads like a TCP connect timeout; it is not one."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"No CONNACK within {timeout:g} s")
+        self.timeout = timeout
+
+
 class _PahoLog(logging.Logger):
     """paho's log for one client: keeps the last error (aiomqtt drops it) and passes
     everything on at DEBUG, since the link reports failures itself."""
@@ -55,6 +66,9 @@ class MqttClient(aiomqtt.Client):
         # whether the attempt was given up meanwhile (see _close_socket).
         self._connect_returned = False
         self._abandoned = False
+        # Set by the worker thread once paho's connect (TCP, TLS, CONNECT sent) succeeded:
+        # a timeout after that is the MQTT handshake's, not the socket's.
+        self._socket_connected = False
         super().__init__(*args, logger=self.paho_log, **kwargs)
 
     async def __aenter__(self) -> Self:
@@ -62,9 +76,19 @@ class MqttClient(aiomqtt.Client):
         # without closing paho's socket: the loop keeps reading it, so a broker that
         # never answers would cost a descriptor per attempt, and a late CONNACK would
         # give the broker a session for a client nobody uses.
-        self._connect_returned = self._abandoned = False
+        self._connect_returned = self._abandoned = self._socket_connected = False
         try:
             return await super().__aenter__()
+        except aiomqtt.MqttError as exc:
+            self._close_socket()
+            # aiomqtt's CONNACK wait: a plain MqttError raised from asyncio's timeout.
+            if (
+                self._socket_connected
+                and type(exc) is aiomqtt.MqttError
+                and isinstance(exc.__context__, TimeoutError)
+            ):
+                raise HandshakeTimeout(self.timeout) from exc
+            raise
         except BaseException:
             self._close_socket()
             raise
@@ -87,6 +111,7 @@ class MqttClient(aiomqtt.Client):
         # only once the reader is registered.
         try:
             super()._client_connect()
+            self._socket_connected = True
         finally:
             self._loop.call_soon_threadsafe(self._connect_finished)
 

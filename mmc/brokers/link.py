@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from mmc.brokers.capabilities import Capabilities, SharedDetection, detect, label
 from mmc.brokers.client import MqttClient
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
-from mmc.brokers.status import LinkError, LinkStatus, describe_error
+from mmc.brokers.status import LinkError, LinkStatus, describe_drop, describe_error
 from mmc.brokers.sys_tree import SysHistory
 from mmc.clock import now_ms
 from mmc.endpoint import Endpoint
@@ -291,15 +291,30 @@ class BrokerLink:
             return None
         return self._status
 
-    def _set_status(self, connected: bool, error: LinkError | None = None) -> None:
+    def _record_failure(self, exc: BaseException, established: bool) -> None:
+        host, port = self.endpoint.host, self.endpoint.port
+        if established:
+            # A connection that was up ended: say so (and when) before the errors of the
+            # reconnect attempts replace it.
+            self._set_status(False, describe_drop(exc, host, port), dropped=True)
+        else:
+            self._set_status(False, describe_error(exc, host, port))
+
+    def _set_status(
+        self, connected: bool, error: LinkError | None = None, *, dropped: bool = False
+    ) -> None:
         old = self._status
-        if old.connected == connected and old.error == error:
+        if old.connected == connected and old.error == error and not dropped:
             return
         same_state = old.connected == connected and (
             (old.error.code if old.error else None) == (error.code if error else None)
         )
+        now = now_ms()
         self._status = LinkStatus(
-            connected=connected, timestamp=old.timestamp if same_state else now_ms(), error=error
+            connected=connected,
+            timestamp=old.timestamp if same_state else now,
+            error=error,
+            dropped_at=None if connected else now if dropped else old.dropped_at,
         )
         if not same_state:
             if connected:
@@ -342,6 +357,7 @@ class BrokerLink:
         failures = 0
         while not self._stop.is_set():
             client = self._make_client()
+            established = False
             try:
                 async with client:
                     failures = 0
@@ -360,15 +376,16 @@ class BrokerLink:
                     self._connected_at = asyncio.get_running_loop().time()
                     self._session += 1
                     self._set_status(True)
+                    established = True
                     self._settle_first_attempt()
                     self._cancel_detection()
                     self._start_detection()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
-                self._set_status(False, describe_error(exc, self.endpoint.host, self.endpoint.port))
+                self._record_failure(exc, established)
             except Exception as exc:
                 log.exception("broker %s: unexpected link failure", self.id)
-                self._set_status(False, describe_error(exc, self.endpoint.host, self.endpoint.port))
+                self._record_failure(exc, established)
             finally:
                 self._session += 1
                 self.control.detach()

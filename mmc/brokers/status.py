@@ -17,7 +17,7 @@ from typing import Any
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mmc.brokers.client import ConnectionLost
+from mmc.brokers.client import ConnectionLost, HandshakeTimeout
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,16 @@ class LinkStatus:
     connected: bool
     timestamp: int
     error: LinkError | None = field(default=None)
+    # ms when the last established connection dropped; kept through the reconnect
+    # errors that follow (they replace ``error`` and ``timestamp``) until connected again.
+    dropped_at: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"connected": self.connected, "timestamp": self.timestamp}
         if self.error is not None:
             out["error"] = self.error.to_wire()
+        if self.dropped_at is not None:
+            out["droppedAt"] = self.dropped_at
         return out
 
 
@@ -106,7 +111,16 @@ def _reason_code_name(rc: object) -> str:
 
 
 def describe_error(exc: BaseException, host: str, port: int) -> LinkError:
-    """Turn whatever a connection attempt or a live link raised into a LinkError."""
+    """Turn whatever a connection attempt raised into a LinkError."""
+    if isinstance(exc, HandshakeTimeout):
+        # The socket is connected: no syscall failed, the broker just never answered.
+        return LinkError(
+            code="ECONNACKTIMEOUT",
+            address=host,
+            port=port,
+            message=f"Connected to {host}:{port}, but the broker sent no MQTT CONNACK "
+            f"within {exc.timeout:g} s",
+        )
     if isinstance(exc, MqttConnectError):
         code = _reason_code_name(exc.rc)
         # MQTT 3.1.1 numbers its CONNACK refusals; v5 reason codes carry names.
@@ -175,3 +189,18 @@ def describe_error(exc: BaseException, host: str, port: int) -> LinkError:
 
 def _human(code: str) -> str:
     return code.replace("_", " ").capitalize()
+
+
+def describe_drop(exc: BaseException, host: str, port: int) -> LinkError:
+    """An established connection that ended: the MMC's ``ECONNCLOSED`` (``errno`` 1,
+    ``syscall`` "on"), and why where paho or the socket told (when: ``droppedAt``)."""
+    cause = exc.__cause__ or exc.__context__
+    reason = str(cause) if cause is not None and str(cause) else str(exc)
+    return LinkError(
+        code="ECONNCLOSED",
+        errno=1,
+        syscall="on",
+        address=host,
+        port=port,
+        message=f"Connection to {host}:{port} closed" + (f" ({reason})" if reason else ""),
+    )
