@@ -46,18 +46,31 @@ class BrokerPool:
         self, record: LinkConfig, ssl_context: ssl.SSLContext | None, *, start: bool = True
     ) -> BrokerLink:
         """Start a link for the record, replacing (and cleanly closing) any previous one."""
-        old = self._links.get(record.id)
+        link, old = self.replace(record, ssl_context)
         if old is not None:
             await old.stop()
-        link = BrokerLink(record, ssl_context, self.options, self._observer, self._detection)
-        # Assigning over the old entry keeps the connection's place in the listing.
-        self._links[record.id] = link
         if start:
             link.start()
         return link
 
+    def replace(
+        self, record: LinkConfig, ssl_context: ssl.SSLContext | None
+    ) -> tuple[BrokerLink, BrokerLink | None]:
+        """Put a new, not yet started link in the record's place at once; the previous
+        one is returned for the caller to stop (which can take a connect timeout) before
+        starting the new one."""
+        old = self._links.get(record.id)
+        link = BrokerLink(record, ssl_context, self.options, self._observer, self._detection)
+        # Assigning over the old entry keeps the connection's place in the listing.
+        self._links[record.id] = link
+        return link, old
+
+    def pop(self, connection_id: str) -> BrokerLink | None:
+        """Take the link out of the pool at once; the caller stops it."""
+        return self._links.pop(connection_id, None)
+
     async def close(self, connection_id: str) -> None:
-        link = self._links.pop(connection_id, None)
+        link = self.pop(connection_id)
         if link is not None:
             await link.stop()
 

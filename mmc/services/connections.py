@@ -1,4 +1,9 @@
-"""The Connections service: validates, stores and (re)opens broker links, one change at a time."""
+"""The Connections service: validates, stores and (re)opens broker links.
+
+Changes to one connection happen one at a time, in order; changes to different connections
+only share a short lock around the checks, the store write and the in-memory bookkeeping.
+Replacing a link (stopping the old one can wait for its connect attempt in flight) happens
+outside that lock, so a broker stuck in its handshake delays only its own connection."""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ import ipaddress
 import json
 import logging
 import ssl
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from mmc.brokers.link import BrokerLink, LinkConfig
@@ -166,6 +171,14 @@ def merge(data: Mapping[str, Any], stored: ConnectionRecord | None) -> Connectio
     )
 
 
+@dataclass
+class _Turn:
+    """Changes to one connection wait here for the one before them."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class ConnectionService:
     def __init__(
         self,
@@ -186,8 +199,13 @@ class ConnectionService:
         # Each entry of the listing as JSON, with the wire dict and status it was made of:
         # both are replaced, never changed in place, so identity tells when it is stale.
         self._entry_json: dict[str, tuple[dict[str, Any], LinkStatus, str]] = {}
-        # One change at a time: checks (duplicates, limit) and writes must not interleave.
+        # Checks (duplicates, limit), store writes and the bookkeeping below must not
+        # interleave; nothing that waits on a broker runs under it.
         self._lock = asyncio.Lock()
+        # Per connection: its changes in order (kept while anyone holds or awaits it).
+        self._turns: dict[str, _Turn] = {}
+        # Links taken out of the pool and still stopping.
+        self._stopping: set[BrokerLink] = set()
         # Syncs started by the change feed (strong references until they finish).
         self._syncs: set[asyncio.Task[None]] = set()
 
@@ -221,13 +239,19 @@ class ConnectionService:
     async def start(self) -> None:
         """Open a link for every stored connection, without waiting for them to connect."""
         for record in await self._repo.list():
-            await self._open_stored(record)
+            link, _, start = await self._open_stored(record)
+            if start:
+                link.start()
 
     async def stop(self) -> None:
         for task in list(self._syncs):
             task.cancel()
         await asyncio.gather(*self._syncs, return_exceptions=True)
-        await self._pool.close_all()
+        await asyncio.gather(
+            self._pool.close_all(),
+            *(link.stop() for link in list(self._stopping)),
+            return_exceptions=True,
+        )
 
     # -- other replicas' changes (a shared store) ---------------------------------------
 
@@ -254,65 +278,88 @@ class ConnectionService:
         """Make this process's links what the store holds, for one connection or (None) all:
         open what is new, reopen what changed, close what is gone."""
         try:
-            async with self._lock:
-                if connection_id is None:
-                    # Every write sets updated_at: only what differs is read and decrypted.
-                    versions = await self._repo.versions()
-                    gone = [link.id for link in self._pool if link.id not in versions]
-                    ids = [
-                        cid
-                        for cid, updated_at in versions.items()
-                        if (link := self._pool.get(cid)) is None
-                        or link.record.version != updated_at
-                    ]
-                    ids += gone
-                else:
-                    ids = [connection_id]
-                for cid in ids:
-                    action = await self._follow(cid, await self._repo.get(cid))
-                    if action is not None and self._on_follow is not None:
-                        self._on_follow(trigger, action)
+            if connection_id is None:
+                # Every write sets updated_at: only what differs is read and decrypted.
+                # (A hint: each connection is read again in its own turn below.)
+                versions = await self._repo.versions()
+                gone = [link.id for link in self._pool if link.id not in versions]
+                ids = [
+                    cid
+                    for cid, updated_at in versions.items()
+                    if (link := self._pool.get(cid)) is None or link.record.version != updated_at
+                ]
+                ids += gone
+            else:
+                ids = [connection_id]
+            # Side by side: one connection whose old link is slow to stop holds up no other.
+            results = await asyncio.gather(
+                *(self._follow(cid) for cid in ids), return_exceptions=True
+            )
         except StoreUnavailable as exc:
             # The next notification, resync or reconciliation tries again.
             log.warning("connections not synchronised with the store: %s", exc.message)
+            return
         except Exception:  # a background task: log it, and let the next sync try again
             log.exception("connections not synchronised with the store")
+            return
+        for cid, result in zip(ids, results, strict=True):
+            if isinstance(result, StoreUnavailable):
+                log.warning(
+                    "connection %s not synchronised with the store: %s", cid, result.message
+                )
+            elif isinstance(result, BaseException):
+                log.error("connection %s not synchronised with the store", cid, exc_info=result)
+            elif result is not None and self._on_follow is not None:
+                self._on_follow(trigger, result)
 
-    async def _follow(self, connection_id: str, record: ConnectionRecord | None) -> str | None:
-        """What was done to the link (opened, reopened, closed), None when it was right."""
-        link = self._pool.get(connection_id)
-        if record is None:
-            if link is None:
-                return None
-            log.info("connection %s was deleted elsewhere: closing its link", connection_id)
-            self._forget(connection_id)
-            await self._pool.close(connection_id)
-            return "closed"
-        if link is None or link.record != link_config(record):
-            log.info(
-                "connection %s was %s elsewhere: %s its link",
-                connection_id,
-                "created" if link is None else "changed",
-                "opening" if link is None else "reopening",
-            )
-            await self._open_stored(record)
-            return "opened" if link is None else "reopened"
-        return None
+    async def _follow(self, connection_id: str) -> str | None:
+        """Make the link what the store holds: what was done to it (opened, reopened,
+        closed), None when it was right."""
+        async with self._turn(connection_id):
+            new: BrokerLink | None = None
+            start = False
+            async with self._lock:
+                record = await self._repo.get(connection_id)
+                link = self._pool.get(connection_id)
+                if record is None:
+                    if link is None:
+                        return None
+                    log.info("connection %s was deleted elsewhere: closing its link", connection_id)
+                    self._forget(connection_id)
+                    old = self._pool.pop(connection_id)
+                    action = "closed"
+                elif link is not None and link.record == link_config(record):
+                    return None
+                else:
+                    log.info(
+                        "connection %s was %s elsewhere: %s its link",
+                        connection_id,
+                        "created" if link is None else "changed",
+                        "opening" if link is None else "reopening",
+                    )
+                    new, old, start = await self._open_stored(record)
+                    action = "opened" if link is None else "reopened"
+            await self._swap(new, old, start=start)
+            return action
 
-    async def _open_stored(self, record: ConnectionRecord) -> None:
-        """Open a link for a record from the store; unusable TLS material fails the link
-        with a reason instead of failing start-up."""
+    async def _open_stored(
+        self, record: ConnectionRecord
+    ) -> tuple[BrokerLink, BrokerLink | None, bool]:
+        """Put a link for a record from the store in the pool (see ``_replace``), and
+        whether to start it: unusable TLS material fails the link with a reason instead of
+        failing start-up."""
         try:
             ctx = await self._tls_context(record)
         except InvalidInput as exc:
             log.error("connection %s: stored TLS material is unusable: %s", record.id, exc.message)
             ctx = None
         unusable = ctx is None and Endpoint.from_url(record.url).tls
-        link = await self._open(record, ctx, start=not unusable)
+        link, old = self._replace(record, ctx)
         if unusable:
             link.fail(
                 LinkError(code="INVALID_TLS_MATERIAL", message="Stored TLS material is unusable")
             )
+        return link, old, not unusable
 
     def _forget(self, connection_id: str) -> None:
         self._wire.pop(connection_id, None)
@@ -321,22 +368,24 @@ class ConnectionService:
     # -- changes through this process --------------------------------------------------
 
     async def create(self, data: Mapping[str, Any]) -> Outcome:
-        async with self._lock:
-            stored = await self._repo.get(data["id"])
-            self._check_name(data["name"], data["id"])
-            if stored is not None:
-                link = self._pool.get(stored.id)
-                # Only a connection whose attempt failed may be replaced by a new POST;
-                # one that is connected or still trying is a duplicate.
-                if link is None or link.connected or link.status.error is None:
-                    raise NotAllowed(DUPLICATE_MESSAGE)
-            record = merge(data, stored)
-            ctx = await self._tls_context(record)
-            if stored is None:
-                record = await self._repo.insert(record, limit=self._max)
-            else:
-                record = await self._repo.update(record)
-            link = await self._open(record, ctx)
+        async with self._turn(data["id"]):
+            async with self._lock:
+                stored = await self._repo.get(data["id"])
+                self._check_name(data["name"], data["id"])
+                if stored is not None:
+                    link = self._pool.get(stored.id)
+                    # Only a connection whose attempt failed may be replaced by a new POST;
+                    # one that is connected or still trying is a duplicate.
+                    if link is None or link.connected or link.status.error is None:
+                        raise NotAllowed(DUPLICATE_MESSAGE)
+                record = merge(data, stored)
+                ctx = await self._tls_context(record)
+                if stored is None:
+                    record = await self._repo.insert(record, limit=self._max)
+                else:
+                    record = await self._repo.update(record)
+                link, old = self._replace(record, ctx)
+            await self._swap(link, old)
         return await self._outcome(link)
 
     async def update(self, connection_id: str, data: Mapping[str, Any]) -> Outcome:
@@ -345,23 +394,27 @@ class ConnectionService:
                 "The id in the body does not match the URL",
                 info={"id": ["Must match the connection id in the URL."]},
             )
-        async with self._lock:
-            stored = await self._repo.get(connection_id)
-            if stored is None:
-                raise NotFound(f"Connection {connection_id} not found")
-            self._check_name(data["name"], connection_id)
-            record = merge(data, stored)
-            ctx = await self._tls_context(record)
-            record = await self._repo.update(record)
-            link = await self._open(record, ctx)
+        async with self._turn(connection_id):
+            async with self._lock:
+                stored = await self._repo.get(connection_id)
+                if stored is None:
+                    raise NotFound(f"Connection {connection_id} not found")
+                self._check_name(data["name"], connection_id)
+                record = merge(data, stored)
+                ctx = await self._tls_context(record)
+                record = await self._repo.update(record)
+                link, old = self._replace(record, ctx)
+            await self._swap(link, old)
         return await self._outcome(link)
 
     async def delete(self, connection_id: str) -> list[dict[str, Any]]:
-        async with self._lock:
-            if not await self._repo.delete(connection_id):
-                raise NotFound(f"Connection {connection_id} not found")
-            self._forget(connection_id)
-            await self._pool.close(connection_id)
+        async with self._turn(connection_id):
+            async with self._lock:
+                if not await self._repo.delete(connection_id):
+                    raise NotFound(f"Connection {connection_id} not found")
+                self._forget(connection_id)
+                old = self._pool.pop(connection_id)
+            await self._swap(None, old)
         return self.listing()
 
     async def store_broker_password(
@@ -412,12 +465,48 @@ class ConnectionService:
 
         return await loop.run_in_executor(None, build)
 
-    async def _open(
-        self, record: ConnectionRecord, ctx: ssl.SSLContext | None, *, start: bool = True
-    ) -> BrokerLink:
-        link = await self._pool.open(link_config(record), ctx, start=start)
+    @contextlib.asynccontextmanager
+    async def _turn(self, connection_id: str) -> AsyncIterator[None]:
+        """Hold this connection's turn: its changes in order, other connections' not
+        waiting. Take it before ``_lock``, never while holding that."""
+        turn = self._turns.get(connection_id)
+        if turn is None:
+            turn = self._turns[connection_id] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._turns[connection_id]
+
+    def _replace(
+        self, record: ConnectionRecord, ctx: ssl.SSLContext | None
+    ) -> tuple[BrokerLink, BrokerLink | None]:
+        """The record's new link in the pool at once (not started), and the one it replaced."""
+        link, old = self._pool.replace(link_config(record), ctx)
         self._wire[record.id] = to_wire(record)
-        return link
+        return link, old
+
+    async def _swap(
+        self, link: BrokerLink | None, old: BrokerLink | None, *, start: bool = True
+    ) -> None:
+        """Stop the replaced link, then start its successor: outside ``_lock``, in the
+        connection's turn (stopping waits for a connect attempt in flight, up to a
+        connect timeout, and two links must not log in with one client id)."""
+        try:
+            if old is not None:
+                self._stopping.add(old)
+                try:
+                    await old.stop()
+                finally:
+                    self._stopping.discard(old)
+        finally:
+            # Even when cancelled: a link left in the pool unstarted would never connect.
+            # Not when it has been replaced or removed meanwhile (stop() closed the pool).
+            if link is not None and start and self._pool.get(link.id) is link:
+                link.start()
 
     async def _outcome(self, link: BrokerLink) -> Outcome:
         status = await link.wait_first_attempt(self._connect_timeout)
