@@ -38,6 +38,10 @@ class StatusSchema(Schema):
     connected = fields.Boolean(required=True)
     timestamp = fields.Integer(required=True, metadata={"description": "ms of the last change"})
     error = fields.Nested(LinkErrorSchema)
+    dropped_at = fields.Integer(
+        data_key="droppedAt",
+        metadata={"description": "ms the last established session dropped; gone once connected"},
+    )
 
 
 class CertificateOutSchema(Schema):
