@@ -33,7 +33,7 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     value, shift = 0, 0
     while True:
         byte = buf[pos]
@@ -44,29 +44,43 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def _string(buf: bytes, pos: int) -> tuple[str, int]:
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One MQTT control packet off the stream: its fixed header's first byte (type in the
+    high nibble, flags in the low one) and its body."""
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return first, await reader.readexactly(length)
+
+
+def mqtt_string(buf: bytes, pos: int) -> tuple[str, int]:
     length = int.from_bytes(buf[pos : pos + 2], "big")
     return buf[pos + 2 : pos + 2 + length].decode(), pos + 2 + length
 
 
 def parse_connect(body: bytes) -> tuple[str | None, bytes | None]:
     """The username and password of an MQTT v3.1.1 or v5 CONNECT packet's body."""
-    _, pos = _string(body, 0)  # protocol name
+    _, pos = mqtt_string(body, 0)  # protocol name
     version, flags = body[pos], body[pos + 1]
     pos += 4  # version, flags, keep alive
     if version == 5:
-        props, pos = _read_varint(body, pos)
+        props, pos = read_varint(body, pos)
         pos += props
-    _, pos = _string(body, pos)  # client id
+    _, pos = mqtt_string(body, pos)  # client id
     if flags & 0x04:  # will: (v5 properties), topic, payload
         if version == 5:
-            props, pos = _read_varint(body, pos)
+            props, pos = read_varint(body, pos)
             pos += props
-        _, pos = _string(body, pos)
+        _, pos = mqtt_string(body, pos)
         pos += 2 + int.from_bytes(body[pos : pos + 2], "big")
     username = password = None
     if flags & 0x80:
-        username, pos = _string(body, pos)
+        username, pos = mqtt_string(body, pos)
     if flags & 0x40:
         length = int.from_bytes(body[pos : pos + 2], "big")
         password = body[pos + 2 : pos + 2 + length]
@@ -79,20 +93,20 @@ def publish_packet(topic: str, payload: bytes) -> bytes:
     return b"\x30" + _varint(len(body)) + body
 
 
-def _suback(body: bytes) -> bytes:
+def suback(body: bytes) -> bytes:
     packet_id = body[:2]
-    props, pos = _read_varint(body, 2)
+    props, pos = read_varint(body, 2)
     pos += props
     filters = 0
     while pos < len(body):
-        _, pos = _string(body, pos)
+        _, pos = mqtt_string(body, pos)
         pos += 1  # subscription options
         filters += 1
     rest = packet_id + b"\x00" + b"\x00" * filters
     return b"\x90" + _varint(len(rest)) + rest
 
 
-def _reply(command: dict[str, Any]) -> dict[str, Any]:
+def reply(command: dict[str, Any]) -> dict[str, Any]:
     name = command.get("command")
     data: dict[str, Any] = {}
     if name == "getDefaultACLAccess":
@@ -154,21 +168,13 @@ class FakeBroker:
                 await reader.read()  # until the client gives up
                 return
             while True:
-                first = (await reader.readexactly(1))[0]
-                length, shift = 0, 0
-                while True:
-                    byte = (await reader.readexactly(1))[0]
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    if not byte & 0x80:
-                        break
-                body = await reader.readexactly(length)
+                first, body = await read_packet(reader)
                 kind = first >> 4
                 if kind == 1:  # CONNECT
                     self.logins.append(parse_connect(body))
                     writer.write(CONNACK)
                 elif kind == 8:  # SUBSCRIBE
-                    writer.write(_suback(body))
+                    writer.write(suback(body))
                 elif kind == 12:  # PINGREQ
                     writer.write(PINGRESP)
                 elif kind == 3:  # PUBLISH (QoS 0 from the client under test)
@@ -183,10 +189,10 @@ class FakeBroker:
             writer.close()
 
     def _on_publish(self, first: int, body: bytes, writer: asyncio.StreamWriter) -> None:
-        topic, pos = _string(body, 0)
+        topic, pos = mqtt_string(body, 0)
         if (first >> 1) & 0x03:
             pos += 2  # packet id of QoS 1/2
-        props, pos = _read_varint(body, pos)
+        props, pos = read_varint(body, pos)
         payload = body[pos + props :]
         if not topic.startswith("$CONTROL/") or self.mode == "mute":
             return
@@ -208,5 +214,5 @@ class FakeBroker:
 
     @staticmethod
     def _send(writer: asyncio.StreamWriter, topic: str, commands: list[dict[str, Any]]) -> None:
-        payload = json.dumps({"responses": [_reply(c) for c in commands]}).encode()
+        payload = json.dumps({"responses": [reply(c) for c in commands]}).encode()
         writer.write(publish_packet(f"{topic}/response", payload))

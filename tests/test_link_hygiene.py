@@ -16,11 +16,12 @@ from tests.fake_mqtt import (
     CONNACK,
     PINGRESP,
     FakeBroker,
-    _read_varint,
-    _reply,
-    _string,
-    _suback,
+    mqtt_string,
     publish_packet,
+    read_packet,
+    read_varint,
+    reply,
+    suback,
 )
 
 # Short enough that 200 attempts take a few seconds.
@@ -129,33 +130,25 @@ class GatedBroker:
         client_id = ""
         try:
             while True:
-                first = (await reader.readexactly(1))[0]
-                length, shift = 0, 0
-                while True:
-                    byte = (await reader.readexactly(1))[0]
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    if not byte & 0x80:
-                        break
-                body = await reader.readexactly(length)
+                first, body = await read_packet(reader)
                 kind = first >> 4
                 if kind == 1:  # CONNECT: protocol name, version, flags, keepalive, props
-                    _, pos = _string(body, 0)
-                    props, pos = _read_varint(body, pos + 4)
-                    client_id, _ = _string(body, pos + props)
+                    _, pos = mqtt_string(body, 0)
+                    props, pos = read_varint(body, pos + 4)
+                    client_id, _ = mqtt_string(body, pos + props)
                     self._writers[client_id] = writer
                     writer.write(CONNACK)
                 elif kind == 8:  # SUBSCRIBE
-                    self._held.append((writer, _suback(body)))
+                    self._held.append((writer, suback(body)))
                     if len(self._held) >= 2:
-                        for held, suback in self._held:
-                            held.write(suback)
+                        for held, answer in self._held:
+                            held.write(answer)
                         self._held = [(writer, b"")] * 2  # later ones pass at once
                 elif kind == 12:
                     writer.write(PINGRESP)
                 elif kind == 3:  # $CONTROL request (QoS 0)
-                    topic, pos = _string(body, 0)
-                    props, pos = _read_varint(body, pos)
+                    topic, pos = mqtt_string(body, 0)
+                    props, pos = read_varint(body, pos)
                     if self.prober in (None, client_id):
                         self.prober = client_id
                         commands = json.loads(body[pos + props :])["commands"]
@@ -172,7 +165,7 @@ class GatedBroker:
     ) -> None:
         async def answer() -> None:
             await asyncio.sleep(self.answer_after)
-            payload = json.dumps({"responses": [_reply(c) for c in commands]}).encode()
+            payload = json.dumps({"responses": [reply(c) for c in commands]}).encode()
             writer.write(publish_packet(f"{topic}/response", payload))
 
         task = asyncio.get_running_loop().create_task(answer())
