@@ -18,7 +18,9 @@ and renders ``{"code", "message", "status", "info"?}``::
     ├── StoreUnavailable          503 STORE_UNAVAILABLE
     ├── ServerBusy                503 BUSY           (http_max_connections reached)
     ├── BrokerUnavailable         503 BROKER_UNAVAILABLE
+    │   └── ReplyLost             503 BROKER_UNAVAILABLE (sent; answer lost: resolved, never shown)
     ├── BrokerTimeout             504 TIMEOUT
+    ├── OutcomeUnknown            502 OUTCOME_UNKNOWN    (sent; may have been applied)
     └── ControlError              400 INVALID        (an error string answered by a $CONTROL API)
         ├── ControlNotFound       404 NOT_FOUND
         └── ControlConflict       409 CONFLICT
@@ -112,9 +114,28 @@ class BrokerUnavailable(MmcError):
     default_message = "Broker is not connected"
 
 
+class ReplyLost(BrokerUnavailable):
+    """A command was handed to the link, and its answer will not come: the link dropped,
+    or the answer did not arrive in time. The broker may have applied it. The control
+    channel resolves this (mmc.brokers.outcome) before anyone answers a client; the
+    own-user guard, which expects mosquitto to drop mmc's connection, takes it as such."""
+
+    def __init__(self, message: str | None = None, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
 class BrokerTimeout(MmcError):
     code = "TIMEOUT"
     default_message = "Broker did not answer in time"
+
+
+class OutcomeUnknown(MmcError):
+    """A command reached (or may have reached) the broker, its answer was lost, and reading
+    the broker's state back could not tell whether it was applied."""
+
+    code = "OUTCOME_UNKNOWN"
+    default_message = "The command may have been applied; its outcome is unknown"
 
 
 class ControlError(MmcError):

@@ -33,6 +33,10 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     413: "Body too large (PAYLOAD_TOO_LARGE)",
     429: "Too many attempts (TOO_MANY_REQUESTS)",
     500: "Internal error (INTERNAL_ERROR)",
+    502: (
+        "A command was sent, its answer was lost, and reading the broker's state back could "
+        "not tell whether it was applied (OUTCOME_UNKNOWN; info.command says what to check)"
+    ),
     503: "Broker not connected, or store not writable (BROKER_UNAVAILABLE, STORE_UNAVAILABLE)",
     504: "Broker did not answer in time (TIMEOUT)",
 }
@@ -91,6 +95,8 @@ def _operation(template: str, method: str, route: Route) -> dict[str, Any]:
         errors.add(404)
     if "{brokerId}" in template:
         errors |= {503, 504}
+        if method.upper() != "GET":
+            errors.add(502)  # a change whose answer was lost (mmc.brokers.outcome)
     if method.upper() != "GET":
         errors.add(503)  # any write may meet a full or read-only store (STORE_UNAVAILABLE)
     for status in sorted(errors):

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmc.brokers.control import ControlChannel
-from mmc.errors import BrokerTimeout, BrokerUnavailable, ControlNotFound, MmcError
+from mmc.brokers.control import ControlChannel, lost_answers_raised
+from mmc.errors import BrokerTimeout, BrokerUnavailable, ControlNotFound, MmcError, ReplyLost
 
 # Feature name -> its $CONTROL API (request topic $CONTROL/<api>/v1).
 FEATURE_APIS: dict[str, str] = {
@@ -109,7 +109,11 @@ async def _answer(
     control: ControlChannel, api: str, command: Mapping[str, Any], timeout: float
 ) -> dict[str, Any] | _Unavailable | None:
     try:
-        return await control.send(api, command, timeout=timeout)
+        # A probe unanswered is the answer (no such API); nothing to resolve.
+        with lost_answers_raised():
+            return await control.send(api, command, timeout=timeout)
+    except ReplyLost as lost:
+        return None if lost.timed_out else _Unavailable()
     except (BrokerTimeout, ControlNotFound):
         return None
     except BrokerUnavailable:

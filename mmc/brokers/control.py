@@ -7,19 +7,26 @@ broker sends to *every* subscriber, so replies are matched by a UUID
 
 Commands issued in the same event-loop iteration for the same API are sent in
 one message (up to ``MAX_BATCH``): under load this turns N round trips into one.
+
+A command that was handed to the link is never answered "not connected": when the link
+drops after sending, or the answer is late, the channel waits for the link to be back
+(bounded by the request timeout) and resolves what happened (mmc.brokers.outcome).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, Protocol
 
+from mmc.brokers.outcome import Unreadable, check_for, is_read, unknown
 from mmc.errors import (
     BrokerTimeout,
     BrokerUnavailable,
@@ -27,6 +34,7 @@ from mmc.errors import (
     ControlError,
     ControlNotFound,
     MmcError,
+    ReplyLost,
 )
 
 log = logging.getLogger(__name__)
@@ -115,6 +123,24 @@ KNOWN_COMMANDS = frozenset(
 )
 
 
+# Off where the caller resolves a lost answer itself (lost_answers_raised).
+_resolving: ContextVar[bool] = ContextVar("mmc_resolve_lost_answers", default=True)
+
+
+@contextlib.contextmanager
+def lost_answers_raised() -> Iterator[None]:
+    """Within: a command whose answer is lost raises ReplyLost instead of being resolved.
+
+    For the own-user guard (mmc.web.own_user), which expects mosquitto to close mmc's
+    connection after the command and knows what that means (a new password, for one, can
+    only be proven by logging back in with it)."""
+    token = _resolving.set(False)
+    try:
+        yield
+    finally:
+        _resolving.reset(token)
+
+
 class Publisher(Protocol):
     def publish(self, topic: str, payload: bytes) -> None:
         """Queue one QoS 0 message for sending, or raise (the link is down)."""
@@ -145,6 +171,9 @@ class ControlChannel:
         # correlationData -> (api, future of the response entry)
         self._pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._batches: dict[str, list[dict[str, Any]]] = {}
+        # correlationData of the commands handed to the publisher and not yet answered.
+        self._sent: set[str] = set()
+        self._attached = asyncio.Event()
         # correlationData: unique per channel and process; random, so that two processes
         # (or two channels) sharing a broker never take each other's replies.
         self._correlation_prefix = secrets.token_hex(8) + "-"
@@ -156,16 +185,37 @@ class ControlChannel:
 
     def attach(self, publisher: Publisher) -> None:
         self._publisher = publisher
+        self._attached.set()
 
-    def detach(self, reason: MmcError | None = None) -> None:
-        """The link dropped: every waiting request fails now rather than at its timeout."""
+    def detach(self) -> None:
+        """The link dropped: every waiting request fails now rather than at its timeout;
+        one already sent with ReplyLost (it may have been applied), any other with
+        BrokerUnavailable (it was not)."""
         self._publisher = None
+        self._attached.clear()
         self._batches.clear()
-        error = reason or BrokerUnavailable(f"Broker {self.broker_id} is not connected")
-        for _, fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(error)
+        for correlation, (_, fut) in self._pending.items():
+            if fut.done():
+                continue
+            if correlation in self._sent:
+                fut.set_exception(
+                    ReplyLost(f"Broker {self.broker_id}: the connection dropped before the answer")
+                )
+            else:
+                fut.set_exception(BrokerUnavailable(f"Broker {self.broker_id} is not connected"))
         self._pending.clear()
+        self._sent.clear()
+
+    async def wait_attached(self, timeout: float) -> bool:
+        """True once the link is connected (at once if it is), False after ``timeout``."""
+        if self._publisher is not None:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._attached.wait()
+        except TimeoutError:
+            return False
+        return self._publisher is not None
 
     async def request(
         self, api: str, command: Mapping[str, Any], *, timeout: float | None = None
@@ -184,7 +234,81 @@ class ControlChannel:
     async def send(
         self, api: str, command: Mapping[str, Any], *, timeout: float | None = None
     ) -> dict[str, Any]:
-        """Send one command and return its raw response entry, error or not."""
+        """Send one command and return its raw response entry, error or not.
+
+        When its answer is lost, what happened is found out (see the module docstring):
+        the answer is then the one the broker would have given, or OutcomeUnknown."""
+        try:
+            return await self._observed(api, command, timeout)
+        except ReplyLost as lost:
+            if not _resolving.get():
+                raise
+            return await self._resolve(api, command, timeout, lost)
+
+    async def _resolve(
+        self, api: str, command: Mapping[str, Any], timeout: float | None, lost: ReplyLost
+    ) -> dict[str, Any]:
+        name = command.get("command")
+        if is_read(command) and lost.timed_out:
+            # Nothing to resolve, and asking again would only double the wait.
+            raise BrokerTimeout(lost.message) from None
+        why = "the answer did not arrive in time" if lost.timed_out else "the connection dropped"
+        if not await self.wait_attached(self.timeout):
+            if is_read(command):
+                raise BrokerUnavailable(
+                    f"Broker {self.broker_id} is not connected: {why} before it answered "
+                    f"{name!r}, and it is not back within {self.timeout:g} s"
+                )
+            raise unknown(
+                self.broker_id,
+                api,
+                command,
+                f"{why} before the answer, and the broker is not back within {self.timeout:g} s",
+            )
+        log.info("broker %s: %s before the answer to %r; resolving", self.broker_id, why, name)
+        if is_read(command):
+            try:
+                return await self._observed(api, command, timeout)
+            except ReplyLost as again:
+                if again.timed_out:
+                    raise BrokerTimeout(again.message) from None
+                raise BrokerUnavailable(
+                    f"Broker {self.broker_id}: the connection dropped twice before the "
+                    f"answer to {name!r}"
+                ) from None
+        check = check_for(api, command)
+        if check is None:
+            raise unknown(
+                self.broker_id, api, command, f"{why}, and its effect cannot be read back"
+            )
+
+        async def read(query: dict[str, Any]) -> dict[str, Any]:
+            return await self._observed(api, query, timeout)
+
+        try:
+            applied = await check(read, command)
+        except (MmcError, Unreadable) as exc:
+            detail = exc.message if isinstance(exc, MmcError) else str(exc)
+            raise unknown(
+                self.broker_id, api, command, f"{why}, and reading the state back failed ({detail})"
+            ) from None
+        if applied is None:
+            raise unknown(
+                self.broker_id, api, command, f"{why}, and its effect cannot be read back"
+            )
+        if applied:
+            return {"command": name}
+        # Not applied (and it will not be: see mmc.brokers.outcome): the broker's own answer.
+        try:
+            return await self._observed(api, command, timeout)
+        except ReplyLost:
+            raise unknown(
+                self.broker_id, api, command, f"{why}, and again when it was sent once more"
+            ) from None
+
+    async def _observed(
+        self, api: str, command: Mapping[str, Any], timeout: float | None
+    ) -> dict[str, Any]:
         if self._observer is None:
             return await self._send(api, command, timeout)
         name = str(command.get("command"))
@@ -195,6 +319,9 @@ class ControlChannel:
             response = await self._send(api, command, timeout)
             outcome = "error" if "error" in response else "ok"
             return response
+        except ReplyLost as lost:
+            outcome = "timeout" if lost.timed_out else "lost"
+            raise
         except BrokerTimeout:
             outcome = "timeout"
             raise
@@ -219,12 +346,16 @@ class ControlChannel:
             async with asyncio.timeout(timeout or self.timeout):
                 return await fut
         except TimeoutError:
-            raise BrokerTimeout(
+            message = (
                 f"Broker {self.broker_id} did not answer {command.get('command')!r} "
                 f"on {request_topic(api)} within {timeout or self.timeout:g} s"
-            ) from None
+            )
+            if correlation in self._sent:
+                raise ReplyLost(message, timed_out=True) from None
+            raise BrokerTimeout(message) from None
         finally:
             self._pending.pop(correlation, None)
+            self._sent.discard(correlation)
 
     def _flush(self, api: str) -> None:
         """Send the commands gathered for ``api`` as one message (no task, no wait: a
@@ -238,6 +369,8 @@ class ControlChannel:
                 raise BrokerUnavailable(f"Broker {self.broker_id} is not connected")
             payload = json.dumps({"commands": batch}, separators=(",", ":")).encode()
             publisher.publish(request_topic(api), payload)
+            # Queued on the socket: from now on the broker may apply them.
+            self._sent.update(cmd["correlationData"] for cmd in batch)
         except Exception as exc:  # noqa: BLE001 - every failure must reach the waiting callers
             error = (
                 exc

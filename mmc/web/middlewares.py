@@ -25,6 +25,7 @@ from mmc.errors import (
     MmcError,
     NotAllowed,
     NotFound,
+    OutcomeUnknown,
     PayloadTooLarge,
     RequestTimeout,
     ServerBusy,
@@ -62,6 +63,7 @@ STATUS: dict[type[MmcError], int] = {
     ServerBusy: 503,
     BrokerUnavailable: 503,
     BrokerTimeout: 504,
+    OutcomeUnknown: 502,
     # A $CONTROL API's error string: the request was refused, unless it says what.
     ControlError: 400,
     ControlNotFound: 404,

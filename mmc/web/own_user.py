@@ -39,7 +39,7 @@ from marshmallow import EXCLUDE, Schema, fields
 
 from mmc.appkeys import connections_key, settings_key
 from mmc.brokers import own_access
-from mmc.brokers.control import error_for
+from mmc.brokers.control import error_for, lost_answers_raised
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink, LinkConfig
 from mmc.errors import BrokerUnavailable, MmcError, StoreUnavailable
@@ -241,7 +241,10 @@ class Guard:
 
         answer: T | None = None
         try:
-            answer = await send()
+            # Its answer is expected to be lost: this method resolves what happened, not
+            # the control channel (which could not prove a new password).
+            with lost_answers_raised():
+                answer = await send()
         except BrokerUnavailable:
             if not users and self.force:
                 return None  # forced: mmc may well not get back in; do not wait for it
