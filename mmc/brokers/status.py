@@ -14,10 +14,13 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.reasoncodes import ReasonCode
-
-from mmc.brokers.client import ConnectionLost, HandshakeTimeout
+from mmc.brokers.transport import (
+    ConnectionLost,
+    HandshakeTimeout,
+    MqttConnectError,
+    ReasonCode,
+    SubscribeTimeout,
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,15 @@ def describe_error(exc: BaseException, host: str, port: int) -> LinkError:
             address=host,
             port=port,
             message=f"Connected to {host}:{port}, but the broker sent no MQTT CONNACK "
+            f"within {exc.timeout:g} s",
+        )
+    if isinstance(exc, SubscribeTimeout):
+        # CONNACK came: the link is connected, but not yet listening for replies.
+        return LinkError(
+            code="ESUBACKTIMEOUT",
+            address=host,
+            port=port,
+            message=f"Connected to {host}:{port}, but the broker did not answer SUBSCRIBE "
             f"within {exc.timeout:g} s",
         )
     if isinstance(exc, MqttConnectError):
