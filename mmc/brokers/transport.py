@@ -8,10 +8,12 @@ message: ``topic``, ``payload``, ``retain``), ``MqttError`` (what every failure 
 the failures status.py names: ``ConnectionLost``, ``HandshakeTimeout``,
 ``SubscribeTimeout``, ``MqttConnectError`` (a refused CONNACK) with ``ReasonCode``.
 
-Tested with aiomqtt 2.5.1 and paho-mqtt 2.1.0 and 2.2.0; setup.cfg allows only those
-minor versions. ``tests/test_transport_pins.py`` pins every name below, by signature and
-by behaviour against a real mosquitto: an upgrade that changes one fails there, not in
-production. Private names used, and why:
+Tested with aiomqtt 2.5.0 and 2.5.1, and paho-mqtt 2.2.0 (2.1.0 fails a pin: it bounds
+the TLS handshake by the keepalive, not ``connect_timeout``); setup.cfg allows only those
+minor versions. ``tests/test_transport_pins.py`` pins every name below, by signature and by
+behaviour against a real mosquitto (or a few lines of asyncio server where mosquitto
+cannot misbehave that way): an upgrade that changes one fails there, not in production.
+Private names used, and why:
 
 aiomqtt's ``Client``
 - ``_client``: its paho client. QoS 0 publishes go straight to its ``publish`` (aiomqtt's
