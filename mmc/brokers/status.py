@@ -19,6 +19,7 @@ from mmc.brokers.transport import (
     HandshakeTimeout,
     MqttConnectError,
     ReasonCode,
+    SubscribeLost,
     SubscribeTimeout,
 )
 
@@ -132,6 +133,18 @@ def describe_error(exc: BaseException, host: str, port: int) -> LinkError:
             port=port,
             message=f"Connected to {host}:{port}, but the broker did not answer SUBSCRIBE "
             f"within {exc.timeout:g} s",
+        )
+    if isinstance(exc, SubscribeLost):
+        # Connected, then closed: the MMC's "closed" (no droppedAt: it was never in use).
+        cause = exc.__cause__
+        return LinkError(
+            code="ECONNCLOSED",
+            errno=1,
+            syscall="on",
+            address=host,
+            port=port,
+            message=f"Connection to {host}:{port} closed before the broker answered SUBSCRIBE"
+            + (f" ({cause})" if cause is not None and str(cause) else ""),
         )
     if isinstance(exc, MqttConnectError):
         code = _reason_code_name(exc.rc)

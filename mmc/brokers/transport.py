@@ -6,7 +6,8 @@ The rest of mmc uses what is defined or re-exported here: ``MqttClient`` (connec
 ``raise_disconnected``, ``forget_disconnect_error``), ``Message`` (paho's received
 message: ``topic``, ``payload``, ``retain``), ``MqttError`` (what every failure is), and
 the failures status.py names: ``ConnectionLost``, ``HandshakeTimeout``,
-``SubscribeTimeout``, ``MqttConnectError`` (a refused CONNACK) with ``ReasonCode``.
+``SubscribeTimeout``, ``SubscribeLost``, and ``MqttConnectError`` (a refused CONNACK)
+with ``ReasonCode``.
 
 Tested with aiomqtt 2.5.0 and 2.5.1, and paho-mqtt 2.2.0 (2.1.0 fails a pin: it bounds
 the TLS handshake by the keepalive, not ``connect_timeout``); setup.cfg allows only those
@@ -79,6 +80,7 @@ __all__ = [
     "MqttConnectError",
     "MqttError",
     "ReasonCode",
+    "SubscribeLost",
     "SubscribeTimeout",
 ]
 
@@ -113,6 +115,13 @@ class SubscribeTimeout(aiomqtt.MqttError):
     def __init__(self, timeout: float) -> None:
         super().__init__(f"No SUBACK within {timeout:g} s")
         self.timeout = timeout
+
+
+class SubscribeLost(aiomqtt.MqttError):
+    """CONNACK arrived, but the connection ended before the SUBACK."""
+
+    def __init__(self) -> None:
+        super().__init__("Connection closed before SUBACK")
 
 
 class _PahoLog(logging.Logger):
@@ -238,15 +247,26 @@ class MqttClient(aiomqtt.Client):
             self._client._sock_close()
 
     async def subscribe_all(self, topics: Iterable[str], timeout: float) -> None:
-        """Subscribe to ``topics`` at QoS 0 in one SUBSCRIBE; SubscribeTimeout if no
-        SUBACK arrives within ``timeout`` seconds."""
+        """Subscribe to ``topics`` at QoS 0 in one SUBSCRIBE. SubscribeTimeout if no SUBACK
+        arrives within ``timeout`` seconds; SubscribeLost if the connection ends first."""
+        # The deadline is ours (aiomqtt's own would be a plain "Operation timed out", as a
+        # CONNACK timeout is), and so is watching the connection: aiomqtt would wait for
+        # the SUBACK of a connection that is gone until the deadline.
+        subscribing = self._loop.create_task(
+            self.subscribe([(topic, 0) for topic in topics], timeout=math.inf)
+        )
+        dropped = self._disconnected
+        watched: set[asyncio.Future[Any]] = {subscribing, dropped}
         try:
-            async with asyncio.timeout(timeout):
-                # The deadline is ours: aiomqtt's own would be a plain "Operation timed
-                # out", as a CONNACK timeout is.
-                await self.subscribe([(topic, 0) for topic in topics], timeout=math.inf)
-        except TimeoutError:
-            raise SubscribeTimeout(timeout) from None
+            await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            subscribing.cancel()
+        if subscribing.done() and not subscribing.cancelled():
+            subscribing.result()
+            return
+        if dropped.done():
+            raise SubscribeLost() from None if dropped.cancelled() else dropped.exception()
+        raise SubscribeTimeout(timeout)
 
     def publish_nowait(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 0 without waiting: paho queues the packet and it is written when
