@@ -2,6 +2,8 @@
 
 Modes:
 - ``silent``: accepts TCP and never says a word (no CONNACK).
+- ``deaf``: CONNACK and PINGRESP, but never a SUBACK.
+- ``hangup``: CONNACK, then closes the connection on SUBSCRIBE.
 - ``mute``: CONNACK, SUBACK and PINGRESP, but never a reply on ``$CONTROL``.
 - ``slow``: like ``mute``, but answers ``$CONTROL`` commands after ``delay`` seconds;
   the capability probes in ``FAST_COMMANDS`` are answered at once, so the client
@@ -118,7 +120,7 @@ def reply(command: dict[str, Any]) -> dict[str, Any]:
 
 class FakeBroker:
     def __init__(self, mode: str, delay: float = 0.0) -> None:
-        assert mode in ("silent", "mute", "slow")
+        assert mode in ("silent", "deaf", "hangup", "mute", "slow")
         self.mode = mode
         self.delay = delay
         self.port = 0
@@ -173,7 +175,9 @@ class FakeBroker:
                 if kind == 1:  # CONNECT
                     self.logins.append(parse_connect(body))
                     writer.write(CONNACK)
-                elif kind == 8:  # SUBSCRIBE
+                elif kind == 8 and self.mode == "hangup":
+                    return
+                elif kind == 8 and self.mode != "deaf":  # SUBSCRIBE
                     writer.write(suback(body))
                 elif kind == 12:  # PINGREQ
                     writer.write(PINGRESP)

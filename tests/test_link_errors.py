@@ -51,6 +51,63 @@ async def test_a_broker_that_never_answers_connect_is_a_handshake_timeout(
         assert "droppedAt" not in status
 
 
+async def test_a_broker_that_never_answers_subscribe_is_a_suback_timeout(
+    make_client: Callable[[Settings], Awaitable[Client]], settings: Settings
+) -> None:
+    """CONNACK came, SUBACK did not: neither a TCP connect timeout nor a dropped link."""
+    client = await make_client(settings.replace(request_timeout=0.3, reconnect_min_delay=60))
+    async with FakeBroker("deaf") as deaf:
+        body = {"id": "deaf", "name": "Deaf", "url": deaf.url}
+        resp = await client.post("/api/connections", json=body)
+        assert resp.status == 202, await resp.text()
+
+        async def failed() -> bool:
+            return "error" in await _status_of(client, "deaf")
+
+        await wait_until(failed, timeout=5)
+        assert deaf.logins == [(None, None)]  # it did CONNACK
+        status = await _status_of(client, "deaf")
+        assert status["connected"] is False
+        error = status["error"]
+        assert error["code"] == "ESUBACKTIMEOUT"
+        assert "syscall" not in error
+        assert "errno" not in error
+        assert error["address"] == "127.0.0.1"
+        assert error["port"] == deaf.port
+        assert error["message"] == (
+            f"Connected to 127.0.0.1:{deaf.port}, but the broker did not answer SUBSCRIBE "
+            "within 0.3 s"
+        )
+        assert "droppedAt" not in status
+
+
+async def test_a_connection_closed_before_suback_is_closed_not_a_timeout(
+    make_client: Callable[[Settings], Awaitable[Client]], settings: Settings
+) -> None:
+    """CONNACK came, then the broker closed the connection on SUBSCRIBE: said at once,
+    not after request_timeout as a SUBACK timeout."""
+    client = await make_client(settings.replace(request_timeout=3.0, reconnect_min_delay=60))
+    async with FakeBroker("hangup") as hangup:
+        body = {"id": "hangup", "name": "Hangup", "url": hangup.url}
+        started = time.monotonic()
+        resp = await client.post("/api/connections", json=body)
+        assert resp.status == 202, await resp.text()
+
+        async def failed() -> bool:
+            return "error" in await _status_of(client, "hangup")
+
+        await wait_until(failed, timeout=5)
+        assert time.monotonic() - started < 1.5
+        assert hangup.logins == [(None, None)]
+        error = (await _status_of(client, "hangup"))["error"]
+        assert error["code"] == "ECONNCLOSED"
+        assert error["syscall"] == "on"
+        assert error["port"] == hangup.port
+        assert error["message"].startswith(
+            f"Connection to 127.0.0.1:{hangup.port} closed before the broker answered SUBSCRIBE"
+        )
+
+
 async def test_an_established_link_that_drops_is_reported_closed_with_when(
     make_client: Callable[[Settings], Awaitable[Client]],
     settings: Settings,

@@ -20,14 +20,11 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiomqtt
-import paho.mqtt.client as mqtt
-
 from mmc.brokers.capabilities import Capabilities, SharedDetection, detect, label
-from mmc.brokers.client import MqttClient
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
 from mmc.brokers.status import LinkError, LinkStatus, describe_drop, describe_error
 from mmc.brokers.sys_tree import SysHistory
+from mmc.brokers.transport import Message, MqttClient, MqttError
 from mmc.clock import now_ms
 from mmc.endpoint import Endpoint
 from mmc.errors import BrokerUnavailable, MmcError, NotFound
@@ -334,24 +331,18 @@ class BrokerLink:
         ep = self.endpoint
         if ep.tls and self._ssl_context is None:
             raise RuntimeError(f"broker {self.id}: a TLS endpoint needs an SSL context")
-        client = MqttClient(
+        return MqttClient(
             ep.host,
             ep.port,
+            client_id=self.client_id,
             username=self.record.username,
             password=self.record.password,
-            identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            transport="websockets" if ep.websocket_path else "tcp",
-            websocket_path=ep.websocket_path,
             tls_context=self._ssl_context if ep.tls else None,
+            websocket_path=ep.websocket_path,
             keepalive=self._options.keepalive,
-            timeout=self._options.connect_timeout,
-            clean_start=True,
+            connect_timeout=self._options.connect_timeout,
             on_message=self._handle_message,
         )
-        # paho's own socket/TLS-handshake timeout (default 5 s) bounds the attempt too.
-        client._client.connect_timeout = self._options.connect_timeout
-        return client
 
     async def _run(self) -> None:
         failures = 0
@@ -368,9 +359,8 @@ class BrokerLink:
                     self._sys_seen.clear()
                     self.sys_changed_at.clear()
                     self.capabilities = None
-                    await client.subscribe(
-                        [(topic, 0) for topic in RESPONSE_TOPICS] + [("$SYS/broker/#", 0)],
-                        timeout=self._options.request_timeout,
+                    await client.subscribe_all(
+                        [*RESPONSE_TOPICS, "$SYS/broker/#"], self._options.request_timeout
                     )
                     self.control.attach(_Publisher(client))
                     self._connected_at = asyncio.get_running_loop().time()
@@ -381,7 +371,7 @@ class BrokerLink:
                     self._cancel_detection()
                     self._start_detection()
                     await self._serve(client)
-            except aiomqtt.MqttError as exc:
+            except MqttError as exc:
                 self._record_failure(exc, established)
             except Exception as exc:
                 log.exception("broker %s: unexpected link failure", self.id)
@@ -448,7 +438,7 @@ class BrokerLink:
         if dropped.done():
             client.raise_disconnected()
 
-    def _handle_message(self, message: mqtt.MQTTMessage) -> None:
+    def _handle_message(self, message: Message) -> None:
         topic = message.topic
         payload = message.payload
         api = RESPONSE_TOPICS.get(topic)
@@ -479,17 +469,11 @@ class BrokerLink:
 
 
 class _Publisher:
-    """The ControlChannel's view of the client: QoS 0 publishes, nothing else.
+    """The ControlChannel's view of the client: QoS 0 publishes without waiting, nothing
+    else."""
 
-    Straight to paho, which queues the packet and has it written when the socket is
-    writable: aiomqtt's ``publish`` would add an event and a wake-up per message only
-    to learn that a QoS 0 packet was written.
-    """
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self._paho = client._client
+    def __init__(self, client: MqttClient) -> None:
+        self._publish = client.publish_nowait
 
     def publish(self, topic: str, payload: bytes) -> None:
-        info = self._paho.publish(topic, payload, qos=0)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        self._publish(topic, payload)

@@ -14,10 +14,14 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.reasoncodes import ReasonCode
-
-from mmc.brokers.client import ConnectionLost, HandshakeTimeout
+from mmc.brokers.transport import (
+    ConnectionLost,
+    HandshakeTimeout,
+    MqttConnectError,
+    ReasonCode,
+    SubscribeLost,
+    SubscribeTimeout,
+)
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,27 @@ def describe_error(exc: BaseException, host: str, port: int) -> LinkError:
             port=port,
             message=f"Connected to {host}:{port}, but the broker sent no MQTT CONNACK "
             f"within {exc.timeout:g} s",
+        )
+    if isinstance(exc, SubscribeTimeout):
+        # CONNACK came: the link is connected, but not yet listening for replies.
+        return LinkError(
+            code="ESUBACKTIMEOUT",
+            address=host,
+            port=port,
+            message=f"Connected to {host}:{port}, but the broker did not answer SUBSCRIBE "
+            f"within {exc.timeout:g} s",
+        )
+    if isinstance(exc, SubscribeLost):
+        # Connected, then closed: the MMC's "closed" (no droppedAt: it was never in use).
+        cause = exc.__cause__
+        return LinkError(
+            code="ECONNCLOSED",
+            errno=1,
+            syscall="on",
+            address=host,
+            port=port,
+            message=f"Connection to {host}:{port} closed before the broker answered SUBSCRIBE"
+            + (f" ({cause})" if cause is not None and str(cause) else ""),
         )
     if isinstance(exc, MqttConnectError):
         code = _reason_code_name(exc.rc)
