@@ -11,9 +11,11 @@ import time
 
 import pytest
 
+from mmc.appkeys import connections_key
 from mmc.brokers.link import BrokerLink, LinkConfig, LinkOptions, ReconnectBackoff
+from mmc.config import Settings
 from testbed.mosquitto import HOST, MosquittoBroker
-from tests.conftest import wait_until
+from tests.conftest import MakeClient, wait_until
 
 
 class AttemptClock:
@@ -175,3 +177,11 @@ def test_the_outage_is_timed_from_its_first_failure() -> None:
     backoff.next_delay(1000.0, 1.0)
     assert backoff.next_delay(1009.0, 1.0) == 0.5
     assert backoff.next_delay(1010.0, 1.0) == 1.0
+
+
+async def test_the_settings_reach_the_links(make_client: MakeClient, settings: Settings) -> None:
+    client = await make_client(
+        settings.replace(reconnect_fast_period=12.5, reconnect_fast_max_delay=0.2)
+    )
+    options = client.app[connections_key].pool.options
+    assert (options.reconnect_fast_period, options.reconnect_fast_max_delay) == (12.5, 0.2)
