@@ -144,6 +144,8 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         keepalive=settings.keepalive,
         reconnect_min_delay=settings.reconnect_min_delay,
         reconnect_max_delay=settings.reconnect_max_delay,
+        reconnect_fast_period=settings.reconnect_fast_period,
+        reconnect_fast_max_delay=settings.reconnect_fast_max_delay,
         probe_timeout=settings.probe_timeout,
         sys_history_interval=settings.sys_history_interval,
         sys_history_length=settings.sys_history_length,

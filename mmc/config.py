@@ -61,6 +61,10 @@ class Settings:
     keepalive: int = 30
     reconnect_min_delay: float = 0.5
     reconnect_max_delay: float = 30.0
+    # For the first reconnect_fast_period seconds of an outage the wait between attempts
+    # stays at or under reconnect_fast_max_delay (0: no fast period).
+    reconnect_fast_period: float = 60.0
+    reconnect_fast_max_delay: float = 0.5
     max_body_size: int = 1024 * 1024
     shutdown_timeout: float = 10.0
     # The first admin, created only when the user table is empty.
@@ -349,6 +353,8 @@ class SettingsSchema(Schema):
     keepalive = Integer(validate=validate.Range(min=0, max=65535, error="must be 0-65535"))
     reconnect_min_delay = Float(validate=POSITIVE)
     reconnect_max_delay = Float(validate=POSITIVE)
+    reconnect_fast_period = Float(validate=NOT_NEGATIVE)
+    reconnect_fast_max_delay = Float(validate=POSITIVE)
     max_body_size = Integer(validate=AT_LEAST_ONE)
     shutdown_timeout = Float(validate=NOT_NEGATIVE)
     admin_username = String(

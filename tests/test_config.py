@@ -73,6 +73,8 @@ def test_every_setting_can_be_set_by_the_environment(tmp_path: Path) -> None:
         "MMC_KEEPALIVE": "45",
         "MMC_RECONNECT_MIN_DELAY": "1.5",
         "MMC_RECONNECT_MAX_DELAY": "60",
+        "MMC_RECONNECT_FAST_PERIOD": "0",
+        "MMC_RECONNECT_FAST_MAX_DELAY": "0.25",
         "MMC_MAX_BODY_SIZE": "2048",
         "MMC_SESSION_MAX_AGE": "86400",
         "MMC_LOGIN_MAX_FAILURES": "3",
@@ -92,6 +94,7 @@ def test_every_setting_can_be_set_by_the_environment(tmp_path: Path) -> None:
     assert settings.keepalive == 45
     assert settings.reconnect_min_delay == 1.5
     assert settings.reconnect_max_delay == 60.0
+    assert (settings.reconnect_fast_period, settings.reconnect_fast_max_delay) == (0.0, 0.25)
     assert settings.max_body_size == 2048
     assert settings.session_max_age == 86400.0
     assert (settings.login_max_failures, settings.login_failure_window) == (3, 60.0)

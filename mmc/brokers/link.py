@@ -68,12 +68,54 @@ class LinkOptions:
     keepalive: int = 30
     reconnect_min_delay: float = 0.5
     reconnect_max_delay: float = 30.0
+    # While an outage is younger than this, the wait between attempts stays at or under
+    # reconnect_fast_max_delay: a broker back within a minute is found within a second.
+    reconnect_fast_period: float = 60.0
+    reconnect_fast_max_delay: float = 0.5
     probe_timeout: float = 1.0
     sys_history_interval: float = 60.0
     sys_history_length: int = 60
     # Appended to a client id the user chose: replicas sharing a store each connect to
     # every broker, and two clients with one id would take each other's session forever.
     client_id_suffix: str = ""
+
+
+class ReconnectBackoff:
+    """How long a link waits before its next connection attempt.
+
+    The wait's ceiling starts at ``reconnect_min_delay`` and doubles after every failed
+    attempt up to ``reconnect_max_delay``; the wait is half to all of it (jitter, so
+    links to one broker do not come back in step). While the outage is younger than
+    ``reconnect_fast_period`` (timed from the drop, or from the first failed attempt of
+    a link that never connected), the ceiling is held at ``reconnect_fast_max_delay``
+    (never below the minimum nor above the maximum): a refused attempt is over at once
+    (any attempt is bounded by ``connect_timeout``), so a broker that comes back within
+    that period is found within about that delay, as the Cedalo MMC finds it. After that
+    the ceiling doubles again from there.
+    """
+
+    def __init__(self, options: LinkOptions) -> None:
+        self._options = options
+        self._began: float | None = None
+        self._ceiling = options.reconnect_min_delay
+
+    def reset(self) -> None:
+        """Connected: the next failure begins a new outage."""
+        self._began = None
+
+    def next_delay(self, now: float, rand: float) -> float:
+        """The wait after an attempt that failed at ``now`` (loop time, seconds);
+        ``rand`` in [0, 1) picks the jitter."""
+        options = self._options
+        if self._began is None:
+            self._began = now
+            self._ceiling = options.reconnect_min_delay
+        else:
+            self._ceiling = min(options.reconnect_max_delay, 2 * self._ceiling)
+        if now - self._began < options.reconnect_fast_period:
+            fast = max(options.reconnect_fast_max_delay, options.reconnect_min_delay)
+            self._ceiling = min(self._ceiling, fast)
+        return min(self._ceiling, options.reconnect_max_delay) * (0.5 + 0.5 * rand)
 
 
 class LinkObserver(ControlObserver, Protocol):
@@ -345,13 +387,14 @@ class BrokerLink:
         )
 
     async def _run(self) -> None:
-        failures = 0
+        backoff = ReconnectBackoff(self._options)
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             client = self._make_client()
             established = False
             try:
                 async with client:
-                    failures = 0
+                    backoff.reset()
                     self._wake.clear()
                     # A broker that restarted republishes its retained $SYS values:
                     # what the last connection saw must not linger as if current.
@@ -383,15 +426,10 @@ class BrokerLink:
             self._settle_first_attempt()
             if self._stop.is_set():
                 break
-            failures += 1
             self.reconnects += 1
             if self._observer is not None:
                 self._observer.observe_reconnect()
-            delay = min(
-                self._options.reconnect_max_delay,
-                self._options.reconnect_min_delay * 2 ** min(failures - 1, 16),
-            ) * _random.uniform(0.5, 1.0)
-            await self._backoff(delay)
+            await self._backoff(backoff.next_delay(loop.time(), _random.random()))
         self._set_status(False, self._status.error)
 
     async def _backoff(self, delay: float) -> None:
