@@ -56,7 +56,8 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/projects/{projectId}/brokers/{brokerId}"): ALL,
     ("DELETE", "/api/projects/{projectId}/brokers/{brokerId}"): CONNECTION_WRITERS,
     ("GET", "/api/projects/{projectId}/brokers/{brokerId}/info"): ALL,
-    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/license"): READERS,
+    # As licenseInfo inside /info, which monitoringViewer reads.
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/license"): ALL,
     ("GET", "/api/projects/{projectId}/brokers/{brokerId}/listeners"): READERS,
     ("GET", "/api/projects/{projectId}/brokers/{brokerId}/bridges"): READERS,
     ("GET", "/api/projects/{projectId}/brokers/{brokerId}/bridges/{bridgeId}/status"): READERS,

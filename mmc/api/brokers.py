@@ -134,7 +134,9 @@ async def broker_info(request: web.Request) -> web.Response:
 
 @routes.get(
     BASE + "/{brokerId}/license",
-    Permission.READ,
+    # What /info already shows as licenseInfo, and what the MMC pushes to every logged-in
+    # UI (its "license" event): broker monitoring, for every role.
+    Permission.MONITOR,
     "The broker's license (Pro)",
     responses={200: LicenseSchema()},
 )
