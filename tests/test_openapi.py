@@ -40,6 +40,15 @@ async def test_document_is_valid_and_covers_every_route(client: Client) -> None:
                 assert op["security"]
             for name in [p["name"] for p in op["parameters"] if p["in"] == "path"]:
                 assert f"{{{name}}}" in path
+            # The errors the seeds leave out, listed per operation (README: "Errors the
+            # seeds do not list").
+            if "{brokerId}" in path:
+                assert {"503", "504"} <= set(responses), (method, path)
+                assert ("502" in responses) == (method != "get"), (method, path)
+            if op.get("requestBody"):
+                assert {"400", "408", "413"} <= set(responses), (method, path)
+            if method != "get" and (method, path) not in public:
+                assert "503" in responses, (method, path)  # STORE_UNAVAILABLE
             error = responses["500"]["content"]["application/json"]["schema"]
             assert error == {"$ref": "#/components/schemas/Error"}
     assert spec["components"]["schemas"]["Error"]["required"] == ["code", "message", "status"]
