@@ -287,6 +287,14 @@ async def test_migrated_connections_and_users_work_in_mmc(
     assert profile["roles"] == ["editor", "viewer"]
     resp = await client.post("/auth", json={"username": "bob", "password": "$2b$10$" + "x" * 53})
     assert resp.status == 401
+    await login(client)
+    users_api = await (await client.get("/api/user-management/users")).json()
+    assert {u["username"]: u.get("disabled") for u in users_api} == {
+        "admin": None,
+        "alice": None,
+        "bob": True,
+        "carol": True,
+    }
     listed = await mmc(settings, "users", "list")
     assert "bob\tconnectionManager\tdisabled" in listed.stdout
     assert "alice\teditor,viewer\n" in listed.stdout
@@ -295,6 +303,11 @@ async def test_migrated_connections_and_users_work_in_mmc(
     )
     assert passwd.returncode == 0, passwd.stderr
     await login(client, "bob", BOB_PASSWORD)
+    resp = await client.get("/api/user-management/users/bob")
+    assert resp.status == 403  # bob is a connectionManager now able to log in
+    await login(client)
+    bob = await (await client.get("/api/user-management/users/bob")).json()
+    assert bob == {"username": "bob", "roles": ["connectionManager"]}
 
 
 async def test_clashes_replace_and_dry_run(tmp_path: Path, settings: Settings) -> None:
