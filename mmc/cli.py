@@ -1,4 +1,5 @@
-"""The ``mmc`` command: ``mmc serve`` runs the API; ``mmc users ...`` manages its users."""
+"""The ``mmc`` command: ``mmc serve`` runs the API; ``mmc users ...`` manages its users;
+``mmc import-mmc`` migrates a Cedalo MMC's connections and users."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from cryptography.fernet import Fernet
 from mmc import logs
 from mmc.app import create_app
 from mmc.appkeys import metrics_key
+from mmc.auth.passwords import usable
 from mmc.auth.permissions import Role
 from mmc.config import ConfigError, Settings, load_settings
 from mmc.crypto import (
+    KEY_CHECK_PLAINTEXT,
     SecretBox,
     SecretKeyError,
+    check_token_matches,
     key_file,
     load_secret_keys,
     parse_keys,
@@ -33,9 +37,21 @@ from mmc.errors import MmcError
 from mmc.eventloop import new_event_loop
 from mmc.rotation import rotate
 from mmc.services.auth import AuthService
+from mmc.services.mmc_import import (
+    CREATED,
+    REPLACED,
+    ImportFileError,
+    ImportReport,
+    MmcImport,
+    read_config,
+    read_users,
+)
 from mmc.store import open_database
 from mmc.store.audit import AuditEntry, AuditRepository
+from mmc.store.connections import ConnectionRepository
 from mmc.store.db import Database
+from mmc.store.projects import ProjectRepository
+from mmc.store.users import UserRepository
 from mmc.web.hosts import warn_without_allowed_hosts
 from mmc.web.server import AcceptErrorLog, ConnectionLimits, EdgeRunner, raise_open_file_limit
 
@@ -78,6 +94,27 @@ def _parser() -> argparse.ArgumentParser:
     delete = users_sub.add_parser("delete", parents=[common], help="delete a user")
     delete.add_argument("username")
 
+    migrate = sub.add_parser(
+        "import-mmc",
+        parents=[common],
+        help="import a Cedalo MMC's connections (config.json) and users into the store",
+        description="Connections are checked as POST /api/connections checks them and stored "
+        "with their secrets encrypted; those whose id exists already are skipped (or "
+        "overwritten with --replace), those whose name belongs to another connection are "
+        "not imported. Users whose password hash mmc cannot verify are created disabled "
+        "(set a password with `mmc users passwd NAME`). Exit status: 0 when every entry is "
+        "in mmc afterwards, 1 when some could not be imported (see the report), 2 when "
+        "nothing was (unreadable file, store or key error).",
+    )
+    migrate.add_argument("path", type=Path, help="the MMC's config.json")
+    migrate.add_argument("--users", type=Path, help="the MMC's users file (JSON)")
+    migrate.add_argument(
+        "--replace", action="store_true", help="overwrite connections whose id exists already"
+    )
+    migrate.add_argument(
+        "--dry-run", action="store_true", help="print what would change, change nothing"
+    )
+
     secrets = sub.add_parser("secrets", help="the key that encrypts stored broker secrets")
     secrets_sub = secrets.add_subparsers(dest="action", required=True)
     rotate = secrets_sub.add_parser(
@@ -112,6 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_secrets(settings, args))
         except (SecretKeyError, MmcError, OSError) as exc:
             print(f"mmc: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return 2
+    if args.command == "import-mmc":
+        try:
+            return asyncio.run(_import_mmc(settings, args))
+        except (ImportFileError, SecretKeyError, OSError) as exc:
+            print(f"mmc: {exc}", file=sys.stderr)
+            return 2
+        except MmcError as exc:
+            print(f"mmc: {exc.message}", file=sys.stderr)
             return 2
     if args.command == "users":
         try:
@@ -195,7 +241,9 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
-async def _audit_cli(db: Database, settings: Settings, action: str, target: dict[str, str]) -> None:
+async def _audit_cli(
+    db: Database, settings: Settings, action: str, target: dict[str, str], status: int = 200
+) -> None:
     """Changes made on the command line are in the audit trail too."""
     try:
         user = getpass.getuser()
@@ -216,7 +264,7 @@ async def _audit_cli(db: Database, settings: Settings, action: str, target: dict
             method="CLI",
             route=f"mmc {action}",
             target=target,
-            status=200,
+            status=status,
             error_code=None,
             duration_ms=0,
         )
@@ -274,7 +322,10 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
         auth = AuthService(db, settings)
         if args.action == "list":
             for user in await auth.users.list():
-                print(f"{user.username}\t{','.join(user.roles)}")
+                line = f"{user.username}\t{','.join(user.roles)}"
+                if not usable(user.password_hash):
+                    line += "\tdisabled (no password: set one with mmc users passwd)"
+                print(line)
         elif args.action == "add":
             await auth.create_user(
                 args.username, _read_password(args.password_stdin), tuple(dict.fromkeys(args.role))
@@ -290,3 +341,68 @@ async def _users(settings: Settings, args: argparse.Namespace) -> int:
             await _audit_cli(db, settings, "users delete", {"username": args.username})
             print(f"deleted user {args.username}")
     return 0
+
+
+async def _store_box(db: Database, settings: Settings) -> SecretBox:
+    """The key that encrypts the store's secrets, checked as ``mmc serve`` checks it."""
+    if settings.database_backend != "sqlite" and not settings.secret_key:
+        raise SecretKeyError(
+            "MMC_SECRET_KEY is required with a PostgreSQL store: every replica must "
+            "decrypt the same secrets"
+        )
+    box = SecretBox(
+        await asyncio.to_thread(load_secret_keys, settings.secret_key, settings.data_dir)
+    )
+    token = await db.get_meta("key_check")
+    if token is None:
+        await db.set_meta("key_check", box.encrypt(KEY_CHECK_PLAINTEXT))
+    else:
+        check_token_matches(box, token)
+    return box
+
+
+async def _import_mmc(settings: Settings, args: argparse.Namespace) -> int:
+    connections = read_config(args.path)
+    users = read_users(args.users) if args.users is not None else []
+    options = {
+        "replace": args.replace,
+        "dry_run": args.dry_run,
+        "max_connections": settings.max_connections,
+    }
+    if args.dry_run and settings.database_backend == "sqlite" and not settings.db_path.exists():
+        report = await MmcImport(None, None, **options).run(connections, users)
+        report.notes.append(f"there is no store at {settings.db_path} yet: compared to none")
+    else:
+        async with open_database(settings) as db:
+            if args.dry_run:
+                # Only ids and names are read: no secret is decrypted, no key file created.
+                box = SecretBox(Fernet.generate_key())
+            else:
+                box = await _store_box(db, settings)
+                await ProjectRepository(db).ensure_default()
+            run = MmcImport(ConnectionRepository(db, box), UserRepository(db), **options)
+            report = await run.run(connections, users)
+            if not args.dry_run:
+                await _audit_import(db, settings, args, report)
+    print("\n".join(report.lines()))
+    return 0 if report.complete else 1
+
+
+async def _audit_import(
+    db: Database, settings: Settings, args: argparse.Namespace, report: ImportReport
+) -> None:
+    """One entry per connection or user created or replaced, and one for the run (207
+    when some entries were not imported)."""
+    for item in report.items:
+        if item.outcome not in (CREATED, REPLACED):
+            continue
+        key = "connectionId" if item.kind == "connection" else "username"
+        target = {key: item.label, "result": item.outcome}
+        if item.disabled:
+            target["login"] = "disabled"
+        await _audit_cli(db, settings, "import-mmc", target)
+    summary = {"file": str(args.path), "connections": report.summary("connection")}
+    if args.users is not None:
+        summary["usersFile"] = str(args.users)
+        summary["users"] = report.summary("user")
+    await _audit_cli(db, settings, "import-mmc", summary, 200 if report.complete else 207)

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from mmc.appkeys import auth_key
+from mmc.auth.passwords import usable
 from mmc.auth.permissions import Permission, Role
 from mmc.errors import InvalidInput, NotFound
 from mmc.schemas.responses import STRING_LIST, UserSchema
@@ -20,7 +21,10 @@ USERS = "/api/user-management/users"
 
 
 def user_wire(user: UserRecord) -> dict[str, Any]:
-    return {"username": user.username, "roles": list(user.roles)}
+    wire: dict[str, Any] = {"username": user.username, "roles": list(user.roles)}
+    if not usable(user.password_hash):
+        wire["disabled"] = True
+    return wire
 
 
 @routes.get(USERS, Permission.ADMIN, "List users", responses={200: UserSchema(many=True)})

@@ -50,6 +50,21 @@ def hash_cost(encoded: str) -> int | None:
     return int(parts[1])
 
 
+# A stored value starting with this is no hash: nothing verifies against it, so the user
+# cannot log in until a password is set (/etc/shadow's convention for a locked account).
+NO_PASSWORD = "!"  # noqa: S105 - a marker, not a password
+
+
+def locked(reason: str) -> str:
+    """What to store for a user who may not log in (yet): ``!`` and why, never a hash."""
+    return NO_PASSWORD + reason
+
+
+def usable(encoded: str) -> bool:
+    """Whether a stored value is a hash mmc verifies, i.e. whether the user can log in."""
+    return hash_cost(encoded) is not None
+
+
 @functools.lru_cache(maxsize=4)
 def dummy_hash(cost: int) -> str:
     """Verified against when the user does not exist, so the answer takes as long."""
@@ -57,10 +72,12 @@ def dummy_hash(cost: int) -> str:
 
 
 def verify_or_dummy(password: str, encoded: str | None, cost: int) -> bool:
-    """``verify_password`` against the user's hash, or (no such user) against a dummy one
-    of the current cost, which is False but takes as long. Both are CPU work, including
-    the dummy's first computation: run this through an executor, never on the loop."""
-    if encoded is None:
+    """``verify_password`` against the user's hash, or (no such user, or no usable password)
+    against a dummy one of the current cost, which is False but takes as long. Both are CPU
+    work, including the dummy's first computation: run this through an executor, never on
+    the loop."""
+    if encoded is None or not usable(encoded):
+        # A disabled user's login takes as long as anybody's.
         verify_password(password, dummy_hash(cost))
         return False
     return verify_password(password, encoded)

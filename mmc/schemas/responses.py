@@ -146,6 +146,12 @@ class BridgeStatusSchema(Schema):
 class UserSchema(Schema):
     username = fields.String(required=True)
     roles = fields.List(fields.String(), required=True)
+    disabled = fields.Boolean(
+        metadata={
+            "description": "Only present, true, for a user without a usable password (migrated "
+            "from the Cedalo MMC): no login until a password is set."
+        }
+    )
 
 
 class TokenSchema(Schema):

@@ -171,6 +171,31 @@ def merge(data: Mapping[str, Any], stored: ConnectionRecord | None) -> Connectio
     )
 
 
+async def tls_context(record: ConnectionRecord) -> ssl.SSLContext | None:
+    """The TLS context of a record's link (None without TLS); InvalidInput when its
+    material is unusable or given with a URL that does not use TLS."""
+    endpoint = Endpoint.from_url(record.url)
+    if not endpoint.tls:
+        if record.ca or record.cert or record.key:
+            raise InvalidInput(
+                "ca/cert/key are only used with a TLS URL (mqtts://, ssl://, tls://, wss://)",
+                info={"url": ["Use a TLS scheme to connect with the given certificates."]},
+            )
+        return None
+    loop = asyncio.get_running_loop()
+
+    def build() -> ssl.SSLContext:
+        # Warm the listing's certificate cache while we are off the loop anyway.
+        for data in (record.ca, record.cert):
+            if data is not None:
+                certificate_info(data)
+        return context_from_base64(
+            record.ca, record.cert, record.key, reject_unauthorized=record.reject_unauthorized
+        )
+
+    return await loop.run_in_executor(None, build)
+
+
 @dataclass
 class _Turn:
     """Changes to one connection wait here for the one before them."""
@@ -444,26 +469,7 @@ class ConnectionService:
                 raise NotAllowed(DUPLICATE_MESSAGE)
 
     async def _tls_context(self, record: ConnectionRecord) -> ssl.SSLContext | None:
-        endpoint = Endpoint.from_url(record.url)
-        if not endpoint.tls:
-            if record.ca or record.cert or record.key:
-                raise InvalidInput(
-                    "ca/cert/key are only used with a TLS URL (mqtts://, ssl://, tls://, wss://)",
-                    info={"url": ["Use a TLS scheme to connect with the given certificates."]},
-                )
-            return None
-        loop = asyncio.get_running_loop()
-
-        def build() -> ssl.SSLContext:
-            # Warm the listing's certificate cache while we are off the loop anyway.
-            for data in (record.ca, record.cert):
-                if data is not None:
-                    certificate_info(data)
-            return context_from_base64(
-                record.ca, record.cert, record.key, reject_unauthorized=record.reject_unauthorized
-            )
-
-        return await loop.run_in_executor(None, build)
+        return await tls_context(record)
 
     @contextlib.asynccontextmanager
     async def _turn(self, connection_id: str) -> AsyncIterator[None]:

@@ -103,6 +103,11 @@ class ConnectionRepository:
         rows = await self._db.fetch_all("SELECT id, updated_at FROM connections")
         return {row[0]: row[1] for row in rows}
 
+    async def names(self) -> dict[str, str]:
+        """Every connection's id and name, without decrypting anything."""
+        rows = await self._db.fetch_all("SELECT id, name FROM connections")
+        return {row[0]: row[1] for row in rows}
+
     async def get(self, connection_id: str) -> ConnectionRecord | None:
         row = await self._db.fetch_one(
             f"SELECT {_COLUMNS} FROM connections WHERE id = ?",  # noqa: S608
