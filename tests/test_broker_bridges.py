@@ -255,6 +255,22 @@ async def test_both_ways_each_broker_lists_only_its_own_bridge(
                 }
             ]
 
+        # B goes down: mmc still lists what B last published, as the plugin last told it;
+        # and A, whose $SYS now holds the will "0" of B's bridge, still does not list it.
+        b.stop()
+        await _until(client, _base("b"), lambda s, body: body["isConnected"] is False)
+        resp = await client.get(_base("b") + "/bridges")
+        assert [(e["id"], e["origin"]) for e in await resp.json()] == [(own["b"], "own")]
+        resp = await client.get(f"{_base('b')}/bridges/{own['b']}/status")
+        assert resp.status == 503
+        await _until(
+            client,
+            f"{_base('a')}/bridges/{own['a']}/status",
+            lambda s, body: s == 200 and body["connected"] is False,
+        )
+        resp = await client.get(_base("a") + "/bridges")
+        assert [(e["id"], e["origin"]) for e in await resp.json()] == [(own["a"], "own")]
+
 
 async def test_both_ways_without_notifications_mmc_sees_no_bridge(
     client: Client, tmp_path: Path, client_control_plugin: Path

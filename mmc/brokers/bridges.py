@@ -60,8 +60,10 @@ async def _origins(link: BrokerLink, seen: Iterable[str]) -> BridgeOrigins | Non
         capabilities = await link.ensure_capabilities()
         if "clientControl" not in capabilities.features:
             return None
+        # Optional: a plugin that ignores the command must not hold the listing up for
+        # a whole request timeout.
         response = await link.control.request(
-            client_control.API, {"command": "listIncomingBridges"}
+            client_control.API, {"command": "listIncomingBridges"}, timeout=link.probe_timeout
         )
     except ControlError:
         return None  # Pro's own client-control, or an older companion plugin

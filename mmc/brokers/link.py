@@ -149,6 +149,11 @@ class BrokerLink:
         return self._status.connected
 
     @property
+    def probe_timeout(self) -> float:
+        """How long an optional question may take (capability probes and the like)."""
+        return self._options.probe_timeout
+
+    @property
     def features(self) -> frozenset[str] | None:
         return self.capabilities.features if self.capabilities is not None else None
 
