@@ -7,7 +7,8 @@
  *   {"commands":[{"command":"disconnectClient","clientid":"c1","correlationData":"x"}]}
  *   {"responses":[{"command":"disconnectClient","data":{},"correlationData":"x"}]}
  *
- * Commands: disconnectClient, subscribeClient, unsubscribeClient.
+ * Commands: disconnectClient, subscribeClient, unsubscribeClient, and
+ * listIncomingBridges (mmc's own: see below).
  * Who may call them is decided by the broker's ACLs: write access to the topic.
  *
  * Subscriptions made for a client:
@@ -19,6 +20,12 @@
  *     They end when the client disconnects (MOSQ_EVT_DISCONNECT).
  *     See plugin/README.md for what 2.0 can and cannot do (send_retain, retain
  *     flag, read ACLs, MQTT v5 properties, persistent sessions).
+ *
+ * Incoming bridges: a bridge publishes its state notification into the far
+ * broker's $SYS/broker/connection/<id>/state over its client connection, while
+ * a broker publishes its own bridges' states internally (no client, so no
+ * MOSQ_EVT_MESSAGE). The plugin records which client published each such
+ * topic; listIncomingBridges tells mmc which bridge states are not the broker's.
  *
  * Plugin options (mosquitto.conf):
  *   plugin_opt_max_subscriptions N   at most N plugin-kept subscriptions (2.0
@@ -52,6 +59,11 @@
 #define MMC_CC_TOPIC "$CONTROL/cedalo/client-control/v1"
 #define MMC_CC_RESPONSE_TOPIC MMC_CC_TOPIC "/response"
 #define MMC_CC_MAX_SUBS_DEFAULT 10000
+#define MMC_CC_STATE_FILTER "$SYS/broker/connection/+/state"
+#define MMC_CC_STATE_PREFIX "$SYS/broker/connection/"
+/* Any client may publish to the state topics (mosquitto lets them through its
+ * $SYS write check): a bound keeps a flood of made-up topics from growing memory. */
+#define MMC_CC_MAX_NOTES 1000
 
 #define ERR_NOMEM "Internal error: out of memory"
 
@@ -80,8 +92,19 @@ struct cc_client {
 };
 #endif
 
+/* A $SYS bridge state topic that a client published: someone else's bridge. */
+struct cc_note {
+	struct cc_note *next;
+	char *id;        /* <id> of $SYS/broker/connection/<id>/state */
+	char *clientid;  /* the client that last published it */
+};
+
 struct cc_state {
 	mosquitto_plugin_id_t *identifier;
+	struct cc_note *notes;
+	size_t note_count;
+	/* A note was dropped at MMC_CC_MAX_NOTES: the list is no longer the whole truth. */
+	bool notes_incomplete;
 #ifndef MMC_CC_SUBSCRIPTION_API
 	struct cc_client *clients;
 	size_t sub_count;
@@ -359,24 +382,17 @@ static void remove_subscription(const char *clientid, const char *filter)
 	}
 }
 
-/* Every message a client publishes: one copy per subscribed client, at the best matching qos. */
-static int message_callback(int event, void *event_data, void *userdata)
+/* One copy per subscribed client, at the best matching qos. */
+static void copy_to_subscribers(const struct mosquitto_evt_message *ed, const char *sender)
 {
-	struct mosquitto_evt_message *ed = event_data;
-	const char *sender;
 	struct cc_client *client;
 	struct cc_sub *sub;
 	bool matches;
 	int qos;
 
-	(void)event;
-	(void)userdata;
-
-	if(state.clients == NULL || ed->topic == NULL){
-		return MOSQ_ERR_SUCCESS;
+	if(state.clients == NULL){
+		return;
 	}
-	sender = ed->client ? mosquitto_client_id(ed->client) : NULL;
-
 	for(client = state.clients; client; client = client->next){
 		qos = -1;
 		for(sub = client->subs; sub; sub = sub->next){
@@ -400,8 +416,6 @@ static int message_callback(int event, void *event_data, void *userdata)
 					ed->topic, client->clientid);
 		}
 	}
-	/* Never change or refuse the message itself. */
-	return MOSQ_ERR_SUCCESS;
 }
 
 static int disconnect_callback(int event, void *event_data, void *userdata)
@@ -420,6 +434,93 @@ static int disconnect_callback(int event, void *event_data, void *userdata)
 }
 
 #endif /* !MMC_CC_SUBSCRIPTION_API */
+
+/* ------------------------------------------------------- incoming bridges */
+
+static void free_notes(void)
+{
+	struct cc_note *note, *next;
+
+	for(note = state.notes; note; note = next){
+		next = note->next;
+		free(note->id);
+		free(note->clientid);
+		free(note);
+	}
+	state.notes = NULL;
+	state.note_count = 0;
+}
+
+/* Remember that `clientid` published the state topic `topic` (MMC_CC_STATE_FILTER). */
+static void record_note(const char *topic, const char *clientid)
+{
+	size_t prefix = strlen(MMC_CC_STATE_PREFIX);
+	size_t id_len = strlen(topic) - prefix - strlen("/state");
+	struct cc_note *note;
+	char *copy;
+
+	for(note = state.notes; note; note = note->next){
+		if(strlen(note->id) == id_len && !strncmp(note->id, topic + prefix, id_len)){
+			if(strcmp(note->clientid, clientid)){
+				copy = strdup(clientid);
+				if(copy == NULL){
+					state.notes_incomplete = true;
+					return;
+				}
+				free(note->clientid);
+				note->clientid = copy;
+			}
+			return;
+		}
+	}
+	if(state.note_count >= MMC_CC_MAX_NOTES){
+		state.notes_incomplete = true;
+		return;
+	}
+	note = calloc(1, sizeof(*note));
+	if(note){
+		note->id = strndup(topic + prefix, id_len);
+		note->clientid = strdup(clientid);
+	}
+	if(note == NULL || note->id == NULL || note->clientid == NULL){
+		if(note){
+			free(note->id);
+			free(note->clientid);
+			free(note);
+		}
+		state.notes_incomplete = true;
+		return;
+	}
+	note->next = state.notes;
+	state.notes = note;
+	state.note_count++;
+}
+
+/* Every message a client publishes (never the broker's own, never a plugin's). */
+static int message_callback(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_message *ed = event_data;
+	const char *sender;
+	bool matches = false;
+
+	(void)event;
+	(void)userdata;
+
+	if(ed->topic == NULL){
+		return MOSQ_ERR_SUCCESS;
+	}
+	sender = ed->client ? mosquitto_client_id(ed->client) : NULL;
+	if(sender && !strncmp(ed->topic, MMC_CC_STATE_PREFIX, strlen(MMC_CC_STATE_PREFIX))
+			&& mosquitto_topic_matches_sub(MMC_CC_STATE_FILTER, ed->topic, &matches) == MOSQ_ERR_SUCCESS
+			&& matches){
+		record_note(ed->topic, sender);
+	}
+#ifndef MMC_CC_SUBSCRIPTION_API
+	copy_to_subscribers(ed, sender);
+#endif
+	/* Never change or refuse the message itself. */
+	return MOSQ_ERR_SUCCESS;
+}
 
 /* ----------------------------------------------------------------- commands */
 
@@ -539,6 +640,41 @@ static void cmd_unsubscribe(cJSON *responses, const cJSON *command, const char *
 	add_success(responses, name, correlation);
 }
 
+/* {"bridges":[{"id","clientid"}],"complete":bool}: the bridge states clients published. */
+static void cmd_list_incoming(cJSON *responses, const char *name, const char *correlation)
+{
+	cJSON *entry, *data, *list, *item;
+	struct cc_note *note;
+
+	entry = cJSON_CreateObject();
+	if(entry == NULL){
+		add_error(responses, name, ERR_NOMEM, correlation);
+		return;
+	}
+	if(cJSON_AddStringToObject(entry, "command", name) == NULL
+			|| (data = cJSON_AddObjectToObject(entry, "data")) == NULL
+			|| (list = cJSON_AddArrayToObject(data, "bridges")) == NULL
+			|| cJSON_AddBoolToObject(data, "complete", !state.notes_incomplete) == NULL
+			|| (correlation && cJSON_AddStringToObject(entry, "correlationData", correlation) == NULL)){
+		cJSON_Delete(entry);
+		add_error(responses, name, ERR_NOMEM, correlation);
+		return;
+	}
+	for(note = state.notes; note; note = note->next){
+		item = cJSON_CreateObject();
+		if(item == NULL
+				|| cJSON_AddStringToObject(item, "id", note->id) == NULL
+				|| cJSON_AddStringToObject(item, "clientid", note->clientid) == NULL){
+			cJSON_Delete(item);
+			cJSON_Delete(entry);
+			add_error(responses, name, ERR_NOMEM, correlation);
+			return;
+		}
+		cJSON_AddItemToArray(list, item);
+	}
+	cJSON_AddItemToArray(responses, entry);
+}
+
 /* The envelope: {"commands":[...]} in, {"responses":[...]} out, errors as dynamic-security words them. */
 static void handle_request(const void *payload, uint32_t payloadlen)
 {
@@ -590,6 +726,8 @@ static void handle_request(const void *payload, uint32_t payloadlen)
 				cmd_subscribe(responses, command, "subscribeClient", correlation);
 			}else if(!strcasecmp(j_name->valuestring, "unsubscribeClient")){
 				cmd_unsubscribe(responses, command, "unsubscribeClient", correlation);
+			}else if(!strcasecmp(j_name->valuestring, "listIncomingBridges")){
+				cmd_list_incoming(responses, "listIncomingBridges", correlation);
 			}else{
 				add_error(responses, j_name->valuestring, "Unknown command", correlation);
 			}
@@ -665,9 +803,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	}else if(rc != MOSQ_ERR_SUCCESS){
 		return rc;
 	}
-#ifndef MMC_CC_SUBSCRIPTION_API
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, message_callback, NULL, NULL);
 	if(rc != MOSQ_ERR_SUCCESS) return rc;
+#ifndef MMC_CC_SUBSCRIPTION_API
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, disconnect_callback, NULL, NULL);
 	if(rc != MOSQ_ERR_SUCCESS) return rc;
 #endif
@@ -689,14 +827,15 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 
 	if(state.identifier){
 		mosquitto_callback_unregister(state.identifier, MOSQ_EVT_CONTROL, control_callback, MMC_CC_TOPIC);
-#ifndef MMC_CC_SUBSCRIPTION_API
 		mosquitto_callback_unregister(state.identifier, MOSQ_EVT_MESSAGE, message_callback, NULL);
+#ifndef MMC_CC_SUBSCRIPTION_API
 		mosquitto_callback_unregister(state.identifier, MOSQ_EVT_DISCONNECT, disconnect_callback, NULL);
 #endif
 	}
 #ifndef MMC_CC_SUBSCRIPTION_API
 	free_all();
 #endif
+	free_notes();
 	memset(&state, 0, sizeof(state));
 	return MOSQ_ERR_SUCCESS;
 }

@@ -8,6 +8,8 @@ Modes:
 - ``slow``: like ``mute``, but answers ``$CONTROL`` commands after ``delay`` seconds;
   the capability probes in ``FAST_COMMANDS`` are answered at once, so the client
   believes the plugin is there and sends real commands, which then take too long.
+  With ``delay=0`` it answers everything at once, and ``license_data`` makes it a Pro broker
+  whose license offers what it names (getLicenseInformation's data).
 
 Every mode records the username and password of each CONNECT (``logins``).
 
@@ -108,21 +110,27 @@ def suback(body: bytes) -> bytes:
     return b"\x90" + _varint(len(rest)) + rest
 
 
-def reply(command: dict[str, Any]) -> dict[str, Any]:
+def reply(command: dict[str, Any], license_data: dict[str, Any] | None = None) -> dict[str, Any]:
     name = command.get("command")
     data: dict[str, Any] = {}
     if name == "getDefaultACLAccess":
         data = {"acls": []}
     elif name == "listClients":
         data = {"totalCount": 0, "clients": []}
+    elif name == "getLicenseInformation" and license_data is not None:
+        data = license_data
     return {"command": name, "correlationData": command.get("correlationData"), "data": data}
 
 
 class FakeBroker:
-    def __init__(self, mode: str, delay: float = 0.0) -> None:
+    def __init__(
+        self, mode: str, delay: float = 0.0, license_data: dict[str, Any] | None = None
+    ) -> None:
         assert mode in ("silent", "deaf", "hangup", "mute", "slow")
         self.mode = mode
         self.delay = delay
+        # getLicenseInformation's data (a Pro broker's license), else {}.
+        self.license = license_data
         self.port = 0
         self.connects = 0
         self.control_requests = 0
@@ -216,7 +224,8 @@ class FakeBroker:
         if not writer.is_closing():
             self._send(writer, topic, commands)
 
-    @staticmethod
-    def _send(writer: asyncio.StreamWriter, topic: str, commands: list[dict[str, Any]]) -> None:
-        payload = json.dumps({"responses": [reply(c) for c in commands]}).encode()
+    def _send(
+        self, writer: asyncio.StreamWriter, topic: str, commands: list[dict[str, Any]]
+    ) -> None:
+        payload = json.dumps({"responses": [reply(c, self.license) for c in commands]}).encode()
         writer.write(publish_packet(f"{topic}/response", payload))

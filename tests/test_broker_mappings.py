@@ -168,20 +168,61 @@ def test_mapping_bridge_listing() -> None:
     sys_values = {
         "$SYS/broker/connection/host.example.com.cloud/state": "1",
         "$SYS/broker/connection/edge-gw/state": "0",
+        "$SYS/broker/connection/far.b2a/state": "1",
         "$SYS/broker/uptime": "5 seconds",
     }
+    seen = mappings.conf_bridges(sys_values)
+    origins = mappings.incoming_bridges(
+        seen, {"bridges": [{"id": "far.b2a", "clientid": "far.b2a"}], "complete": True}
+    )
     listing = mappings.bridge_listing(
         sys_values,
         ["cedalo/influxdb-bridge"],
         ["mosquitto-clients", "influxdb-bridge", "mongodb-bridge"],
+        origins,
     )
+    conf = {"isActive": True, "source": "config", "origin": "own"}
     assert listing == [
-        {"id": "edge-gw", "name": "edge-gw", "isActive": True, "source": "config"},
-        {"id": "host.example.com.cloud", "name": "cloud", "isActive": True, "source": "config"},
-        {"id": "influxdb-bridge", "name": "influxdb-bridge", "isActive": True, "source": "plugin"},
+        {"id": "edge-gw", "name": "edge-gw", **conf},
+        {"id": "host.example.com.cloud", "name": "cloud", **conf},
+        # far.b2a: another broker's bridge, published here by its client: not listed.
+        {
+            "id": "influxdb-bridge",
+            "name": "influxdb-bridge",
+            "isActive": True,
+            "source": "plugin",
+            "origin": "own",
+        },
         # Licensed but not loaded: not configured in mosquitto.conf.
-        {"id": "mongodb-bridge", "name": "mongodb-bridge", "isActive": False, "source": "license"},
+        {
+            "id": "mongodb-bridge",
+            "name": "mongodb-bridge",
+            "isActive": False,
+            "source": "license",
+            "origin": "own",
+        },
     ]
+
+
+def test_mapping_bridge_origins_never_guess_own() -> None:
+    sys_values = {"$SYS/broker/connection/a/state": "1", "$SYS/broker/connection/b/state": "1"}
+    ids = [entry["id"] for entry in mappings.bridge_listing(sys_values)]
+    assert ids == ["a", "b"]
+    # No plugin answer: nobody's bridge is called the broker's own.
+    assert {e["origin"] for e in mappings.bridge_listing(sys_values)} == {"unknown"}
+    # An answer covers only the ids seen before it was asked for.
+    origins = mappings.incoming_bridges(["a"], {"bridges": [], "complete": True})
+    assert origins is not None
+    assert (origins.origin("a"), origins.origin("b")) == ("own", "unknown")
+    # The plugin dropped notes at its bound: what it does not list is not known to be own.
+    partial = mappings.incoming_bridges(
+        ["a", "b"], {"bridges": [{"id": "b", "clientid": "x"}], "complete": False}
+    )
+    assert partial is not None
+    assert (partial.origin("a"), partial.origin("b")) == ("unknown", "incoming")
+    # Anything but the plugin's shape (Pro's client-control, an older plugin) is no answer.
+    assert mappings.incoming_bridges(["a"], {}) is None
+    assert mappings.incoming_bridges(["a"], None) is None
 
 
 def test_mapping_conf_bridge_status() -> None:

@@ -159,6 +159,12 @@ async def get_listeners(request: web.Request) -> web.Response:
     Permission.READ,
     "Bridges from mosquitto.conf ($SYS) and bridge plugins",
     responses={200: BridgeSchema(many=True)},
+    description=(
+        "The broker's own bridges only: the far end of another broker's bridge (its state "
+        "notification in this broker's $SYS) is left out when the companion plugin tells "
+        "them apart, and listed with origin `unknown` when nothing can. A broker mmc has "
+        "never reached answers 503 (its bridges are unknown, not none)."
+    ),
 )
 async def list_bridges(request: web.Request) -> web.Response:
     return web.json_response(await bridges.listing(await _link(request)))
@@ -178,6 +184,10 @@ async def _plugin_target(request: web.Request) -> tuple[BrokerLink, str]:
     Permission.READ,
     "Whether a bridge is connected",
     responses={200: BridgeStatusSchema()},
+    description=(
+        "Every listed bridge answers (a licensed bridge plugin that is not loaded: "
+        "`connected: false`, `isActive: false`); another broker's bridge is 404."
+    ),
 )
 async def bridge_status(request: web.Request) -> web.Response:
     link = await _link(request)

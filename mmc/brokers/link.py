@@ -22,6 +22,7 @@ from typing import Protocol
 
 from mmc.brokers.capabilities import Capabilities, SharedDetection, detect, label
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
+from mmc.brokers.mappings import BridgeOrigins
 from mmc.brokers.status import LinkError, LinkStatus, describe_drop, describe_error
 from mmc.brokers.sys_tree import SysHistory
 from mmc.brokers.transport import Message, MqttClient, MqttError
@@ -144,6 +145,9 @@ class BrokerLink:
         # When a $SYS value was last seen changing live (not replayed as retained), in ms.
         self.sys_changed_at: dict[str, int] = {}
         self.sys_updated_at: int | None = None
+        # bridges.py's last word from the companion plugin on whose bridge states these
+        # are: still used while the broker is down, forgotten with the $SYS values.
+        self.bridge_origins: BridgeOrigins | None = None
         self.sys_history = SysHistory(options.sys_history_length)
         # What the broker offers; None until detection after a (re)connect has finished.
         self.capabilities: Capabilities | None = None
@@ -182,6 +186,11 @@ class BrokerLink:
     @property
     def connected(self) -> bool:
         return self._status.connected
+
+    @property
+    def probe_timeout(self) -> float:
+        """How long an optional question may take (capability probes and the like)."""
+        return self._options.probe_timeout
 
     @property
     def features(self) -> frozenset[str] | None:
@@ -401,6 +410,7 @@ class BrokerLink:
                     self.sys_values.clear()
                     self._sys_seen.clear()
                     self.sys_changed_at.clear()
+                    self.bridge_origins = None
                     self.capabilities = None
                     await client.subscribe_all(
                         [*RESPONSE_TOPICS, "$SYS/broker/#"], self._options.request_timeout

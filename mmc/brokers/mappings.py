@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # ------------------------------------------------------------------ license
@@ -136,23 +137,83 @@ def plugin_bridge_api(bridge_id: str) -> str:
     return PLUGIN_PREFIX + bridge_id
 
 
+# Whose bridge a $SYS state topic is. A bridge with notifications on publishes its
+# state into its own broker's $SYS and, over its client connection, into the far
+# broker's: the far end of someone else's bridge is not the broker's bridge.
+OWN = "own"
+INCOMING = "incoming"
+# No companion plugin to ask (or it could not answer): mmc cannot tell.
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class BridgeOrigins:
+    """What the companion plugin's ``listIncomingBridges`` said about the state ids
+    ``seen`` in ``$SYS`` just before asking: ``incoming`` ids (published by a client,
+    by its client id) are other brokers' bridges; the rest of ``seen`` are the broker's
+    own, unless the plugin's list is not ``complete``."""
+
+    seen: frozenset[str]
+    incoming: Mapping[str, str]
+    complete: bool
+
+    def origin(self, client_id: str) -> str:
+        if client_id in self.incoming:
+            return INCOMING
+        if self.complete and client_id in self.seen:
+            return OWN
+        return UNKNOWN
+
+
+def incoming_bridges(seen: Iterable[str], data: Any) -> BridgeOrigins | None:
+    """``listIncomingBridges`` data -> BridgeOrigins; None if it is not that shape."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("bridges"), list):
+        return None
+    incoming: dict[str, str] = {}
+    for item in data["bridges"]:
+        if isinstance(item, Mapping) and isinstance(item.get("id"), str):
+            incoming[item["id"]] = str(item.get("clientid") or "")
+    return BridgeOrigins(frozenset(seen), incoming, data.get("complete") is True)
+
+
 def bridge_listing(
     sys_values: Mapping[str, str],
     bridge_apis: Iterable[str] = (),
     licensed_features: Iterable[str] | None = None,
+    origins: BridgeOrigins | None = None,
 ) -> list[dict[str, Any]]:
-    """``[{id, isActive, name, source}]``: the bridges of mosquitto.conf, the bridge
-    plugins the broker announces, and bridge features the license offers that are
-    not loaded (``isActive: false``: not configured in mosquitto.conf)."""
-    out: list[dict[str, Any]] = [
-        {"id": client_id, "name": bridge_name(client_id), "isActive": True, "source": "config"}
-        for client_id in sorted(conf_bridges(sys_values))
-    ]
+    """``[{id, isActive, name, source, origin}]``: the bridges of mosquitto.conf that are
+    not known to be another broker's (``origin`` ``own``, or ``unknown`` when mmc could
+    not tell), the bridge plugins the broker announces, and bridge features the license
+    offers that are not loaded (``isActive: false``: not configured in mosquitto.conf)."""
+    out: list[dict[str, Any]] = []
+    for client_id in sorted(conf_bridges(sys_values)):
+        origin = origins.origin(client_id) if origins is not None else UNKNOWN
+        if origin != INCOMING:
+            out.append(
+                {
+                    "id": client_id,
+                    "name": bridge_name(client_id),
+                    "isActive": True,
+                    "source": "config",
+                    "origin": origin,
+                }
+            )
     loaded = [plugin_bridge_id(api) for api in bridge_apis]
-    out += [{"id": b, "name": b, "isActive": True, "source": "plugin"} for b in loaded]
+    out += [
+        {"id": b, "name": b, "isActive": True, "source": "plugin", "origin": OWN} for b in loaded
+    ]
     for feature in licensed_features or ():
         if feature.endswith("-bridge") and feature not in loaded:
-            out.append({"id": feature, "name": feature, "isActive": False, "source": "license"})
+            out.append(
+                {
+                    "id": feature,
+                    "name": feature,
+                    "isActive": False,
+                    "source": "license",
+                    "origin": OWN,
+                }
+            )
             loaded.append(feature)
     return out
 

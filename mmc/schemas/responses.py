@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 
 class ErrorSchema(Schema):
@@ -130,17 +130,25 @@ class ListenerSchema(Schema):
     socket_path = fields.String(data_key="socketPath")
 
 
+# Whose a listed bridge is: "own", or "unknown" when mmc cannot tell it from the far
+# end of another broker's bridge (no companion plugin on the broker).
+BRIDGE_ORIGINS = ("own", "unknown")
+
+
 class BridgeSchema(Schema):
     id = fields.String(required=True)
     is_active = fields.Boolean(data_key="isActive", required=True)
     name = fields.String()
-    source = fields.String()
+    source = fields.String(validate=validate.OneOf(("config", "plugin", "license")))
+    origin = fields.String(validate=validate.OneOf(BRIDGE_ORIGINS))
 
 
 class BridgeStatusSchema(Schema):
     id = fields.String(required=True)
     connected = fields.Boolean(required=True)
     since = fields.Integer()
+    origin = fields.String(validate=validate.OneOf(BRIDGE_ORIGINS))
+    is_active = fields.Boolean(data_key="isActive")
 
 
 class UserSchema(Schema):
