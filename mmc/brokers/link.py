@@ -26,7 +26,13 @@ import paho.mqtt.client as mqtt
 from mmc.brokers.capabilities import Capabilities, SharedDetection, detect, label
 from mmc.brokers.client import MqttClient
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
-from mmc.brokers.status import LinkError, LinkStatus, describe_drop, describe_error
+from mmc.brokers.status import (
+    DISCONNECTED,
+    LinkError,
+    LinkStatus,
+    describe_drop,
+    describe_error,
+)
 from mmc.brokers.sys_tree import SysHistory
 from mmc.clock import now_ms
 from mmc.endpoint import Endpoint
@@ -261,6 +267,37 @@ class BrokerLink:
         """Record why this link cannot run at all (it is not started)."""
         self._set_status(False, error)
         self._settle_first_attempt()
+
+    def hold(self, since: int) -> None:
+        """Record that a user disconnected this connection (at ``since``, ms): the link
+        stays in the pool, shown, but is not started."""
+        self._status = LinkStatus(
+            connected=False, timestamp=since, error=DISCONNECTED, disconnected=True
+        )
+        self._settle_first_attempt()
+
+    async def attempt(self) -> LinkStatus:
+        """One connection attempt, then a clean disconnect, for a link that is never
+        started: what a connection test answers. Bounded like a link's attempts by the
+        connect timeout; nothing is kept open."""
+        client = self._make_client()
+        connected = False
+        try:
+            async with client:
+                connected = True
+        except aiomqtt.MqttError as exc:
+            if not connected:
+                self._record_failure(exc, established=False)
+        except Exception as exc:
+            log.exception("broker %s: unexpected failure of a connection test", self.id)
+            if not connected:
+                self._record_failure(exc, established=False)
+        finally:
+            client.forget_disconnect_error()
+        if connected:
+            # Said to the broker already (DISCONNECT, socket closed) when we get here.
+            return LinkStatus(connected=True, timestamp=now_ms())
+        return self._status
 
     async def stop(self) -> None:
         """Disconnect cleanly; bounded by the connect timeout of an attempt in flight."""
