@@ -258,6 +258,25 @@ async def test_a_store_from_before_the_flag_is_migrated(
     assert client.app[connections_key].pool.require("plain").status.disconnected
 
 
+@pytest.mark.backends("postgresql")
+async def test_other_replicas_follow_a_disconnect_and_a_connect(
+    make_client: MakeClient, settings: Settings, own_broker: MosquittoBroker
+) -> None:
+    a = await make_client(settings.replace(replica_id="a"))
+    b = await make_client(settings.replace(replica_id="b"))
+    assert (await a.post("/api/connections", json=plain_body(own_broker))).status == 200
+    on_b = b.app[connections_key].pool
+    await wait_until(lambda: (link := on_b.get("plain")) is not None and link.connected)
+    assert (await a.put("/api/connections/plain/disconnect")).status == 200
+    await wait_until(lambda: on_b.require("plain").status.disconnected)
+    await wait_until(lambda: "Client mmc-plain-" in own_broker.log_text())
+    status, listing = await _json(b, "GET", "/api/connections")
+    assert status == 200
+    assert _by_id(listing, "plain")["status"]["disconnected"] is True
+    assert (await a.put("/api/connections/plain/connect")).status == 200
+    await wait_until(lambda: on_b.require("plain").connected)
+
+
 async def test_the_new_routes_are_audited(client: Client, own_broker: MosquittoBroker) -> None:
     body = plain_body(own_broker)
     await client.post("/api/connections/test", json=body)
