@@ -276,15 +276,30 @@ class BrokerLink:
         )
         self._settle_first_attempt()
 
-    async def attempt(self) -> LinkStatus:
+    async def attempt(self, bound: float) -> LinkStatus:
         """One connection attempt, then a clean disconnect, for a link that is never
         started: what a connection test answers. Bounded like a link's attempts by the
-        connect timeout; nothing is kept open."""
+        connect timeout (socket and TLS, then CONNACK), and as a whole by ``bound`` seconds
+        (a name lookup is bounded by neither); nothing is kept open."""
         client = self._make_client()
         connected = False
         try:
-            async with client:
-                connected = True
+            async with asyncio.timeout(bound):
+                async with client:
+                    connected = True
+        except TimeoutError:
+            # Cancelled in its worker thread, the connect closes its socket when it returns.
+            if not connected:
+                host, port = self.endpoint.host, self.endpoint.port
+                self._set_status(
+                    False,
+                    LinkError(
+                        code="ETIMEDOUT",
+                        address=host,
+                        port=port,
+                        message=f"No answer from {host}:{port} within {bound:g} s",
+                    ),
+                )
         except aiomqtt.MqttError as exc:
             if not connected:
                 self._record_failure(exc, established=False)

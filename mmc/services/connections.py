@@ -483,7 +483,9 @@ class ConnectionService:
             # its session (the broker would disconnect it).
             config = config.replace(client_id=f"{config.client_id}-test-{secrets.token_hex(4)}")
         probe = BrokerLink(config, ctx, self._pool.options)
-        status = await probe.attempt()
+        # A link's attempt takes up to connect_timeout for the socket and TLS and as long
+        # again for the CONNACK; the test answers within about one.
+        status = await probe.attempt(self._connect_timeout + 1)
         if status.connected:
             return {"connected": True}
         error = status.error or LinkError(code="ECONNCLOSED", message="Connection failed")
