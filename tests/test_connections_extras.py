@@ -176,6 +176,7 @@ async def test_disconnect_keeps_the_connection_and_connect_brings_it_back(
     # Broker routes see it as not connected.
     resp = await client.get("/api/projects/default/brokers/plain/listeners")
     assert resp.status == 503
+    assert "a user disconnected it" in (await resp.json())["message"]
 
     status, listing = await _json(client, "PUT", "/api/connections/plain/connect")
     assert status == 200, listing

@@ -9,7 +9,7 @@ from aiohttp import web
 from mmc.appkeys import connections_key
 from mmc.auth.permissions import Permission
 from mmc.schemas.connections import connection_schema, connection_test_schema
-from mmc.schemas.responses import AcceptedSchema, ConnectionOutSchema, ConnectionTestSchema
+from mmc.schemas.responses import AcceptedSchema, ConnectionOutSchema, ConnectionTestResultSchema
 from mmc.services.connections import Outcome
 from mmc.web.routing import Routes
 
@@ -72,7 +72,7 @@ async def create_connection(request: web.Request, body: dict[str, Any]) -> web.R
         "where the body leaves them out (as a PUT: only for the same broker address)."
     ),
     body=connection_test_schema,
-    responses={200: ConnectionTestSchema()},
+    responses={200: ConnectionTestResultSchema()},
 )
 async def try_connection(request: web.Request, body: dict[str, Any]) -> web.Response:
     return web.json_response(await request.app[connections_key].test(body))

@@ -162,6 +162,15 @@ class BrokerLink:
         self._wake.set()
         return True
 
+    def not_connected(self) -> BrokerUnavailable:
+        """The 503 of a request to this broker while it is not connected."""
+        if self._status.disconnected:
+            return BrokerUnavailable(
+                f"Broker {self.id} is not connected: a user disconnected it "
+                f"(PUT /api/connections/{self.id}/connect connects it again)"
+            )
+        return BrokerUnavailable(f"Broker {self.id} is not connected")
+
     async def wait_connected(self, timeout: float) -> bool:
         """True once connected, False if that did not happen within ``timeout``."""
         if self.connected:
@@ -187,7 +196,7 @@ class BrokerLink:
         if self.capabilities is not None:
             return self.capabilities
         if not self.connected:
-            raise BrokerUnavailable(f"Broker {self.id} is not connected")
+            raise self.not_connected()
         task = self._detection
         if task is None or task.done():
             task = self._start_detection()

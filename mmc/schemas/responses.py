@@ -50,7 +50,7 @@ class StatusSchema(Schema):
     )
 
 
-class ConnectionTestSchema(Schema):
+class ConnectionTestResultSchema(Schema):
     connected = fields.Boolean(required=True)
     error = fields.Nested(LinkErrorSchema)
 
