@@ -131,3 +131,17 @@ def test_origins_are_checked_and_normalised() -> None:
             load_settings(env={"MMC_CORS_ORIGINS": bad})
     env = {"MMC_CORS_ORIGINS": f"{UI},{LOCAL_UI}"}
     assert load_settings(env=env).cors_origins == f"{UI},{LOCAL_UI}"
+
+
+async def test_under_a_base_path(make_client: MakeClient, settings: Settings) -> None:
+    client = await make_client(
+        settings.replace(cors_origins=UI, base_path="/mmc"), authenticated=False
+    )
+    resp = await client.options("/mmc/api/connections", headers=_preflight(UI, "POST"))
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == UI
+    resp = await client.get("/mmc/api/version", headers={"Origin": UI})
+    assert resp.status == 401
+    assert resp.headers["Access-Control-Allow-Origin"] == UI
+    resp = await client.options("/api/connections", headers=_preflight(UI, "POST"))
+    assert _cors_headers(resp.headers) == {}
