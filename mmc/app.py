@@ -51,6 +51,7 @@ from mmc.store.db import CONNECTIONS_CHANNEL
 from mmc.store.projects import ProjectRepository
 from mmc.web.audit import audit_middleware
 from mmc.web.auth import auth_middleware
+from mmc.web.cors import cors_middleware
 from mmc.web.hosts import allowed_hosts_middleware
 from mmc.web.middlewares import body_timeout_middleware, error_middleware, observe_middleware
 from mmc.web.routing import Routes, add_routes
@@ -205,6 +206,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[
             observe_middleware,
             allowed_hosts_middleware,
+            cors_middleware,
             audit_middleware,
             error_middleware,
             body_timeout_middleware,

@@ -94,6 +94,9 @@ class Settings:
     trusted_proxies: str = ""
     # Comma-separated host names (optionally :port) the Host header may name; "": any.
     allowed_hosts: str = ""
+    # Comma-separated origins (scheme://host[:port]) whose pages may call the API from the
+    # browser (CORS, credentials included); "": none.
+    cors_origins: str = ""
     # A Bearer token /metrics asks for; None: /metrics is open.
     metrics_token: str | None = field(default=None, repr=False)
     # Seconds a client may take to send its request headers, and its body.
@@ -310,6 +313,47 @@ def _parse_allowed_hosts(value: str) -> None:
             raise ValueError(f"{part!r}: the port must be 1-65535")
 
 
+def normalise_origin(value: str) -> str:
+    """An origin as browsers send it in ``Origin``: lower-case scheme and host, the port
+    only when it is not the scheme's default; ValueError for anything that is not one."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError(f"{text!r} is not an origin: write http(s)://host[:port]")
+    host = rest[:-1] if rest.endswith("/") else rest
+    if not host or any(c in host for c in "/?#@ "):
+        raise ValueError(f"{text!r} is not an origin: no path, query or credentials")
+    host = host.lower()
+    port = None
+    if host.startswith("["):
+        name, _, tail = host.partition("]")
+        if tail:
+            port = tail[1:] if tail.startswith(":") else "bad"
+        host = name + "]"
+    elif ":" in host:
+        host, _, port = host.partition(":")
+    if port is not None:
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{text!r}: the port must be 1-65535")
+        if int(port) != {"http": 80, "https": 443}[scheme]:
+            host = f"{host}:{int(port)}"
+    return f"{scheme}://{host}"
+
+
+def parse_origins(value: str) -> frozenset[str]:
+    """``cors_origins`` as a set of normalised origins. ``*`` is refused: with
+    credentials allowed, every origin must be named."""
+    origins = set()
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        if part.strip() == "*":
+            raise ValueError("'*' is not allowed (credentials are): name each origin")
+        origins.add(normalise_origin(part))
+    return frozenset(origins)
+
+
 def _parse_database_url(url: str) -> None:
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme not in ("sqlite", *POSTGRES_SCHEMES):
@@ -374,6 +418,7 @@ class SettingsSchema(Schema):
     password_hash_cost = Integer(validate=validate.Range(min=10, max=20, error="must be 10-20"))
     trusted_proxies = String(validate=_checked(_parse_networks))
     allowed_hosts = String(validate=_checked(_parse_allowed_hosts))
+    cors_origins = String(validate=_checked(parse_origins))
     metrics_token = String(allow_none=True)
     http_header_timeout = Float(validate=POSITIVE)
     http_body_timeout = Float(validate=POSITIVE)

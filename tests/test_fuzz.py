@@ -86,6 +86,9 @@ def restore(
     if resp.status_code == 404:
         resp = session.post(f"{base}/api/connections", json=body, timeout=10)
     assert resp.status_code in (200, 202), resp.text
+    # A PUT leaves a connection disconnected by .../disconnect so: connect it again.
+    resp = session.put(f"{base}/api/connections/{BROKER}/connect", timeout=10)
+    assert resp.status_code == 200, resp.text
     for _ in range(100):
         resp = session.get(f"{base}/api/connections/{BROKER}", timeout=10)
         if resp.status_code == 200 and resp.json()["status"]["connected"]:

@@ -8,10 +8,11 @@ import secrets
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
+from mmc import __version__
 from mmc.appkeys import openapi_key, settings_key
 from mmc.auth.permissions import Permission
 from mmc.openapi import build_spec
-from mmc.schemas.responses import OBJECT
+from mmc.schemas.responses import OBJECT, VersionSchema
 from mmc.web.routing import Routes
 
 routes = Routes()
@@ -54,6 +55,27 @@ def spec_text(app: web.Application) -> str:
 )
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=spec_text(request.app), content_type="application/json")
+
+
+# The Cedalo MMC serves its document here; clients and scripts written for it keep working.
+@routes.get(
+    "/api/docs/export",
+    Permission.SELF,
+    "The OpenAPI 3.0 document of this API (the Cedalo MMC's path)",
+    responses={200: OBJECT},
+)
+async def export(request: web.Request) -> web.Response:
+    return await openapi(request)
+
+
+@routes.get(
+    "/api/version",
+    Permission.SELF,
+    "The name and version of this mmc",
+    responses={200: VersionSchema()},
+)
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"name": "mmc", "version": __version__})
 
 
 @routes.get(

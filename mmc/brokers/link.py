@@ -23,7 +23,13 @@ from typing import Protocol
 from mmc.brokers.capabilities import Capabilities, SharedDetection, detect, label
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
 from mmc.brokers.mappings import BridgeOrigins
-from mmc.brokers.status import LinkError, LinkStatus, describe_drop, describe_error
+from mmc.brokers.status import (
+    DISCONNECTED,
+    LinkError,
+    LinkStatus,
+    describe_drop,
+    describe_error,
+)
 from mmc.brokers.sys_tree import SysHistory
 from mmc.brokers.transport import Message, MqttClient, MqttError
 from mmc.clock import now_ms
@@ -204,6 +210,15 @@ class BrokerLink:
         self._wake.set()
         return True
 
+    def not_connected(self) -> BrokerUnavailable:
+        """The 503 of a request to this broker while it is not connected."""
+        if self._status.disconnected:
+            return BrokerUnavailable(
+                f"Broker {self.id} is not connected: a user disconnected it "
+                f"(PUT /api/connections/{self.id}/connect connects it again)"
+            )
+        return BrokerUnavailable(f"Broker {self.id} is not connected")
+
     async def wait_connected(self, timeout: float) -> bool:
         """True once connected, False if that did not happen within ``timeout``."""
         if self.connected:
@@ -229,7 +244,7 @@ class BrokerLink:
         if self.capabilities is not None:
             return self.capabilities
         if not self.connected:
-            raise BrokerUnavailable(f"Broker {self.id} is not connected")
+            raise self.not_connected()
         task = self._detection
         if task is None or task.done():
             task = self._start_detection()
@@ -309,6 +324,52 @@ class BrokerLink:
         """Record why this link cannot run at all (it is not started)."""
         self._set_status(False, error)
         self._settle_first_attempt()
+
+    def hold(self, since: int) -> None:
+        """Record that a user disconnected this connection (at ``since``, ms): the link
+        stays in the pool, shown, but is not started."""
+        self._status = LinkStatus(
+            connected=False, timestamp=since, error=DISCONNECTED, disconnected=True
+        )
+        self._settle_first_attempt()
+
+    async def attempt(self, bound: float) -> LinkStatus:
+        """One connection attempt, then a clean disconnect, for a link that is never
+        started: what a connection test answers. Bounded like a link's attempts by the
+        connect timeout (socket and TLS, then CONNACK), and as a whole by ``bound`` seconds
+        (a name lookup is bounded by neither); nothing is kept open."""
+        client = self._make_client()
+        connected = False
+        try:
+            async with asyncio.timeout(bound):
+                async with client:
+                    connected = True
+        except TimeoutError:
+            # Cancelled in its worker thread, the connect closes its socket when it returns.
+            if not connected:
+                host, port = self.endpoint.host, self.endpoint.port
+                self._set_status(
+                    False,
+                    LinkError(
+                        code="ETIMEDOUT",
+                        address=host,
+                        port=port,
+                        message=f"No answer from {host}:{port} within {bound:g} s",
+                    ),
+                )
+        except MqttError as exc:
+            if not connected:
+                self._record_failure(exc, established=False)
+        except Exception as exc:
+            log.exception("broker %s: unexpected failure of a connection test", self.id)
+            if not connected:
+                self._record_failure(exc, established=False)
+        finally:
+            client.forget_disconnect_error()
+        if connected:
+            # Said to the broker already (DISCONNECT, socket closed) when we get here.
+            return LinkStatus(connected=True, timestamp=now_ms())
+        return self._status
 
     async def stop(self) -> None:
         """Disconnect cleanly; bounded by the connect timeout of an attempt in flight."""

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from mmc.brokers.capabilities import SharedDetection
 from mmc.brokers.link import BrokerLink, LinkConfig, LinkObserver, LinkOptions
-from mmc.errors import BrokerUnavailable, NotFound
+from mmc.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class BrokerPool:
     def require_connected(self, connection_id: str) -> BrokerLink:
         link = self.require(connection_id)
         if not link.connected:
-            raise BrokerUnavailable(f"Broker {connection_id} is not connected")
+            raise link.not_connected()
         return link
 
     async def open(

@@ -55,6 +55,8 @@ class LinkStatus:
     # ms when the last established connection dropped; kept through the reconnect
     # errors that follow (they replace ``error`` and ``timestamp``) until connected again.
     dropped_at: int | None = None
+    # A user disconnected the connection: the link is kept but not run.
+    disconnected: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"connected": self.connected, "timestamp": self.timestamp}
@@ -62,7 +64,15 @@ class LinkStatus:
             out["error"] = self.error.to_wire()
         if self.dropped_at is not None:
             out["droppedAt"] = self.dropped_at
+        if self.disconnected:
+            out["disconnected"] = True
         return out
+
+
+# Not a failure: a user disconnected the connection and it stays so until reconnected.
+DISCONNECTED = LinkError(
+    code="EDISCONNECTED", message="Disconnected by a user (PUT .../connect reconnects it)"
+)
 
 
 # OpenSSL X509_V_ERR_* numbers -> the names Node.js (and so the MMC) reports.

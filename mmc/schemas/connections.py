@@ -109,3 +109,15 @@ class ConnectionSchema(InputSchema):
 
 
 connection_schema = ConnectionSchema()
+
+
+class ConnectionTestSchema(ConnectionSchema):
+    """A connection to try once (POST /api/connections/test): ``id`` and ``name`` may be
+    left out; with the id of a stored connection, its secrets fill in what the body leaves
+    out, as in a PUT."""
+
+    id = fields.String(validate=validate.Regexp(ID_PATTERN, error=ID_MESSAGE))
+    name = fields.String(validate=[validate.Length(min=1, max=128), _printable])
+
+
+connection_test_schema = ConnectionTestSchema()

@@ -42,6 +42,22 @@ class StatusSchema(Schema):
         data_key="droppedAt",
         metadata={"description": "ms the last established session dropped; gone once connected"},
     )
+    disconnected = fields.Boolean(
+        metadata={
+            "description": "Present (true) while a user keeps the connection disconnected "
+            "(PUT .../disconnect); error.code is then EDISCONNECTED"
+        }
+    )
+
+
+class ConnectionTestResultSchema(Schema):
+    connected = fields.Boolean(required=True)
+    error = fields.Nested(LinkErrorSchema)
+
+
+class VersionSchema(Schema):
+    name = fields.String(required=True, metadata={"example": "mmc"})
+    version = fields.String(required=True, metadata={"example": "0.1.0"})
 
 
 class CertificateOutSchema(Schema):

@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from mmc.brokers.link import BrokerLink, LinkConfig
 from mmc.brokers.pool import BrokerPool
 from mmc.brokers.status import LinkError, LinkStatus
 from mmc.brokers.tls import certificate_info, context_from_base64
+from mmc.clock import now_ms
 from mmc.endpoint import Endpoint
 from mmc.errors import InvalidInput, NotAllowed, NotFound, StoreUnavailable
 from mmc.store.connections import DUPLICATE_MESSAGE, ConnectionRecord, ConnectionRepository
@@ -168,6 +170,8 @@ def merge(data: Mapping[str, Any], stored: ConnectionRecord | None) -> Connectio
         key=key,
         reject_unauthorized=data.get("reject_unauthorized", True),
         created_at=stored.created_at if stored else 0,
+        # A change to a disconnected connection leaves it disconnected.
+        disconnected_at=stored.disconnected_at if stored else None,
     )
 
 
@@ -380,6 +384,8 @@ class ConnectionService:
             ctx = None
         unusable = ctx is None and Endpoint.from_url(record.url).tls
         link, old = self._replace(record, ctx)
+        if link.status.disconnected:
+            return link, old, False
         if unusable:
             link.fail(
                 LinkError(code="INVALID_TLS_MATERIAL", message="Stored TLS material is unusable")
@@ -401,7 +407,12 @@ class ConnectionService:
                     link = self._pool.get(stored.id)
                     # Only a connection whose attempt failed may be replaced by a new POST;
                     # one that is connected or still trying is a duplicate.
-                    if link is None or link.connected or link.status.error is None:
+                    if (
+                        link is None
+                        or link.connected
+                        or link.status.error is None
+                        or stored.disconnected_at is not None
+                    ):
                         raise NotAllowed(DUPLICATE_MESSAGE)
                 record = merge(data, stored)
                 ctx = await self._tls_context(record)
@@ -441,6 +452,69 @@ class ConnectionService:
                 old = self._pool.pop(connection_id)
             await self._swap(None, old)
         return self.listing()
+
+    async def disconnect(self, connection_id: str) -> list[dict[str, Any]]:
+        """Close the connection's link and keep it closed, across restarts and on every
+        replica (stored), until ``connect``; the connection stays listed."""
+        async with self._turn(connection_id):
+            async with self._lock:
+                stored = await self._repo.get(connection_id)
+                if stored is None:
+                    raise NotFound(f"Connection {connection_id} not found")
+                if stored.disconnected_at is not None:
+                    return self.listing()
+                record = await self._repo.update(stored.replace(disconnected_at=now_ms()))
+                link, old = self._replace(record, None)
+            await self._swap(link, old)
+        return self.listing()
+
+    async def connect(self, connection_id: str) -> list[dict[str, Any]]:
+        """Undo ``disconnect``: open the link again and wait for its first attempt (up to
+        connect_timeout), so that the listing shows how it went. On a connection that is
+        not disconnected, cut a reconnect backoff short."""
+        async with self._turn(connection_id):
+            async with self._lock:
+                stored = await self._repo.get(connection_id)
+                if stored is None:
+                    raise NotFound(f"Connection {connection_id} not found")
+                if stored.disconnected_at is None:
+                    link = self._pool.get(connection_id)
+                    if link is not None:
+                        link.reconnect_now()
+                    return self.listing()
+                record = await self._repo.update(stored.replace(disconnected_at=None))
+                link, old, start = await self._open_stored(record)
+            await self._swap(link, old, start=start)
+        await link.wait_first_attempt(self._connect_timeout)
+        return self.listing()
+
+    async def test(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """One connection attempt with these settings, nothing stored and nothing kept
+        open: ``{connected: true}`` or ``{connected: false, error}`` (the codes of a
+        link's status). With the id of a stored connection, its secrets are used where
+        the body leaves them out, as a PUT would (only for the same broker address)."""
+        given = data.get("id")
+        stored = await self._repo.get(given) if given else None
+        connection_id = given or "test"
+        data = {**data, "id": connection_id, "name": data.get("name") or connection_id}
+        record = merge(data, stored).replace(disconnected_at=None)
+        ctx = await self._tls_context(record)
+        config = link_config(record)
+        if config.client_id is not None and any(
+            link.client_id == config.client_id + self._pool.options.client_id_suffix
+            for link in self._pool
+        ):
+            # A link of ours logs in with this client id: the test must not take over
+            # its session (the broker would disconnect it).
+            config = config.replace(client_id=f"{config.client_id}-test-{secrets.token_hex(4)}")
+        probe = BrokerLink(config, ctx, self._pool.options)
+        # A link's attempt takes up to connect_timeout for the socket and TLS and as long
+        # again for the CONNACK; the test answers within about one.
+        status = await probe.attempt(self._connect_timeout + 1)
+        if status.connected:
+            return {"connected": True}
+        error = status.error or LinkError(code="ECONNCLOSED", message="Connection failed")
+        return {"connected": False, "error": error.to_wire()}
 
     async def store_broker_password(
         self, connection_ids: Sequence[str], username: str, password: str
@@ -492,6 +566,8 @@ class ConnectionService:
     ) -> tuple[BrokerLink, BrokerLink | None]:
         """The record's new link in the pool at once (not started), and the one it replaced."""
         link, old = self._pool.replace(link_config(record), ctx)
+        if record.disconnected_at is not None:
+            link.hold(record.disconnected_at)
         self._wire[record.id] = to_wire(record)
         return link, old
 
@@ -511,12 +587,20 @@ class ConnectionService:
         finally:
             # Even when cancelled: a link left in the pool unstarted would never connect.
             # Not when it has been replaced or removed meanwhile (stop() closed the pool).
-            if link is not None and start and self._pool.get(link.id) is link:
+            if (
+                link is not None
+                and start
+                and not link.status.disconnected
+                and self._pool.get(link.id) is link
+            ):
                 link.start()
 
     async def _outcome(self, link: BrokerLink) -> Outcome:
         status = await link.wait_first_attempt(self._connect_timeout)
-        if status is None:
+        if status is not None and status.disconnected:
+            # Changed while disconnected: stored, and kept disconnected as asked.
+            reason = None
+        elif status is None:
             reason = f"No answer from {link.record.url} within {self._connect_timeout:g} s"
         elif status.connected:
             reason = None

@@ -30,6 +30,8 @@ class ConnectionRecord:
     reject_unauthorized: bool = True
     created_at: int = 0
     updated_at: int = 0
+    # ms when a user disconnected it (PUT .../disconnect); None: mmc keeps it connected.
+    disconnected_at: int | None = None
 
     def replace(self, **changes: object) -> ConnectionRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -37,7 +39,7 @@ class ConnectionRecord:
 
 _COLUMNS = (
     "id, name, url, project_id, client_id, username, password_enc, ca, cert, key_enc, "
-    "reject_unauthorized, created_at, updated_at"
+    "reject_unauthorized, created_at, updated_at, disconnected_at"
 )
 
 
@@ -73,6 +75,7 @@ class ConnectionRepository:
             reject_unauthorized=bool(row["reject_unauthorized"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            disconnected_at=row["disconnected_at"],
         )
 
     def _params(self, rec: ConnectionRecord) -> tuple[object, ...]:
@@ -90,6 +93,7 @@ class ConnectionRepository:
             int(rec.reject_unauthorized),
             rec.created_at,
             rec.updated_at,
+            rec.disconnected_at,
         )
 
     async def list(self) -> list[ConnectionRecord]:
@@ -139,7 +143,7 @@ class ConnectionRepository:
                         raise NotAllowed(MAX_CONNECTIONS_MESSAGE)
                 await tx.execute(
                     f"INSERT INTO connections ({_COLUMNS}) "  # noqa: S608
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     self._params(rec),
                 )
                 await tx.notify(CONNECTIONS_CHANNEL, rec.id)
@@ -157,8 +161,8 @@ class ConnectionRepository:
                 await tx.execute(
                     "UPDATE connections SET name = ?, url = ?, project_id = ?, client_id = ?, "
                     "username = ?, password_enc = ?, ca = ?, cert = ?, key_enc = ?, "
-                    "reject_unauthorized = ?, updated_at = ? WHERE id = ?",
-                    (*params[1:11], params[12], rec.id),
+                    "reject_unauthorized = ?, updated_at = ?, disconnected_at = ? WHERE id = ?",
+                    (*params[1:11], params[12], params[13], rec.id),
                 )
                 await tx.notify(CONNECTIONS_CHANNEL, rec.id)
         except IntegrityViolation:

@@ -142,6 +142,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     portable("UPDATE audit SET seq = id"),
     portable("CREATE INDEX audit_class_seq ON audit (unauthenticated, seq)"),
+    # A connection a user disconnected stays so across restarts (PUT .../disconnect).
+    portable("ALTER TABLE connections ADD COLUMN disconnected_at BIGINT"),
 )
 
 

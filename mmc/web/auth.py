@@ -4,7 +4,8 @@ Who: a ``Bearer`` application token, or the session cookie set by ``POST /auth``
 What: the permission the matched route's declaration requires (mmc.web.routing), held
 against the caller's roles (mmc.auth.permissions).
 Cross-site: a state-changing request authenticated by cookie is refused when it says it
-comes from another site (``Origin``, else ``Referer``, not ours; ``Origin: null`` too).
+comes from another site (``Origin``, else ``Referer``, not ours nor one of
+``cors_origins``; ``Origin: null`` too).
 One that sends neither is a script's (curl with a cookie jar): browsers always send
 ``Origin`` on a cross-site POST, and the SameSite=Lax cookie is not sent on cross-site
 subrequests at all. Token requests are not exposed to any of this.
@@ -22,6 +23,7 @@ from mmc.appkeys import auth_key, identity_key, settings_key
 from mmc.auth.identity import Identity
 from mmc.auth.permissions import allowed
 from mmc.errors import NotAllowed, Unauthorized
+from mmc.web.cors import trusted_origin
 from mmc.web.proxy import is_https, public_host
 from mmc.web.routing import declaration, required_permission, route_template
 
@@ -67,6 +69,8 @@ def cross_site(request: web.Request) -> bool:
     ``Referer``) not ours, ``null`` included, or, with neither, a browser's
     ``Sec-Fetch-Site`` saying so. Neither header at all: not a browser's cross-site
     request (those always carry ``Origin`` when they are POSTs)."""
+    if trusted_origin(request):
+        return False  # a page of cors_origins: the operator trusts it (mmc.web.cors)
     source = _source(request)
     if source is not None:
         return source == "null" or not _ours(request, source)
