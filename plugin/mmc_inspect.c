@@ -575,6 +575,13 @@ int mmc_inspect_init(mosquitto_plugin_id_t *identifier, struct mosquitto_opt *op
 	if(!grow()) return MOSQ_ERR_NOMEM;
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, MMC_PLUGIN_NAME ": handling " INSPECT_TOPIC
 			", events on " INSPECT_EVENTS_TOPIC);
+#ifndef MMC_BROKER_2_1
+	/* What 2.0's basic-auth event implies (plugin/README.md). */
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, MMC_PLUGIN_NAME ": inspect sees clients through basic "
+			"authentication: load this plugin before any other authentication plugin. Without any "
+			"authentication (no password_file, no auth plugin), clients that send a username are "
+			"now refused; plugin_opt_inspect false avoids that");
+#endif
 	return register_callbacks(identifier);
 }
 

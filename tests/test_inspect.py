@@ -18,6 +18,7 @@ import aiomqtt
 import pytest
 from openapi_schema_validator import OAS30Validator
 
+from mmc.appkeys import connections_key
 from mmc.brokers.inspect import EVENTS_TOPIC, NOT_ENABLED
 from mmc.config import Settings
 from testbed.mosquitto import MOSQUITTO_CTRL_BIN, MosquittoBroker
@@ -587,3 +588,59 @@ async def test_only_clients_allowed_on_control_topics_may_ask_or_listen(
                     break
         # The user saw neither the answer nor the events.
         assert await _received(user, 0.5, lambda m: True) == []
+
+
+# ------------------------------------------------------- what 2.0 imposes
+
+
+async def test_loaded_after_dynamic_security_it_misses_the_clients_dynsec_accepts(
+    client: Client, tmp_path: Path, client_control_plugin: Path
+) -> None:
+    """2.0 stops asking plugins at the first that decides: hence "load it first"."""
+    with MosquittoBroker(tmp_path / "b", extra_plugins=[client_control_plugin]) as own:
+        _add_user(own)
+        await _connect(client, own)
+        async with _mqtt(own, "unseen"):
+            assert (await _get(client, "/unseen"))[0] == 404
+
+
+@pytest.mark.parametrize(("inspect", "accepted"), [("true", False), ("false", True)])
+async def test_without_any_authentication_a_username_is_refused_unless_inspect_is_off(
+    tmp_path: Path, client_control_plugin: Path, inspect: str, accepted: bool
+) -> None:
+    """mosquitto 2.0 refuses a client with a username that every basic-auth plugin
+    deferred, even with allow_anonymous true: the price of seeing clients on 2.0."""
+    with MosquittoBroker(
+        tmp_path / "b",
+        dynsec=False,
+        early_plugins=[client_control_plugin],
+        early_conf=f"plugin_opt_inspect {inspect}",
+    ) as own:
+        async with aiomqtt.Client(own.host, own.port, identifier="anonymous"):
+            pass
+        assert await _accepted(own, "bob") is accepted
+
+
+async def _accepted(broker: MosquittoBroker, username: str) -> bool:
+    try:
+        async with aiomqtt.Client(
+            broker.host, broker.port, username=username, password="x", identifier=username
+        ):
+            return True
+    except aiomqtt.MqttCodeError as exc:
+        assert exc.rc == 135, exc  # noqa: PT017 - Not authorized, and nothing else
+        return False
+
+
+async def test_the_link_passes_client_events_on(
+    insp_client: Client, inspect_broker: MosquittoBroker
+) -> None:
+    link = insp_client.app[connections_key].pool.require("plain")
+    seen: list[tuple[str, dict[str, Any]]] = []
+    link.on_client_event = lambda source, event: seen.append((source.id, event))
+    clientid = f"linked-{_uid()}"
+    async with _mqtt(inspect_broker, clientid):
+        await wait_until(lambda: any(e["clientid"] == clientid for _, e in seen))
+    await wait_until(lambda: len([e for _, e in seen if e["clientid"] == clientid]) == 2)
+    mine = [(broker_id, e["event"]) for broker_id, e in seen if e["clientid"] == clientid]
+    assert mine == [("plain", "connected"), ("plain", "disconnected")]

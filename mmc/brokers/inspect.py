@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mmc.brokers.link import BrokerLink
+from mmc.brokers.link import CLIENT_EVENTS_TOPIC, BrokerLink
 from mmc.errors import ControlError, ControlNotFound, MmcError, NotFound
 
 API = "cedalo/inspect"
 FEATURE = "inspect"
 NOT_ENABLED = "inspect plugin not enabled on this broker"
-# What the companion plugin publishes when a client connects or disconnects.
-EVENTS_TOPIC = "$CONTROL/cedalo/inspect/v1/events"
+# What the companion plugin publishes when a client connects or disconnects; every link
+# subscribes to it (BrokerLink.on_client_event).
+EVENTS_TOPIC = CLIENT_EVENTS_TOPIC
 
 
 async def list_clients(link: BrokerLink, *, verbose: bool, count: int, offset: int) -> Any:
