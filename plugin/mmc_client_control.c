@@ -47,7 +47,7 @@
 #endif
 
 #define MMC_CC_NAME MMC_PLUGIN_NAME
-#define MMC_CC_VERSION "1.0.0"
+#define MMC_CC_VERSION "1.1.0"
 #define MMC_CC_TOPIC "$CONTROL/cedalo/client-control/v1"
 #define MMC_CC_RESPONSE_TOPIC MMC_CC_TOPIC "/response"
 #define MMC_CC_MAX_SUBS_DEFAULT 10000

@@ -18,6 +18,8 @@
  *     MOSQ_EVT_DISCONNECT with no client id (2.0 clears it on refusal): the pending
  *     client is dropped and never listed. Otherwise the next event of any kind
  *     (including MOSQ_EVT_TICK, every loop iteration) confirms it as connected.
+ *     On a reload (MOSQ_EVT_RELOAD, until the next tick) 2.0 checks every session
+ *     again, offline persistent ones included: those calls are not connects.
  *   - Both: MOSQ_EVT_DISCONNECT. A client is matched by its connection (the broker's
  *     struct mosquitto), not only by id: when a client takes over its id, the broker
  *     disconnects the old connection after the new one was seen, and that must not
@@ -72,6 +74,7 @@ struct in_state {
 #ifndef MMC_BROKER_2_1
 	const struct mosquitto *pending;  /* seen by basic auth, not yet confirmed */
 	long long pending_at;
+	bool reloading;                   /* from the reload event to the next tick */
 #endif
 };
 
@@ -317,9 +320,27 @@ static int basic_auth_callback(int event, void *event_data, void *userdata)
 	(void)userdata;
 
 	confirm_pending();
-	in.pending = ed->client;
-	in.pending_at = now_ms();
+	/* On a reload 2.0 checks every session again, offline persistent ones included:
+	 * none of them is connecting. */
+	if(!in.reloading){
+		in.pending = ed->client;
+		in.pending_at = now_ms();
+	}
 	/* Never decide: the broker's other authentication does. */
+	return MOSQ_ERR_PLUGIN_DEFER;
+}
+
+/* 2.0 calls it before checking every session's password again, in the same loop
+ * iteration; the tick at the end of that iteration ends the reload. */
+static int reload_callback(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	(void)userdata;
+
+	confirm_pending();
+	in.reloading = true;
+	/* Anything else stops 2.0 from telling the other plugins. */
 	return MOSQ_ERR_PLUGIN_DEFER;
 }
 
@@ -330,6 +351,7 @@ static int tick_callback(int event, void *event_data, void *userdata)
 	(void)userdata;
 
 	confirm_pending();
+	in.reloading = false;
 	return MOSQ_ERR_SUCCESS;
 }
 #define CONFIRM_PENDING() confirm_pending()
@@ -536,6 +558,9 @@ static int register_callbacks(mosquitto_plugin_id_t *identifier)
 	if(rc == MOSQ_ERR_SUCCESS){
 		rc = mosquitto_callback_register(identifier, MOSQ_EVT_TICK, tick_callback, NULL, NULL);
 	}
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = mosquitto_callback_register(identifier, MOSQ_EVT_RELOAD, reload_callback, NULL, NULL);
+	}
 #endif
 	if(rc != MOSQ_ERR_SUCCESS) return rc;
 	return mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, disconnect_callback, NULL, NULL);
@@ -596,6 +621,7 @@ void mmc_inspect_cleanup(mosquitto_plugin_id_t *identifier)
 #else
 	mosquitto_callback_unregister(identifier, MOSQ_EVT_BASIC_AUTH, basic_auth_callback, NULL);
 	mosquitto_callback_unregister(identifier, MOSQ_EVT_TICK, tick_callback, NULL);
+	mosquitto_callback_unregister(identifier, MOSQ_EVT_RELOAD, reload_callback, NULL);
 #endif
 	mosquitto_callback_unregister(identifier, MOSQ_EVT_DISCONNECT, disconnect_callback, NULL);
 	for(c = in.head; c; c = next){

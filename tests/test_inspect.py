@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -644,3 +646,33 @@ async def test_the_link_passes_client_events_on(
     await wait_until(lambda: len([e for _, e in seen if e["clientid"] == clientid]) == 2)
     mine = [(broker_id, e["event"]) for broker_id, e in seen if e["clientid"] == clientid]
     assert mine == [("plain", "connected"), ("plain", "disconnected")]
+
+
+async def test_a_configuration_reload_changes_nobody(
+    client: Client, tmp_path: Path, client_control_plugin: Path
+) -> None:
+    """On SIGHUP 2.0 checks every session's password again through the basic-auth event,
+    offline persistent sessions included: none of them is a client connecting."""
+    with MosquittoBroker(tmp_path / "b", early_plugins=[client_control_plugin]) as own:
+        _add_user(own)
+        await _connect(client, own)
+        async with _mqtt(
+            own, "offline", protocol=aiomqtt.ProtocolVersion.V311, clean_session=False
+        ):
+            pass
+        await wait_until(lambda: _disconnected(client, "offline"))
+        async with (
+            _mqtt(own, "online") as online,
+            _mqtt(own, "watch", admin=True) as watcher,
+        ):
+            await watcher.subscribe(EVENTS_TOPIC)
+            await online.subscribe("insp/x")
+            before = await _all(client)
+            assert own.pid is not None
+            os.kill(own.pid, signal.SIGHUP)
+            await wait_until(lambda: "Reloading config." in own.log_path.read_text())
+            await _no_events(watcher)
+            after = await _all(client)
+            assert after == before
+            assert after["offline"]["connected"] is False
+            assert after["online"]["numSubscriptions"] == 1
