@@ -8,6 +8,8 @@ Modes:
 - ``slow``: like ``mute``, but answers ``$CONTROL`` commands after ``delay`` seconds;
   the capability probes in ``FAST_COMMANDS`` are answered at once, so the client
   believes the plugin is there and sends real commands, which then take too long.
+- ``pro``: answers every ``$CONTROL`` command at once, with ``answers[command]`` as its
+  ``data`` where given: what a Pro Mosquitto plugin says that mosquitto cannot.
 
 Every mode records the username and password of each CONNECT (``logins``).
 
@@ -119,10 +121,13 @@ def reply(command: dict[str, Any]) -> dict[str, Any]:
 
 
 class FakeBroker:
-    def __init__(self, mode: str, delay: float = 0.0) -> None:
-        assert mode in ("silent", "deaf", "hangup", "mute", "slow")
+    def __init__(
+        self, mode: str, delay: float = 0.0, answers: dict[str, Any] | None = None
+    ) -> None:
+        assert mode in ("silent", "deaf", "hangup", "mute", "slow", "pro")
         self.mode = mode
         self.delay = delay
+        self.answers = dict(answers or {})
         self.port = 0
         self.connects = 0
         self.control_requests = 0
@@ -202,6 +207,9 @@ class FakeBroker:
             return
         self.control_requests += 1
         commands = json.loads(payload).get("commands", [])
+        if self.mode == "pro":
+            self._send(writer, topic, commands)
+            return
         fast = [c for c in commands if c.get("command") in FAST_COMMANDS]
         slow = [c for c in commands if c.get("command") not in FAST_COMMANDS]
         if fast:
@@ -216,7 +224,14 @@ class FakeBroker:
         if not writer.is_closing():
             self._send(writer, topic, commands)
 
-    @staticmethod
-    def _send(writer: asyncio.StreamWriter, topic: str, commands: list[dict[str, Any]]) -> None:
-        payload = json.dumps({"responses": [reply(c) for c in commands]}).encode()
+    def _send(
+        self, writer: asyncio.StreamWriter, topic: str, commands: list[dict[str, Any]]
+    ) -> None:
+        responses = []
+        for command in commands:
+            response = reply(command)
+            if command.get("command") in self.answers:
+                response["data"] = self.answers[command["command"]]
+            responses.append(response)
+        payload = json.dumps({"responses": responses}).encode()
         writer.write(publish_packet(f"{topic}/response", payload))

@@ -25,6 +25,7 @@ from mmc.brokers.inspect import EVENTS_TOPIC, NOT_ENABLED
 from mmc.config import Settings
 from testbed.mosquitto import MOSQUITTO_CTRL_BIN, MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
+from tests.fake_mqtt import FakeBroker
 
 REQUEST_TOPIC = "$CONTROL/cedalo/inspect/v1"
 RESPONSE_TOPIC = f"{REQUEST_TOPIC}/response"
@@ -676,3 +677,41 @@ async def test_a_configuration_reload_changes_nobody(
             assert after == before
             assert after["offline"]["connected"] is False
             assert after["online"]["numSubscriptions"] == 1
+
+
+# An answer in the shape of Pro Mosquitto's inspect plugin (Cedalo's client-inspect
+# AsyncAPI), with the fields mmc's plugin does not have.
+PRO_CLIENT: dict[str, Any] = {
+    "clientid": "pro-sensor",
+    "username": "sensors",
+    "address": "10.1.2.3",
+    "protocol": "MQTT",
+    "protocolVersion": "v3.1.1",
+    "connected": True,
+    "lastConnect": 1796205600123,
+    "lastDisconnect": 0,
+    "keepalive": 60,
+    "cleanSession": True,
+    "numSubscriptions": 1,
+    "numPublished": 12,
+    "bytesPublished": 345,
+    "tls": {"clientCertificate": None, "version": "TLSv1.3", "ciphers": "TLS_AES_256_GCM_SHA384"},
+    "listener": {"port": 8883, "bind_address": "10.1.2.1"},
+    "subscriptions": [{"topic": "cmd/pro-sensor/#", "qos": 1}],
+    "queues": {"bytesIn": 0, "bytesOut": 0, "messagesIn": 0, "messagesOut": 2},
+    "inflight": {"messagesOut": 0},
+}
+
+
+async def test_a_pro_brokers_answers_pass_through_unchanged(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    answers = {
+        "listClients": {"clients": [PRO_CLIENT]},
+        "getClient": PRO_CLIENT,
+    }
+    async with FakeBroker("pro", answers=answers) as pro:
+        resp = await client.post("/api/connections", json=plain_body(broker, url=pro.url))
+        assert resp.status == 200, await resp.text()
+        assert await _get(client, verbose="true") == (200, {"clients": [PRO_CLIENT]})
+        assert await _get(client, "/pro-sensor") == (200, PRO_CLIENT)
