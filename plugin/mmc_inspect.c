@@ -434,7 +434,9 @@ static bool int_member(const cJSON *command, const char *name, long long *value)
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(command, name);
 
 	if(item == NULL || cJSON_IsNull(item)) return true;
-	if(!cJSON_IsNumber(item) || item->valuedouble != (double)(long long)item->valuedouble){
+	/* Within +-2^53 before the cast: a larger double does not fit a long long. */
+	if(!cJSON_IsNumber(item) || !(item->valuedouble >= -9007199254740992.0 && item->valuedouble <= 9007199254740992.0)
+			|| item->valuedouble != (double)(long long)item->valuedouble){
 		return false;
 	}
 	*value = (long long)item->valuedouble;

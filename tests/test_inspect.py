@@ -519,6 +519,7 @@ async def test_malformed_commands_get_the_plugins_error(inspect_broker: Mosquitt
             cmds(
                 {"command": "listClients", "count": "x"},
                 {"command": "listClients", "count": 1.5},
+                {"command": "listClients", "count": 1e300},
                 {"command": "listClients", "offset": -1},
                 {"command": "listClients", "verbose": "yes"},
                 {"command": "getClient"},
@@ -527,6 +528,7 @@ async def test_malformed_commands_get_the_plugins_error(inspect_broker: Mosquitt
                 {"command": "kickClient", "correlationData": "c2"},
             ),
             [
+                {"command": "listClients", "error": "Invalid count"},
                 {"command": "listClients", "error": "Invalid count"},
                 {"command": "listClients", "error": "Invalid count"},
                 {"command": "listClients", "error": "Invalid offset"},
