@@ -26,7 +26,9 @@
  * Plugin options (mosquitto.conf):
  *   plugin_opt_max_subscriptions N   at most N plugin-kept subscriptions (2.0
  *                                    only; default 10000, 0 = no limit)
- *   plugin_opt_inspect false         no client tracking, no inspect API
+ *   plugin_opt_inspect true          track clients, serve the inspect API (default
+ *                                    false: on 2.0 it changes who may log in on a
+ *                                    broker without authentication)
  *   plugin_opt_max_disconnected_clients N
  *                                    remember at most N disconnected clients
  *                                    (default 1000; 0 = forget them at once)

@@ -573,7 +573,8 @@ int mmc_inspect_init(mosquitto_plugin_id_t *identifier, struct mosquitto_opt *op
 	int i;
 
 	memset(&in, 0, sizeof(in));
-	in.enabled = true;
+	/* Opt-in: on 2.0 it changes who may log in on a broker without authentication. */
+	in.enabled = false;
 	in.max_disconnected = MAX_DISCONNECTED_DEFAULT;
 	for(i = 0; i < option_count; i++){
 		if(!strcasecmp(options[i].key, "inspect")){
@@ -607,7 +608,7 @@ int mmc_inspect_init(mosquitto_plugin_id_t *identifier, struct mosquitto_opt *op
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, MMC_PLUGIN_NAME ": inspect sees clients through basic "
 			"authentication: load this plugin before any other authentication plugin. Without any "
 			"authentication (no password_file, no auth plugin), clients that send a username are "
-			"now refused; plugin_opt_inspect false avoids that");
+			"refused while plugin_opt_inspect is true");
 #endif
 	return register_callbacks(identifier);
 }

@@ -30,6 +30,8 @@ from tests.fake_mqtt import FakeBroker
 REQUEST_TOPIC = "$CONTROL/cedalo/inspect/v1"
 RESPONSE_TOPIC = f"{REQUEST_TOPIC}/response"
 BASE = "/api/projects/default/brokers/plain/clients"
+# Inspection is opt-in (plugin/README.md).
+INSPECT_ON = "plugin_opt_inspect true"
 # Test clients: may publish and subscribe under insp/, nothing on $CONTROL.
 USER = "insp-user"
 PASSWORD = "insp-user-password"
@@ -78,7 +80,9 @@ def inspect_broker(
 ) -> Iterator[MosquittoBroker]:
     """mosquitto 2.0 with mmc's plugin first, then dynamic security (which decides logins)."""
     workdir = tmp_path_factory.mktemp("inspect-broker")
-    with MosquittoBroker(workdir, early_plugins=[client_control_plugin]) as broker:
+    with MosquittoBroker(
+        workdir, early_plugins=[client_control_plugin], early_conf=INSPECT_ON
+    ) as broker:
         _add_user(broker)
         yield broker
         assert broker.is_running, "the broker died during the inspect tests"
@@ -414,7 +418,7 @@ async def test_remembered_disconnected_clients_are_capped(
     with MosquittoBroker(
         tmp_path / "b",
         early_plugins=[client_control_plugin],
-        early_conf="plugin_opt_max_disconnected_clients 2",
+        early_conf=f"{INSPECT_ON}\nplugin_opt_max_disconnected_clients 2",
     ) as own:
         _add_user(own)
         await _connect(client, own)
@@ -437,7 +441,7 @@ async def test_a_cap_of_zero_forgets_clients_when_they_leave(
     with MosquittoBroker(
         tmp_path / "b",
         early_plugins=[client_control_plugin],
-        early_conf="plugin_opt_max_disconnected_clients 0",
+        early_conf=f"{INSPECT_ON}\nplugin_opt_max_disconnected_clients 0",
     ) as own:
         _add_user(own)
         await _connect(client, own)
@@ -602,14 +606,16 @@ async def test_loaded_after_dynamic_security_it_misses_the_clients_dynsec_accept
     client: Client, tmp_path: Path, client_control_plugin: Path
 ) -> None:
     """2.0 stops asking plugins at the first that decides: hence "load it first"."""
-    with MosquittoBroker(tmp_path / "b", extra_plugins=[client_control_plugin]) as own:
+    with MosquittoBroker(
+        tmp_path / "b", extra_plugins=[client_control_plugin], extra_conf=INSPECT_ON
+    ) as own:
         _add_user(own)
         await _connect(client, own)
         async with _mqtt(own, "unseen"):
             assert (await _get(client, "/unseen"))[0] == 404
 
 
-@pytest.mark.parametrize(("inspect", "accepted"), [("true", False), ("false", True)])
+@pytest.mark.parametrize(("inspect", "accepted"), [("true", False), ("false", True), ("", True)])
 async def test_without_any_authentication_a_username_is_refused_unless_inspect_is_off(
     tmp_path: Path, client_control_plugin: Path, inspect: str, accepted: bool
 ) -> None:
@@ -619,7 +625,7 @@ async def test_without_any_authentication_a_username_is_refused_unless_inspect_i
         tmp_path / "b",
         dynsec=False,
         early_plugins=[client_control_plugin],
-        early_conf=f"plugin_opt_inspect {inspect}",
+        early_conf=f"plugin_opt_inspect {inspect}" if inspect else "",
     ) as own:
         async with aiomqtt.Client(own.host, own.port, identifier="anonymous"):
             pass
@@ -656,7 +662,9 @@ async def test_a_configuration_reload_changes_nobody(
 ) -> None:
     """On SIGHUP 2.0 checks every session's password again through the basic-auth event,
     offline persistent sessions included: none of them is a client connecting."""
-    with MosquittoBroker(tmp_path / "b", early_plugins=[client_control_plugin]) as own:
+    with MosquittoBroker(
+        tmp_path / "b", early_plugins=[client_control_plugin], early_conf=INSPECT_ON
+    ) as own:
         _add_user(own)
         await _connect(client, own)
         async with _mqtt(
