@@ -18,7 +18,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
-COPY plugin/mmc_client_control.c ./plugin/
+COPY plugin/*.c plugin/*.h ./plugin/
 RUN make plugin
 
 FROM scratch AS plugin-artifact

@@ -53,17 +53,19 @@ endif
 PLUGIN_CFLAGS ?= -O2 -g -Wall -Wextra -Wshadow -Wformat=2 -Werror
 PLUGIN_SO     := plugin/mmc_client_control.so
 
-plugin: $(PLUGIN_SO)  ## build the client-control mosquitto plugin
+plugin: $(PLUGIN_SO)  ## build the companion mosquitto plugin (client control, inspect)
 
-$(PLUGIN_SO): plugin/mmc_client_control.c
-	$(CC) $(PLUGIN_CFLAGS) -fPIC -shared -o $@ $< -lcjson
+PLUGIN_SRC    := plugin/mmc_client_control.c plugin/mmc_inspect.c
 
-# Opt-in: the client-control tests with every broker under valgrind; fails on any
-# memory error or definite leak (logs in build/memcheck/).
+$(PLUGIN_SO): $(PLUGIN_SRC) plugin/mmc_plugin.h
+	$(CC) $(PLUGIN_CFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRC) -lcjson
+
+# Opt-in: the client-control and inspect tests with every broker under valgrind; fails
+# on any memory error or definite leak (logs in build/memcheck/).
 plugin-memcheck: $(VENV)/.test-deps check-system plugin
 	rm -rf build/memcheck && mkdir -p build/memcheck
 	MMC_TEST_MOSQUITTO_WRAPPER="valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99 --log-file=$(CURDIR)/build/memcheck/vg-%p.log" \
-	  $(BIN)/python -m pytest -p no:cacheprovider tests/test_client_control.py
+	  $(BIN)/python -m pytest -p no:cacheprovider tests/test_client_control.py tests/test_inspect.py
 	@# Brokers a test SIGKILLs on purpose leave no summary; every other one must be clean.
 	@grep -H "ERROR SUMMARY" build/memcheck/vg-*.log
 	@grep -L "ERROR SUMMARY" build/memcheck/vg-*.log | sed 's/$$/: killed by its test, not checked/'

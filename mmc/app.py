@@ -18,6 +18,7 @@ from mmc.api import connections as connections_api
 from mmc.api import docs as docs_api
 from mmc.api import dynsec as dynsec_api
 from mmc.api import health as health_api
+from mmc.api import inspect as inspect_api
 from mmc.api import projects as projects_api
 from mmc.api import tokens as tokens_api
 from mmc.api import users as users_api
@@ -197,6 +198,7 @@ API: tuple[Routes, ...] = (
     brokers_api.routes,
     dynsec_api.routes,
     client_control_api.routes,
+    inspect_api.routes,
     docs_api.routes,
 )
 

@@ -11,6 +11,9 @@
  * listIncomingBridges (mmc's own: see below).
  * Who may call them is decided by the broker's ACLs: write access to the topic.
  *
+ * It also tracks who connects and answers the Cedalo inspect API on
+ * $CONTROL/cedalo/inspect/v1 (mmc_inspect.c).
+ *
  * Subscriptions made for a client:
  *   - mosquitto 2.1 and later (detected at build time): real broker subscriptions
  *     through mosquitto_subscription_add/delete; the broker does the rest.
@@ -30,32 +33,30 @@
  * Plugin options (mosquitto.conf):
  *   plugin_opt_max_subscriptions N   at most N plugin-kept subscriptions (2.0
  *                                    only; default 10000, 0 = no limit)
+ *   plugin_opt_inspect true          track clients, serve the inspect API (default
+ *                                    false: on 2.0 it changes who may log in on a
+ *                                    broker without authentication)
+ *   plugin_opt_max_disconnected_clients N
+ *                                    remember at most N disconnected clients
+ *                                    (default 1000; 0 = forget them at once)
  *
  * SPDX-License-Identifier: Apache-2.0
  */
 
 #include <errno.h>
-#include <stdbool.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include <cjson/cJSON.h>
-#include <mosquitto.h>
+#include "mmc_plugin.h"
 
-#if LIBMOSQUITTO_VERSION_NUMBER >= 2001000
-/* 2.1: mosquitto.h already includes the broker and plugin headers. */
+#ifdef MMC_BROKER_2_1
 #define MMC_CC_SUBSCRIPTION_API 1
-#else
-#include <mosquitto_broker.h>
-#include <mosquitto_plugin.h>
-#include <mqtt_protocol.h>
 #endif
 
-#define MMC_CC_NAME "mmc-client-control"
-#define MMC_CC_VERSION "1.0.0"
+#define MMC_CC_NAME MMC_PLUGIN_NAME
+#define MMC_CC_VERSION "1.1.0"
 #define MMC_CC_TOPIC "$CONTROL/cedalo/client-control/v1"
 #define MMC_CC_RESPONSE_TOPIC MMC_CC_TOPIC "/response"
 #define MMC_CC_MAX_SUBS_DEFAULT 10000
@@ -65,7 +66,7 @@
  * $SYS write check): a bound keeps a flood of made-up topics from growing memory. */
 #define MMC_CC_MAX_NOTES 1000
 
-#define ERR_NOMEM "Internal error: out of memory"
+#define ERR_NOMEM MMC_ERR_NOMEM
 
 enum send_retain {
 	SEND_RETAIN_ALWAYS = 0,
@@ -117,7 +118,7 @@ static struct cc_state state;
 
 /* ------------------------------------------------------------------ helpers */
 
-static void add_error(cJSON *responses, const char *command, const char *error, const char *correlation)
+void mmc_add_error(cJSON *responses, const char *command, const char *error, const char *correlation)
 {
 	cJSON *entry = cJSON_CreateObject();
 
@@ -133,41 +134,56 @@ static void add_error(cJSON *responses, const char *command, const char *error, 
 	cJSON_AddItemToArray(responses, entry);
 }
 
-static void add_success(cJSON *responses, const char *command, const char *correlation)
+void mmc_add_data(cJSON *responses, const char *command, cJSON *data, const char *correlation)
 {
 	cJSON *entry = cJSON_CreateObject();
 
-	if(entry == NULL){
+	if(data == NULL){
+		data = cJSON_CreateObject();
+	}
+	if(entry == NULL || data == NULL){
+		cJSON_Delete(entry);
+		cJSON_Delete(data);
 		return;
 	}
 	if(cJSON_AddStringToObject(entry, "command", command) == NULL
-			|| cJSON_AddObjectToObject(entry, "data") == NULL
-			|| (correlation && cJSON_AddStringToObject(entry, "correlationData", correlation) == NULL)){
+			|| !cJSON_AddItemToObject(entry, "data", data)){
+		cJSON_Delete(entry);
+		cJSON_Delete(data);
+		return;
+	}
+	if(correlation && cJSON_AddStringToObject(entry, "correlationData", correlation) == NULL){
 		cJSON_Delete(entry);
 		return;
 	}
 	cJSON_AddItemToArray(responses, entry);
 }
 
-static void send_response(cJSON *tree)
+static void add_success(cJSON *responses, const char *command, const char *correlation)
+{
+	mmc_add_data(responses, command, NULL, correlation);
+}
+
+#define add_error mmc_add_error
+#define string_member mmc_string_member
+
+void mmc_publish_json(const char *topic, const cJSON *tree)
 {
 	char *json = cJSON_PrintUnformatted(tree);
 	size_t len;
 
 	if(json == NULL){
-		mosquitto_log_printf(MOSQ_LOG_ERR, MMC_CC_NAME ": out of memory building a response");
+		mosquitto_log_printf(MOSQ_LOG_ERR, MMC_CC_NAME ": out of memory building a message for %s", topic);
 		return;
 	}
 	len = strlen(json);
-	/* Every subscriber of the response topic gets it, like dynamic-security's replies. */
-	if(mosquitto_broker_publish_copy(NULL, MMC_CC_RESPONSE_TOPIC, (int)len, json, 0, false, NULL) != MOSQ_ERR_SUCCESS){
-		mosquitto_log_printf(MOSQ_LOG_ERR, MMC_CC_NAME ": could not publish a response");
+	if(mosquitto_broker_publish_copy(NULL, topic, (int)len, json, 0, false, NULL) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR, MMC_CC_NAME ": could not publish on %s", topic);
 	}
 	cJSON_free(json);
 }
 
-/* A non-empty UTF-8 string member, or NULL. */
-static const char *string_member(const cJSON *command, const char *name)
+const char *mmc_string_member(const cJSON *command, const char *name)
 {
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(command, name);
 
@@ -676,10 +692,12 @@ static void cmd_list_incoming(cJSON *responses, const char *name, const char *co
 }
 
 /* The envelope: {"commands":[...]} in, {"responses":[...]} out, errors as dynamic-security words them. */
-static void handle_request(const void *payload, uint32_t payloadlen)
+void mmc_handle_request(const void *payload, uint32_t payloadlen, const char *response_topic,
+		const struct mmc_command *commands)
 {
-	cJSON *tree, *responses, *commands, *command;
+	cJSON *tree, *responses, *request, *command;
 	const cJSON *j_name, *j_correlation;
+	const struct mmc_command *known;
 	const char *correlation;
 
 	tree = cJSON_CreateObject();
@@ -690,18 +708,18 @@ static void handle_request(const void *payload, uint32_t payloadlen)
 		return;
 	}
 
-	commands = payload ? cJSON_ParseWithLength(payload, payloadlen) : NULL;
-	if(commands == NULL){
+	request = payload ? cJSON_ParseWithLength(payload, payloadlen) : NULL;
+	if(request == NULL){
 		add_error(responses, "Unknown command", "Payload not valid JSON", NULL);
-		send_response(tree);
+		mmc_publish_json(response_topic, tree);
 		cJSON_Delete(tree);
 		return;
 	}
-	command = cJSON_GetObjectItemCaseSensitive(commands, "commands");
-	if(!cJSON_IsObject(commands) || !cJSON_IsArray(command)){
+	command = cJSON_GetObjectItemCaseSensitive(request, "commands");
+	if(!cJSON_IsObject(request) || !cJSON_IsArray(command)){
 		add_error(responses, "Unknown command", "Invalid/missing commands", NULL);
 	}else{
-		cJSON_ArrayForEach(command, cJSON_GetObjectItemCaseSensitive(commands, "commands")){
+		cJSON_ArrayForEach(command, cJSON_GetObjectItemCaseSensitive(request, "commands")){
 			if(!cJSON_IsObject(command)){
 				add_error(responses, "Unknown command", "Command not an object", NULL);
 				continue;
@@ -720,23 +738,37 @@ static void handle_request(const void *payload, uint32_t payloadlen)
 				add_error(responses, "Unknown command", "Missing command", correlation);
 				continue;
 			}
-			if(!strcasecmp(j_name->valuestring, "disconnectClient")){
-				cmd_disconnect(responses, command, "disconnectClient", correlation);
-			}else if(!strcasecmp(j_name->valuestring, "subscribeClient")){
-				cmd_subscribe(responses, command, "subscribeClient", correlation);
-			}else if(!strcasecmp(j_name->valuestring, "unsubscribeClient")){
-				cmd_unsubscribe(responses, command, "unsubscribeClient", correlation);
-			}else if(!strcasecmp(j_name->valuestring, "listIncomingBridges")){
-				cmd_list_incoming(responses, "listIncomingBridges", correlation);
+			for(known = commands; known->name; known++){
+				if(!strcasecmp(j_name->valuestring, known->name)){
+					break;
+				}
+			}
+			if(known->name){
+				known->run(responses, command, known->name, correlation);
 			}else{
 				add_error(responses, j_name->valuestring, "Unknown command", correlation);
 			}
 		}
 	}
-	cJSON_Delete(commands);
-	send_response(tree);
+	cJSON_Delete(request);
+	mmc_publish_json(response_topic, tree);
 	cJSON_Delete(tree);
 }
+
+static void cmd_list_incoming_bridges(cJSON *responses, const cJSON *command, const char *name,
+		const char *correlation)
+{
+	(void)command;
+	cmd_list_incoming(responses, name, correlation);
+}
+
+static const struct mmc_command client_control_commands[] = {
+	{"disconnectClient", cmd_disconnect},
+	{"subscribeClient", cmd_subscribe},
+	{"unsubscribeClient", cmd_unsubscribe},
+	{"listIncomingBridges", cmd_list_incoming_bridges},
+	{NULL, NULL},
+};
 
 static int control_callback(int event, void *event_data, void *userdata)
 {
@@ -745,7 +777,7 @@ static int control_callback(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 
-	handle_request(ed->payload, ed->payloadlen);
+	mmc_handle_request(ed->payload, ed->payloadlen, MMC_CC_RESPONSE_TOPIC, client_control_commands);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -809,6 +841,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, disconnect_callback, NULL, NULL);
 	if(rc != MOSQ_ERR_SUCCESS) return rc;
 #endif
+	rc = mmc_inspect_init(identifier, options, option_count);
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, MMC_CC_NAME " " MMC_CC_VERSION ": handling " MMC_CC_TOPIC
 #ifdef MMC_CC_SUBSCRIPTION_API
 			" (broker subscriptions)"
@@ -827,6 +861,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 
 	if(state.identifier){
 		mosquitto_callback_unregister(state.identifier, MOSQ_EVT_CONTROL, control_callback, MMC_CC_TOPIC);
+		mmc_inspect_cleanup(state.identifier);
 		mosquitto_callback_unregister(state.identifier, MOSQ_EVT_MESSAGE, message_callback, NULL);
 #ifndef MMC_CC_SUBSCRIPTION_API
 		mosquitto_callback_unregister(state.identifier, MOSQ_EVT_DISCONNECT, disconnect_callback, NULL);

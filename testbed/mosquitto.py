@@ -397,6 +397,8 @@ class MosquittoBroker:
         sys_interval: int = 1,
         extra_conf: str = "",
         extra_plugins: list[Path] | None = None,
+        early_plugins: list[Path] | None = None,
+        early_conf: str = "",
     ) -> None:
         self.workdir = Path(workdir)
         self.tls = tls
@@ -409,6 +411,10 @@ class MosquittoBroker:
         self.extra_conf = extra_conf
         # Loaded after dynamic-security, each with a "plugin <path>" line.
         self.extra_plugins = list(extra_plugins or [])
+        # Loaded before dynamic-security, then early_conf (their plugin_opt_ lines): the
+        # order of the "plugin" lines is the order in which 2.0 asks them to authenticate.
+        self.early_plugins = list(early_plugins or [])
+        self.early_conf = early_conf
 
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
@@ -530,6 +536,10 @@ class MosquittoBroker:
             lines += tls_listener(self.selfsigned_port, "selfsigned_cert", "selfsigned_key")
             lines += tls_listener(self.expired_port, "expired_cert", "expired_key")
             lines += tls_listener(self.wrongname_port, "wrongname_cert", "wrongname_key")
+        for plugin in self.early_plugins:
+            lines += ["", f"plugin {plugin}"]
+        if self.early_conf:
+            lines += ["", self.early_conf]
         if self.dynsec:
             lines += [
                 "",

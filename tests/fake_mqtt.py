@@ -10,6 +10,8 @@ Modes:
   believes the plugin is there and sends real commands, which then take too long.
   With ``delay=0`` it answers everything at once, and ``license_data`` makes it a Pro broker
   whose license offers what it names (getLicenseInformation's data).
+- ``pro``: answers every ``$CONTROL`` command at once, with ``answers[command]`` as its
+  ``data`` where given: what a Pro Mosquitto plugin says that mosquitto cannot.
 
 Every mode records the username and password of each CONNECT (``logins``).
 
@@ -124,13 +126,18 @@ def reply(command: dict[str, Any], license_data: dict[str, Any] | None = None) -
 
 class FakeBroker:
     def __init__(
-        self, mode: str, delay: float = 0.0, license_data: dict[str, Any] | None = None
+        self,
+        mode: str,
+        delay: float = 0.0,
+        license_data: dict[str, Any] | None = None,
+        answers: dict[str, Any] | None = None,
     ) -> None:
-        assert mode in ("silent", "deaf", "hangup", "mute", "slow")
+        assert mode in ("silent", "deaf", "hangup", "mute", "slow", "pro")
         self.mode = mode
         self.delay = delay
         # getLicenseInformation's data (a Pro broker's license), else {}.
         self.license = license_data
+        self.answers = dict(answers or {})
         self.port = 0
         self.connects = 0
         self.control_requests = 0
@@ -210,6 +217,9 @@ class FakeBroker:
             return
         self.control_requests += 1
         commands = json.loads(payload).get("commands", [])
+        if self.mode == "pro":
+            self._send(writer, topic, commands)
+            return
         fast = [c for c in commands if c.get("command") in FAST_COMMANDS]
         slow = [c for c in commands if c.get("command") not in FAST_COMMANDS]
         if fast:
@@ -227,5 +237,11 @@ class FakeBroker:
     def _send(
         self, writer: asyncio.StreamWriter, topic: str, commands: list[dict[str, Any]]
     ) -> None:
-        payload = json.dumps({"responses": [reply(c, self.license) for c in commands]}).encode()
+        responses = []
+        for command in commands:
+            response = reply(command, self.license)
+            if command.get("command") in self.answers:
+                response["data"] = self.answers[command["command"]]
+            responses.append(response)
+        payload = json.dumps({"responses": responses}).encode()
         writer.write(publish_packet(f"{topic}/response", payload))

@@ -71,6 +71,9 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("PUT", f"{CLIENT_CONTROL}/disconnect"): CONTROLLERS,
     ("PUT", f"{CLIENT_CONTROL}/subscribe"): CONTROLLERS,
     ("PUT", f"{CLIENT_CONTROL}/unsubscribe"): CONTROLLERS,
+    # Who is connected: client ids, usernames and addresses, like the dynsec client list.
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/clients"): READERS,
+    ("GET", "/api/projects/{projectId}/brokers/{brokerId}/clients/{clientid}"): READERS,
 }
 
 # Dynamic security on one broker: every read for readers, every change for controllers.

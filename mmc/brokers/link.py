@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import secrets
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from mmc.brokers.capabilities import Capabilities, SharedDetection, detect, label
 from mmc.brokers.control import RESPONSE_TOPICS, ControlChannel, ControlObserver
@@ -37,6 +39,10 @@ from mmc.endpoint import Endpoint
 from mmc.errors import BrokerUnavailable, MmcError, NotFound
 
 log = logging.getLogger(__name__)
+
+# mmc's plugin publishes here when a client connects or disconnects (plugin/README.md);
+# a broker without it, or that does not let mmc's user read it, sends nothing.
+CLIENT_EVENTS_TOPIC = "$CONTROL/cedalo/inspect/v1/events"
 
 _random = secrets.SystemRandom()
 
@@ -180,6 +186,9 @@ class BrokerLink:
         self._history: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
+        # Called with each client event (``{"event": "connected"|"disconnected", "clientid",
+        # "username", "address", "timestamp", ...}``) the broker's plugin publishes.
+        self.on_client_event: Callable[[BrokerLink, dict[str, Any]], None] | None = None
 
     @property
     def id(self) -> str:
@@ -474,7 +483,8 @@ class BrokerLink:
                     self.bridge_origins = None
                     self.capabilities = None
                     await client.subscribe_all(
-                        [*RESPONSE_TOPICS, "$SYS/broker/#"], self._options.request_timeout
+                        [*RESPONSE_TOPICS, "$SYS/broker/#", CLIENT_EVENTS_TOPIC],
+                        self._options.request_timeout,
                     )
                     self.control.attach(_Publisher(client))
                     self._connected_at = asyncio.get_running_loop().time()
@@ -564,6 +574,22 @@ class BrokerLink:
             self.sys_values[topic] = value
             self.sys_updated_at = now
             self._sys_seen.set()
+        elif topic == CLIENT_EVENTS_TOPIC:
+            self._client_event(payload)
+
+    def _client_event(self, payload: bytes | bytearray) -> None:
+        if self.on_client_event is None:
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(event, dict) or not isinstance(event.get("clientid"), str):
+            return
+        try:
+            self.on_client_event(self, event)
+        except Exception:
+            log.exception("broker %s: client event listener failed", self.id)
 
     def _record_history(self) -> None:
         """A $SYS snapshot every sys_history_interval seconds while connected."""

@@ -342,6 +342,33 @@ def dynsec_listing(plural: str, entity: Mapping[str, Any]) -> dict[str, Any]:
 
 
 DEFAULT_ACL_ACCESS = _obj(("acls",), acls=_list(DEFAULT_ACL))
+
+# ------------------------------------------------------------ inspect
+# Pro Mosquitto's inspect plugin and mmc's companion plugin (plugin/mmc_inspect.c) use the
+# same field names; Pro has more (queues, inflight, tls, listener, will, counters), which
+# pass through. Times are ms since the epoch.
+_NULLABLE_STRING: dict[str, Any] = {**_STRING, "nullable": True}
+INSPECT_CLIENT = _obj(
+    ("clientid", "connected"),
+    clientid=_STRING,
+    username=_NULLABLE_STRING,
+    connected=_BOOLEAN,
+    address=_NULLABLE_STRING,
+    protocol={**_STRING, "example": "MQTT"},
+    protocolVersion={**_STRING, "example": "v3.1.1"},
+    lastConnect=_INTEGER,
+    lastDisconnect={**_INTEGER, "nullable": True, "description": "null: never disconnected"},
+    keepalive=_INTEGER,
+    cleanSession=_BOOLEAN,
+    numSubscriptions={**_INTEGER, "description": "connected clients only"},
+    subscriptions={"type": "array", "items": {}},
+    queues={"type": "object"},
+)
+INSPECT_LISTING = _obj(
+    ("clients",),
+    totalCount={**_INTEGER, "description": "clients remembered (mmc's plugin)"},
+    clients=_list(INSPECT_CLIENT),
+)
 ANONYMOUS_GROUP = _obj(("groupname",), groupname={**_STRING, "description": "'' when none"})
 DYNSEC_DOCUMENT = _obj(
     ("defaultACLAccess", "anonymousGroup", "roles", "groups", "clients"),
