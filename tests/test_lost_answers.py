@@ -10,6 +10,7 @@ roles or password (issue 15's cases) is answered as applied.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -309,3 +310,30 @@ async def test_every_read_back_agrees_with_the_broker(
     covered = {ascii_lower(c["command"]) for c, _ in SCRIPT} | {"setclientpassword"}
     assert covered == set(CHECKS)
     assert await CHECKS["setclientpassword"](read, {"command": "setClientPassword"}) is None
+
+
+async def test_many_changes_in_flight_when_the_link_drops_each_answer_what_happened(
+    client: Client, linked: BrokerLink, proxy: MqttProxy
+) -> None:
+    """Concurrent requests travel in shared MQTT messages, so one drop loses many answers:
+    each is resolved on its own, the applied ones 2xx, the refused ones with the broker's
+    error, and the state agrees with every answer."""
+    proxy.cut_answer(answer_of("createRole"))
+
+    async def create(name: str) -> int:
+        resp = await client.post(f"{DS}/roles", json={"rolename": name, "textname": name})
+        return resp.status
+
+    async def grant(role: str) -> int:
+        resp = await client.post(f"{DS}/clients/c1/roles", json={"rolename": role})
+        return resp.status
+
+    names = [f"many{i}" for i in range(20)]
+    statuses = await asyncio.gather(
+        *(create(n) for n in names), *(grant(f"ghost{i}") for i in range(5))
+    )
+    assert proxy.cut_count == 1
+    assert statuses == [201] * 20 + [404] * 5
+    roles = (await call(client, "GET", f"{DS}/roles"))["roles"]
+    assert set(names) <= set(roles)
+    assert (await call(client, "GET", f"{DS}/clients/c1"))["roles"] == []
