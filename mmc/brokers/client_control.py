@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mmc.brokers import plugin_call
 from mmc.brokers.link import BrokerLink
-from mmc.errors import ControlError, ControlNotFound, MmcError, NotFound
 
 API = "cedalo/client-control"
 NOT_ENABLED = "client-control plugin not enabled on this broker"
@@ -45,17 +45,4 @@ async def unsubscribe(link: BrokerLink, clientid: str, topic: str) -> None:
 
 
 async def _command(link: BrokerLink, command: Mapping[str, Any]) -> dict[str, Any]:
-    # Whether the broker has the plugin is the link's capability detection: a 404
-    # within the probe time, never a request timeout.
-    await link.require_feature("clientControl")
-    try:
-        return await link.control.request(API, command)
-    except ControlNotFound as exc:
-        if not exc.command:  # the endpoint itself went away (2.1's answer)
-            raise NotFound(NOT_ENABLED) from None
-        raise
-    except ControlError as exc:
-        # The plugin's own failures (out of memory and the like) are not the caller's.
-        if exc.message.lower().startswith("internal error"):
-            raise MmcError(exc.message) from None
-        raise
+    return await plugin_call.call(link, "clientControl", API, command, not_enabled=NOT_ENABLED)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mmc.brokers import plugin_call
 from mmc.brokers.link import CLIENT_EVENTS_TOPIC, BrokerLink
-from mmc.errors import ControlError, ControlNotFound, MmcError, NotFound
 
 API = "cedalo/inspect"
 FEATURE = "inspect"
@@ -33,17 +33,5 @@ async def get_client(link: BrokerLink, clientid: str) -> Any:
 
 
 async def _data(link: BrokerLink, command: Mapping[str, Any]) -> Any:
-    # Whether the broker has the API is the link's capability detection: a 404 within
-    # the probe time, never a request timeout.
-    await link.require_feature(FEATURE)
-    try:
-        response = await link.control.request(API, command)
-    except ControlNotFound as exc:
-        if not exc.command:  # the endpoint itself went away (2.1's answer)
-            raise NotFound(NOT_ENABLED) from None
-        raise
-    except ControlError as exc:
-        if exc.message.lower().startswith("internal error"):
-            raise MmcError(exc.message) from None
-        raise
+    response = await plugin_call.call(link, FEATURE, API, command, not_enabled=NOT_ENABLED)
     return response.get("data", {})
