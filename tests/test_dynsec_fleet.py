@@ -278,3 +278,44 @@ async def test_project_apply_validation(client: Client, broker: MosquittoBroker)
         status=404,
     )
     assert missing["message"] == "Project nobody has no brokers"
+
+
+def _listings(metrics: str) -> float:
+    """listClients commands sent so far (mmc's own counter)."""
+    prefix = 'mmc_control_requests_total{api="dynamic-security",command="listClients",outcome="ok"}'
+    lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+async def test_an_import_deleting_many_roles_lists_their_holders_once(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """Roles still held are taken from their holders before they are deleted (2.0.11 frees
+    a held role); for 40 roles that is one listing, not one per role."""
+    await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+    roles = [f"r{i}" for i in range(40)]
+    await run(client, "src", [{"command": "createRole", "rolename": r} for r in roles])
+    await run(
+        client,
+        "src",
+        [
+            {"command": "createClient", "username": "holder", "password": "p"},
+            {"command": "createGroup", "groupname": "g"},
+            *(
+                {"command": "addClientRole", "username": "holder", "rolename": r}
+                for r in roles[:10]
+            ),
+            *({"command": "addGroupRole", "groupname": "g", "rolename": r} for r in roles[10:20]),
+        ],
+    )
+    before = _listings(await (await client.get("/metrics")).text())
+    report = await call(client, "POST", f"{SRC}/import", {"roles": [], "groups": []})
+    after = _listings(await (await client.get("/metrics")).text())
+    assert report["errors"] == []
+    deleted = {c["rolename"] for c in report["commands"] if c["command"] == "deleteRole"}
+    assert deleted == set(roles)
+    # One for the plan (the export), one to find the holders of all 40.
+    assert after - before == 2
+    assert (await call(client, "GET", f"{SRC}/roles"))["roles"] == ["admin"]
+    assert (await call(client, "GET", f"{SRC}/clients/holder"))["roles"] == []
+    assert own_broker.is_running

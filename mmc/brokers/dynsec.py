@@ -116,7 +116,7 @@ class Dynsec:
             if not await self._all_exist("roles", {r for r in wanted if isinstance(r, str)}):
                 return {"command": command["command"], "error": "Role not found"}
         if name == "deleterole" and isinstance(command.get("rolename"), str):
-            await self._detach_role(command["rolename"])
+            await self._detach_roles({command["rolename"]})
         elif (
             name == "deletegroup"
             and command.get("groupname")
@@ -227,26 +227,37 @@ class Dynsec:
                     return {"command": verb, "error": entry["error"]}
         return {"command": verb}
 
-    async def _detach_role(self, rolename: str) -> None:
+    async def _detach_roles(self, rolenames: set[str]) -> None:
+        """Take the roles away from every client and group that holds them (one listing of
+        each, however many roles)."""
+        if not rolenames:
+            return
         clients, groups = await asyncio.gather(
             self.list_clients(verbose=True), self.list_groups(verbose=True)
         )
 
-        def holds(entry: Mapping[str, Any]) -> bool:
-            return any(r.get("rolename") == rolename for r in entry.get("roles", []))
+        def held(entry: Mapping[str, Any]) -> list[str]:
+            return [r["rolename"] for r in entry.get("roles", []) if r.get("rolename") in rolenames]
 
         await asyncio.gather(
             *(
                 self.remove_client_role(c["username"], rolename)
                 for c in clients["clients"]
-                if holds(c)
+                for rolename in held(c)
             ),
             *(
                 self.remove_group_role(g["groupname"], rolename)
                 for g in groups["groups"]
-                if holds(g)
+                for rolename in held(g)
             ),
         )
+
+    async def _delete_roles(self, commands: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """deleteRole commands together: their roles detached at once, then deleted."""
+        await self._detach_roles(
+            {c["rolename"] for c in commands if isinstance(c.get("rolename"), str)}
+        )
+        return list(await asyncio.gather(*(self.channel.send(API, c) for c in commands)))
 
     # -------------------------------------------------------- default ACL
 
@@ -429,7 +440,13 @@ class Dynsec:
         for phase in plan.phases:
             if not phase:
                 continue
-            entries = await asyncio.gather(*(self.send(c) for c in phase))
+            if all(_lower(c) == "deleterole" for c in phase):
+                # The roles go last, together: one listing to find their holders, not
+                # one per role.
+                check_commands(phase)
+                entries = await self._delete_roles(phase)
+            else:
+                entries = await asyncio.gather(*(self.send(c) for c in phase))
             for command, entry in zip(phase, entries, strict=True):
                 if "error" in entry:
                     report["errors"].append({**summarize(command), "error": entry["error"]})
