@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help run test lint fmt check-system postgres clean plugin plugin-memcheck bench bench-fleet soak
+.PHONY: help run test lint fmt check-system postgres clean plugin plugin-memcheck bench bench-fleet soak \
+	mosquitto-2.1
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -58,6 +59,19 @@ plugin: $(PLUGIN_SO)  ## build the client-control mosquitto plugin
 $(PLUGIN_SO): plugin/mmc_client_control.c
 	$(CC) $(PLUGIN_CFLAGS) -fPIC -shared -o $@ $< -lcjson
 
+# mosquitto 2.1 for the tests, built from Debian sid's source package into build/ (about a
+# minute on two cores) and reused: `rm -rf build/mosquitto-2.1` to build sid's current one.
+# The plugin is built a second time against 2.1's headers, for 2.1's brokers.
+MOSQUITTO_21 := build/mosquitto-2.1
+
+mosquitto-2.1: $(MOSQUITTO_21)/VERSION $(MOSQUITTO_21)/mmc_client_control.so  ## build mosquitto 2.1 (and the plugin for it) under build/
+
+$(MOSQUITTO_21)/VERSION: testbed/build-mosquitto-2.1.sh
+	testbed/build-mosquitto-2.1.sh $(MOSQUITTO_21)
+
+$(MOSQUITTO_21)/mmc_client_control.so: plugin/mmc_client_control.c $(MOSQUITTO_21)/VERSION
+	$(CC) $(PLUGIN_CFLAGS) -I$(MOSQUITTO_21)/include -fPIC -shared -o $@ $< -lcjson
+
 # Opt-in: the client-control tests with every broker under valgrind; fails on any
 # memory error or definite leak (logs in build/memcheck/).
 plugin-memcheck: $(VENV)/.test-deps check-system plugin
@@ -94,7 +108,7 @@ postgres:
 	if [ -n "$$fresh" ]; then \
 	  runuser -u postgres -- psql -qc "ALTER ROLE postgres PASSWORD 'postgres'"; fi
 
-test: $(VENV)/.test-deps check-system postgres plugin  ## run the whole test suite against real brokers and PostgreSQL
+test: $(VENV)/.test-deps check-system postgres plugin mosquitto-2.1  ## run the whole test suite against real brokers and PostgreSQL
 	$(BIN)/python -m pytest
 
 # MINUTES=2 make soak for a shorter run; see bench/soak.py for what it measures.
