@@ -21,7 +21,7 @@ import pytest
 from mmc.appkeys import connections_key
 from mmc.brokers.client_control import NOT_ENABLED
 from mmc.config import Settings
-from testbed.mosquitto import MOSQUITTO_CTRL_BIN, MosquittoBroker
+from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
 
 REQUEST_TOPIC = "$CONTROL/cedalo/client-control/v1"
@@ -36,7 +36,7 @@ QUIET = 0.4
 def _ctrl(broker: MosquittoBroker, *args: str) -> None:
     result = subprocess.run(
         [
-            MOSQUITTO_CTRL_BIN,
+            broker.mosquitto.ctrl,
             *("-h", broker.host, "-p", str(broker.port)),
             *("-u", broker.admin_username, "-P", broker.admin_password),
             "dynsec",
@@ -44,6 +44,7 @@ def _ctrl(broker: MosquittoBroker, *args: str) -> None:
         ],
         capture_output=True,
         text=True,
+        env=broker.mosquitto.env(),
         timeout=10,
         check=False,
     )
@@ -52,11 +53,13 @@ def _ctrl(broker: MosquittoBroker, *args: str) -> None:
 
 @pytest.fixture(scope="session")
 def cc_broker(
-    tmp_path_factory: pytest.TempPathFactory, client_control_plugin: Path
+    tmp_path_factory: pytest.TempPathFactory, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> Iterator[MosquittoBroker]:
-    """mosquitto 2.0 with dynamic-security and the client-control plugin side by side."""
+    """mosquitto with dynamic-security and the client-control plugin side by side."""
     workdir = tmp_path_factory.mktemp("cc-broker")
-    with MosquittoBroker(workdir, extra_plugins=[client_control_plugin]) as broker:
+    with MosquittoBroker(
+        workdir, extra_plugins=[client_control_plugin], mosquitto=mosquitto
+    ) as broker:
         _ctrl(broker, "createRole", "cc")
         for acltype in ("publishClientSend", "subscribePattern"):
             _ctrl(broker, "addRoleACL", "cc", acltype, "cc/#", "allow")
@@ -306,11 +309,12 @@ async def test_on_mosquitto_2_0_a_subscription_waits_for_its_client(
 
 
 async def test_max_subscriptions_option(
-    client: Client, tmp_path: Path, client_control_plugin: Path
+    client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
     with MosquittoBroker(
         tmp_path / "b",
         extra_plugins=[client_control_plugin],
+        mosquitto=mosquitto,
         extra_conf="plugin_opt_max_subscriptions 1",
     ) as own:
         resp = await client.post("/api/connections", json=plain_body(own))
@@ -411,9 +415,11 @@ async def test_unknown_broker_or_wrong_project_is_404(cc_client: Client) -> None
 
 
 async def test_link_down_is_503(
-    client: Client, tmp_path: Path, client_control_plugin: Path
+    client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
-    with MosquittoBroker(tmp_path / "b", extra_plugins=[client_control_plugin]) as own:
+    with MosquittoBroker(
+        tmp_path / "b", extra_plugins=[client_control_plugin], mosquitto=mosquitto
+    ) as own:
         resp = await client.post("/api/connections", json=plain_body(own))
         assert resp.status == 200, await resp.text()
         status, answer = await _put(client, "disconnect", {"clientid": "nobody"})
@@ -427,10 +433,16 @@ async def test_link_down_is_503(
 
 
 async def test_no_answer_in_time_is_504(
-    make_client: MakeClient, settings: Settings, tmp_path: Path, client_control_plugin: Path
+    make_client: MakeClient,
+    settings: Settings,
+    tmp_path: Path,
+    client_control_plugin: Path,
+    mosquitto: Mosquitto,
 ) -> None:
     client = await make_client(settings.replace(request_timeout=0.5))
-    with MosquittoBroker(tmp_path / "b", extra_plugins=[client_control_plugin]) as own:
+    with MosquittoBroker(
+        tmp_path / "b", extra_plugins=[client_control_plugin], mosquitto=mosquitto
+    ) as own:
         resp = await client.post("/api/connections", json=plain_body(own))
         assert resp.status == 200, await resp.text()
         assert (await _put(client, "disconnect", {"clientid": "nobody"}))[0] == 404
