@@ -312,6 +312,13 @@ def dynsec_listing(plural: str, entity: Mapping[str, Any]) -> dict[str, Any]:
 
 
 DEFAULT_ACL_ACCESS = _obj(("acls",), acls=_list(DEFAULT_ACL))
+DYNSEC_DETAILS = _obj(
+    ("clientCount", "groupCount", "roleCount", "changeIndex"),
+    clientCount=_INTEGER,
+    groupCount=_INTEGER,
+    roleCount=_INTEGER,
+    changeIndex={**_INTEGER, "description": "Grows with every change the plugin saves"},
+)
 ANONYMOUS_GROUP = _obj(("groupname",), groupname={**_STRING, "description": "'' when none"})
 DYNSEC_DOCUMENT = _obj(
     ("defaultACLAccess", "anonymousGroup", "roles", "groups", "clients"),
