@@ -1,4 +1,5 @@
-"""Client control end to end: REST -> mmc -> mosquitto 2.0 with mmc's plugin -> real clients."""
+"""Client control end to end: REST -> mmc -> mosquitto 2.0 or 2.1 with mmc's plugin (built
+against that version's headers) -> real clients."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from mmc.brokers.client_control import NOT_ENABLED
 from mmc.config import Settings
 from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 REQUEST_TOPIC = "$CONTROL/cedalo/client-control/v1"
 RESPONSE_TOPIC = f"{REQUEST_TOPIC}/response"
@@ -291,6 +294,7 @@ async def test_subscriptions_end_when_the_client_disconnects(
             await _nothing(target)
 
 
+@pytest.mark.mosquitto_versions("2.0")
 async def test_on_mosquitto_2_0_a_subscription_waits_for_its_client(
     cc_client: Client, cc_broker: MosquittoBroker
 ) -> None:
@@ -308,6 +312,7 @@ async def test_on_mosquitto_2_0_a_subscription_waits_for_its_client(
         assert (await _next(later)).payload == b"hello"
 
 
+@pytest.mark.mosquitto_versions("2.0")  # the plugin keeps subscriptions only on 2.0
 async def test_max_subscriptions_option(
     client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
@@ -328,11 +333,32 @@ async def test_max_subscriptions_option(
         assert await _put(client, "subscribe", {**body, "topic": "b"}) == (204, None)
 
 
+@pytest.mark.mosquitto_versions("2.0")
 async def test_plugin_errors_keep_their_message(cc_client: Client) -> None:
     body = {"clientid": "someone", "topic": "$share/group/cc/x", "qos": 0}
     status, answer = await _put(cc_client, "subscribe", body)
     assert status == 400
     assert answer["message"] == "Shared subscriptions are not supported on mosquitto 2.0"
+
+
+@pytest.mark.mosquitto_versions("2.1")
+async def test_on_mosquitto_2_1_subscriptions_are_the_brokers_own(
+    cc_client: Client, cc_broker: MosquittoBroker
+) -> None:
+    """2.1 adds real broker subscriptions: the client must be known to the broker, and
+    shared subscriptions work."""
+    uid = _uid()
+    body = {"clientid": f"later-{uid}", "topic": f"cc/{uid}/t", "qos": 0}
+    status, answer = await _put(cc_client, "subscribe", body)
+    assert (status, answer["message"]) == (404, "Client not found")
+    async with (
+        _mqtt(cc_broker, f"member-{uid}") as member,
+        _mqtt(cc_broker, f"pub-{uid}") as publisher,
+    ):
+        shared = {"clientid": f"member-{uid}", "topic": f"$share/g/cc/{uid}/s", "qos": 1}
+        assert await _put(cc_client, "subscribe", shared) == (204, None)
+        await publisher.publish(f"cc/{uid}/s", b"to the group", qos=1)
+        assert (await _next(member)).payload == b"to the group"
 
 
 # ------------------------------------------------------- errors and probing
