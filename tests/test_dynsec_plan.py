@@ -202,7 +202,7 @@ def test_unusable_documents_are_refused_before_anything_is_planned() -> None:
 
 
 def test_allowwildcardsubs_is_exported_as_reported_and_absent_means_true() -> None:
-    roles = [
+    roles: list[dict[str, Any]] = [
         {"rolename": "narrow", "allowwildcardsubs": False},
         {"rolename": "wide", "allowwildcardsubs": True},
         {"rolename": "v20"},
