@@ -481,9 +481,12 @@ class MosquittoBroker:
         extra_plugins: list[Path] | None = None,
         mosquitto: Mosquitto = MOSQUITTO_20,
         control_api: bool | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.mosquitto = mosquitto
+        # A command prefix for this broker (valgrind, say); else MMC_TEST_MOSQUITTO_WRAPPER's.
+        self.wrapper = MOSQUITTO_WRAPPER if wrapper is None else wrapper
         # $CONTROL/broker/v1 (listPlugins, listListeners): on where the version has it.
         self.control_api = mosquitto.has_control_api if control_api is None else control_api
         if self.control_api and not mosquitto.has_control_api:
@@ -651,7 +654,7 @@ class MosquittoBroker:
             self._prepare()
         with self.output_path.open("ab") as out:
             self._proc = subprocess.Popen(
-                [*MOSQUITTO_WRAPPER, self.mosquitto.broker, "-c", str(self.conf_path)],
+                [*self.wrapper, self.mosquitto.broker, "-c", str(self.conf_path)],
                 env=self.mosquitto.env(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -481,3 +481,62 @@ async def test_a_configuration_moves_to_a_fresh_2_1_broker(
     finally:
         a.stop()
         b.stop()
+
+
+# --------------------------------------------------- the deleteRole guard on 2.1
+
+
+def _valgrind(log: Path) -> list[str]:
+    return ["valgrind", "--error-exitcode=99", f"--log-file={log}"]
+
+
+def _errors(log: Path) -> int:
+    text = log.read_text(encoding="utf-8")
+    [summary] = [line for line in text.splitlines() if "ERROR SUMMARY" in line]
+    return int(summary.split("ERROR SUMMARY:")[1].split()[0])
+
+
+async def _raw(broker: MosquittoBroker, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async with _mqtt(broker, "admin", broker.admin_password) as mqtt:
+        await mqtt.subscribe("$CONTROL/dynamic-security/v1/response")
+        await mqtt.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": commands}))
+        async with asyncio.timeout(10):
+            async for message in mqtt.messages:
+                assert isinstance(message.payload, bytes)
+                answer: list[dict[str, Any]] = json.loads(message.payload)["responses"]
+                return answer
+    raise AssertionError("no answer")
+
+
+HELD_INLINE = [
+    {"command": "createRole", "rolename": "held"},
+    {"command": "createClient", "username": "u", "password": "p", "roles": [{"rolename": "held"}]},
+    {"command": "createGroup", "groupname": "g", "roles": [{"rolename": "held"}]},
+]
+
+
+@only_2_1
+async def test_the_delete_role_guard_is_still_needed_on_2_1(
+    client: Client, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """2.1.2 does not link roles given inline in createClient/createGroup back to their
+    holders: its own deleteRole then frees a role still held (valgrind sees reads of freed
+    memory). mmc takes the role from its holders first: on the same state (made by another
+    tool), deleting through mmc leaves valgrind nothing to report."""
+    raw_log, mmc_log = tmp_path / "raw.vg", tmp_path / "mmc.vg"
+    delete = {"command": "deleteRole", "rolename": "held"}
+    reads = [{"command": "getClient", "username": "u"}, {"command": "getGroup", "groupname": "g"}]
+    with MosquittoBroker(tmp_path / "raw", mosquitto=mosquitto, wrapper=_valgrind(raw_log)) as raw:
+        answers = await _raw(raw, [*HELD_INLINE, delete])
+        assert [a for a in answers if "error" in a] == []
+        await _raw(raw, reads)
+    assert _errors(raw_log) > 0
+
+    with MosquittoBroker(tmp_path / "mmc", mosquitto=mosquitto, wrapper=_valgrind(mmc_log)) as own:
+        assert [a for a in await _raw(own, HELD_INLINE) if "error" in a] == []
+        await connect(client, own)
+        await call(client, "DELETE", f"{DS}/roles/held", status=204)
+        assert (await call(client, "GET", f"{DS}/clients/u"))["roles"] == []
+        assert (await call(client, "GET", f"{DS}/groups/g"))["roles"] == []
+        await _raw(own, reads)
+    assert _errors(mmc_log) == 0

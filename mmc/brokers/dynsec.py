@@ -7,10 +7,13 @@ Whether the broker has the plugin is the link's capability detection (run on eve
 (re)connect, bounded by the probe timeout): a broker without it answers 404 "dynamic-security
 plugin not enabled on this broker" quickly, never after a request timeout.
 
-Guards keep old brokers alive: mosquitto 2.0.11 frees a role still referenced by a client
-or group (use after free) and crashes when the anonymous group is deleted, so ``deleteRole``
+Guards keep brokers sound: mosquitto 2.0.11 frees a role still referenced by a client or
+group (use after free) and crashes when the anonymous group is deleted, so ``deleteRole``
 first removes the role from every client and group, and ``deleteGroup`` of the anonymous
-group is refused with the message newer plugins answer. A ``roles`` list is never sent
+group is refused with the message newer plugins answer. 2.1.2 needs the ``deleteRole`` guard
+too: roles given inline to ``createClient``/``createGroup`` (by any tool) are not linked back
+to their holders, and its ``deleteRole`` frees such a role while they still list it
+(tests/test_dynsec_versions.py shows it under valgrind). A ``roles`` list is never sent
 with ``createClient``, ``createGroup`` or ``modifyGroup``, nor ``groups`` with
 ``createClient``: 2.0.11 sets the owner's role list without updating the roles' own lists
 of owners (deleting the group and then a role it had crashes the broker, SIGSEGV), and
