@@ -508,7 +508,7 @@ async def _raw(broker: MosquittoBroker, commands: list[dict[str, Any]]) -> list[
     raise AssertionError("no answer")
 
 
-HELD_INLINE = [
+HELD_INLINE: list[dict[str, Any]] = [
     {"command": "createRole", "rolename": "held"},
     {"command": "createClient", "username": "u", "password": "p", "roles": [{"rolename": "held"}]},
     {"command": "createGroup", "groupname": "g", "roles": [{"rolename": "held"}]},
