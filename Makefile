@@ -127,7 +127,8 @@ fmt: $(VENV)/.test-deps
 # Both start their own mosquitto brokers and mmc on 127.0.0.1, print a table with the
 # targets as pass/fail and write JSON to bench/results/. About 2 to 3 minutes each.
 # BENCH_ARGS="--store postgresql" measures mmc on a new database of the local PostgreSQL.
-bench: $(VENV)/.test-deps check-system  ## API latency/throughput vs bare MQTT and mosquitto_ctrl
+# BENCH_ARGS="--mosquitto 2.1" runs the brokers on 2.1 (built by `make mosquitto-2.1`).
+bench: $(VENV)/.test-deps check-system $(if $(findstring 2.1,$(BENCH_ARGS)),mosquitto-2.1)  ## API latency/throughput vs bare MQTT and mosquitto_ctrl
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 bench-fleet: $(VENV)/.test-deps check-system  ## 1,000 links in one mmc: start, memory, broker restart
