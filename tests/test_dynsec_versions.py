@@ -11,6 +11,7 @@ import asyncio
 import copy
 import json
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -540,3 +541,50 @@ async def test_the_delete_role_guard_is_still_needed_on_2_1(
         assert (await call(client, "GET", f"{DS}/groups/g"))["roles"] == []
         await _raw(own, reads)
     assert _errors(mmc_log) == 0
+
+
+# ------------------------------------------------------------------- kicks
+
+
+async def _kicked(broker: MosquittoBroker, user: str, change: Awaitable[Any]) -> bool:
+    """Whether ``user``'s connection is closed by the broker after ``change`` (2.0 closes it
+    at once, 2.1 on its next loop)."""
+    try:
+        async with _mqtt(broker, user, "pw") as mqtt:
+            await change
+            async with asyncio.timeout(1.0):
+                async for _ in mqtt.messages:
+                    pass
+    except aiomqtt.MqttError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_role_changes_kick_the_roles_holders(
+    client: Client, broker: MosquittoBroker, uid: str
+) -> None:
+    """Both versions disconnect a client whose role set or role ACLs change, and leave the
+    others connected."""
+    await connect(client, broker)
+    role, other, user = f"r-{uid}", f"o-{uid}", f"u-{uid}"
+    for name in (role, other):
+        await call(client, "POST", f"{DS}/roles", {"rolename": name}, status=201)
+    body = {"username": user, "password": "pw", "roles": [{"rolename": role}]}
+    await call(client, "POST", f"{DS}/clients", body, status=201)
+    acl = {"acltype": "subscribePattern", "topic": f"{uid}/#", "allow": True}
+    assert await _kicked(broker, user, call(client, "POST", f"{DS}/roles/{role}/acls", acl))
+    assert not await _kicked(broker, user, call(client, "POST", f"{DS}/roles/{other}/acls", acl))
+    assert not await _kicked(
+        broker, user, call(client, "PATCH", f"{DS}/roles/{role}", {"textname": "T"})
+    )
+    if broker.mosquitto.version != "2.0":
+        change = call(client, "PATCH", f"{DS}/roles/{role}", {"allowwildcardsubs": False})
+        assert await _kicked(broker, user, change)
+    assert await _kicked(
+        broker, user, call(client, "POST", f"{DS}/clients/{user}/roles", {"rolename": other})
+    )
+    assert await _kicked(
+        broker, user, call(client, "DELETE", f"{DS}/clients/{user}/roles?rolename={other}")
+    )
