@@ -1,4 +1,5 @@
-"""Bridges of mosquitto.conf, seen through $SYS: two real brokers, A bridged to B."""
+"""Bridges of mosquitto.conf, seen through $SYS: two real brokers, A bridged to B (on
+mosquitto 2.0 and 2.1)."""
 
 from __future__ import annotations
 
@@ -12,22 +13,26 @@ from typing import Any
 import pytest
 
 from mmc.config import Settings
-from testbed.mosquitto import MosquittoBroker
+from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import Client, plain_body
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 BRIDGE = "mmcbridge"
 BASE = "/api/projects/default/brokers/plain"
 
 
 @pytest.fixture
-def remote(tmp_path: Path) -> Iterator[MosquittoBroker]:
+def remote(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[MosquittoBroker]:
     """B: anonymous, so A's bridge logs in without credentials."""
-    with MosquittoBroker(tmp_path / "b", dynsec=False) as running:
+    with MosquittoBroker(tmp_path / "b", dynsec=False, mosquitto=mosquitto) as running:
         yield running
 
 
 @pytest.fixture
-def bridged(tmp_path: Path, remote: MosquittoBroker) -> Iterator[MosquittoBroker]:
+def bridged(
+    tmp_path: Path, remote: MosquittoBroker, mosquitto: Mosquitto
+) -> Iterator[MosquittoBroker]:
     """A: bridges bridge/# out to B, retrying after 1-2 s."""
     conf = "\n".join(
         [
@@ -40,7 +45,7 @@ def bridged(tmp_path: Path, remote: MosquittoBroker) -> Iterator[MosquittoBroker
             "keepalive_interval 5",
         ]
     )
-    with MosquittoBroker(tmp_path / "a", extra_conf=conf) as running:
+    with MosquittoBroker(tmp_path / "a", extra_conf=conf, mosquitto=mosquitto) as running:
         yield running
 
 
