@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help run test lint fmt check-system postgres clean plugin plugin-memcheck bench bench-fleet soak
+.PHONY: help run test lint fmt check-system postgres clean plugin plugin-memcheck bench bench-fleet soak \
+	mosquitto-2.1
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -60,6 +61,19 @@ PLUGIN_SRC    := plugin/mmc_client_control.c plugin/mmc_inspect.c
 $(PLUGIN_SO): $(PLUGIN_SRC) plugin/mmc_plugin.h
 	$(CC) $(PLUGIN_CFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRC) -lcjson
 
+# mosquitto 2.1 for the tests, built from Debian sid's source package into build/ (about a
+# minute on two cores) and reused: `rm -rf build/mosquitto-2.1` to build sid's current one.
+# The plugin is built a second time against 2.1's headers, for 2.1's brokers.
+MOSQUITTO_21 := build/mosquitto-2.1
+
+mosquitto-2.1: $(MOSQUITTO_21)/VERSION $(MOSQUITTO_21)/mmc_client_control.so  ## build mosquitto 2.1 (and the plugin for it) under build/
+
+$(MOSQUITTO_21)/VERSION: testbed/build-mosquitto-2.1.sh
+	testbed/build-mosquitto-2.1.sh $(MOSQUITTO_21)
+
+$(MOSQUITTO_21)/mmc_client_control.so: $(PLUGIN_SRC) plugin/mmc_plugin.h $(MOSQUITTO_21)/VERSION
+	$(CC) $(PLUGIN_CFLAGS) -I$(MOSQUITTO_21)/include -fPIC -shared -o $@ $(PLUGIN_SRC) -lcjson
+
 # Opt-in: the client-control and inspect tests with every broker under valgrind; fails
 # on any memory error or definite leak (logs in build/memcheck/).
 plugin-memcheck: $(VENV)/.test-deps check-system plugin
@@ -96,7 +110,7 @@ postgres:
 	if [ -n "$$fresh" ]; then \
 	  runuser -u postgres -- psql -qc "ALTER ROLE postgres PASSWORD 'postgres'"; fi
 
-test: $(VENV)/.test-deps check-system postgres plugin  ## run the whole test suite against real brokers and PostgreSQL
+test: $(VENV)/.test-deps check-system postgres plugin mosquitto-2.1  ## run the whole test suite against real brokers and PostgreSQL
 	$(BIN)/python -m pytest
 
 # MINUTES=2 make soak for a shorter run; see bench/soak.py for what it measures.
@@ -115,7 +129,8 @@ fmt: $(VENV)/.test-deps
 # Both start their own mosquitto brokers and mmc on 127.0.0.1, print a table with the
 # targets as pass/fail and write JSON to bench/results/. About 2 to 3 minutes each.
 # BENCH_ARGS="--store postgresql" measures mmc on a new database of the local PostgreSQL.
-bench: $(VENV)/.test-deps check-system  ## API latency/throughput vs bare MQTT and mosquitto_ctrl
+# BENCH_ARGS="--mosquitto 2.1" runs the brokers on 2.1 (built by `make mosquitto-2.1`).
+bench: $(VENV)/.test-deps check-system $(if $(findstring 2.1,$(BENCH_ARGS)),mosquitto-2.1)  ## API latency/throughput vs bare MQTT and mosquitto_ctrl
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 bench-fleet: $(VENV)/.test-deps check-system  ## 1,000 links in one mmc: start, memory, broker restart

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
-from testbed.mosquitto import HOST, MOSQUITTO_BIN, MOSQUITTO_CTRL_BIN, MosquittoBroker
+from testbed.mosquitto import HOST, MOSQUITTO_20, Mosquitto, MosquittoBroker
 
 __all__ = [
     "HOST",
@@ -231,7 +231,7 @@ class BareControl:
 def mosquitto_ctrl_times(broker: MosquittoBroker, args: list[str], runs: int) -> list[float]:
     """Seconds per ``mosquitto_ctrl -h -p -u -P dynsec <args>`` run, one after the other."""
     argv = [
-        MOSQUITTO_CTRL_BIN,
+        broker.mosquitto.ctrl,
         "-h",
         HOST,
         "-p",
@@ -246,7 +246,9 @@ def mosquitto_ctrl_times(broker: MosquittoBroker, args: list[str], runs: int) ->
     times: list[float] = []
     for _ in range(runs):
         begin = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+        done = subprocess.run(
+            argv, capture_output=True, env=broker.mosquitto.env(), timeout=30, check=False
+        )
         elapsed = time.perf_counter() - begin
         if done.returncode != 0:
             raise RuntimeError(f"mosquitto_ctrl failed: {done.stdout!r} {done.stderr!r}")
@@ -287,7 +289,7 @@ def raise_open_files(wanted: int) -> int:
     return soft
 
 
-def machine() -> dict[str, Any]:
+def machine(mosquitto: Mosquitto = MOSQUITTO_20) -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = "unknown"
     try:
@@ -297,19 +299,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    mosquitto = "unknown"
-    try:
-        out = subprocess.run(
-            [MOSQUITTO_BIN, "-h"], capture_output=True, timeout=5, check=False
-        ).stdout.decode(errors="replace")
-        mosquitto = out.splitlines()[0] if out else mosquitto
-    except (OSError, subprocess.SubprocessError):
-        pass
+    version = mosquitto.installed_version()
     return {
         "cpus": os.cpu_count(),
         "cpu": cpu,
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
-        "mosquitto": mosquitto,
+        "mosquitto": f"mosquitto version {version}" if version else "unknown",
         "kernel": platform.release(),
     }

@@ -40,6 +40,7 @@ from bench.common import (
     mosquitto_ctrl_times,
     run_load,
 )
+from testbed.mosquitto import MOSQUITTO_20, MOSQUITTO_VERSIONS, Mosquitto
 from testbed.postgres import postgres_database
 from testbed.serve import MmcServer
 
@@ -225,13 +226,14 @@ async def run(
     log: Callable[[str], None] = print,
     *,
     store: str = "sqlite",
+    mosquitto: Mosquitto = MOSQUITTO_20,
 ) -> dict[str, Any]:
     if store == "postgresql":
         # A database of its own on the local server (as the tests do), dropped afterwards.
         async with postgres_database() as url:
             env = {"MMC_DATABASE_URL": url, "MMC_SECRET_KEY": Fernet.generate_key().decode()}
-            return await _run(sizes, workdir, log, store, env)
-    return await _run(sizes, workdir, log, store, {})
+            return await _run(sizes, workdir, log, store, env, mosquitto)
+    return await _run(sizes, workdir, log, store, {}, mosquitto)
 
 
 async def _run(
@@ -240,10 +242,12 @@ async def _run(
     log: Callable[[str], None],
     store: str,
     env: dict[str, str],
+    mosquitto: Mosquitto,
 ) -> dict[str, Any]:
-    target = MosquittoBroker(workdir / "target", sys_interval=10)
-    reference = MosquittoBroker(workdir / "reference", sys_interval=10)
-    filler = MosquittoBroker(workdir / "filler", sys_interval=10)
+    target, reference, filler = (
+        MosquittoBroker(workdir / name, sys_interval=10, mosquitto=mosquitto)
+        for name in ("target", "reference", "filler")
+    )
     mmc = MmcServer(workdir / "mmc", env=env)
     results: list[Stats] = []
     started = time.monotonic()
@@ -317,7 +321,7 @@ async def _run(
         "benchmark": "api",
         "store": store,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": machine(mosquitto),
         "sizes": sizes.__dict__,
         "results": [s.to_dict() for s in results],
         "mosquitto_ctrl": {
@@ -369,10 +373,21 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite",
         help="mmc's store: a SQLite file, or a new database on the local PostgreSQL",
     )
+    parser.add_argument(
+        "--mosquitto",
+        choices=sorted(MOSQUITTO_VERSIONS),
+        default="2.0",
+        help="the brokers' version: Debian's 2.0, or 2.1 built by `make mosquitto-2.1`",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    mosquitto = MOSQUITTO_VERSIONS[args.mosquitto]
+    missing = mosquitto.available()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="mmc-bench-") as tmp:
-        outcome = asyncio.run(run(sizes, Path(tmp), store=args.store))
+        outcome = asyncio.run(run(sizes, Path(tmp), store=args.store, mosquitto=mosquitto))
     print()
     print(report(outcome))
     print(f"\nwritten to {write_json(outcome, args.json, 'bench')}")

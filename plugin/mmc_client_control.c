@@ -599,6 +599,10 @@ static void cmd_subscribe(cJSON *responses, const cJSON *command, const char *na
 		if(send_retain == SEND_RETAIN_NEW) sub.options |= MQTT_SUB_OPT_SEND_RETAIN_NEW;
 		if(send_retain == SEND_RETAIN_NEVER) sub.options |= MQTT_SUB_OPT_SEND_RETAIN_NEVER;
 		rc = mosquitto_subscription_add(&sub);
+		/* Subscribing again to the same filter: the broker has replaced its options. */
+		if(rc == MOSQ_ERR_SUB_EXISTS){
+			rc = MOSQ_ERR_SUCCESS;
+		}
 		if(rc == MOSQ_ERR_NOT_FOUND){
 			error = "Client not found";
 		}else if(rc == MOSQ_ERR_NOMEM){

@@ -33,8 +33,12 @@ from testbed import processes
 __all__ = [
     "DYNSEC_PLUGIN",
     "HOST",
+    "MOSQUITTO_20",
+    "MOSQUITTO_21",
     "MOSQUITTO_BIN",
     "MOSQUITTO_CTRL_BIN",
+    "MOSQUITTO_VERSIONS",
+    "Mosquitto",
     "MosquittoBroker",
     "MosquittoError",
     "TlsMaterial",
@@ -69,30 +73,108 @@ DYNSEC_PLUGIN = os.environ.get(
 # Opt-in command prefix for every broker, e.g. valgrind (see `make plugin-memcheck`).
 MOSQUITTO_WRAPPER = shlex.split(os.environ.get("MMC_TEST_MOSQUITTO_WRAPPER", ""))
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# `make mosquitto-2.1` builds it here (testbed/build-mosquitto-2.1.sh).
+MOSQUITTO_21_DIR = Path(
+    os.environ.get("MMC_TEST_MOSQUITTO_21_DIR", REPO_ROOT / "build" / "mosquitto-2.1")
+)
+
+
+@dataclass(frozen=True)
+class Mosquitto:
+    """One mosquitto installation: the broker, its mosquitto_ctrl and dynamic-security plugin."""
+
+    version: str  # "2.0", "2.1": what tests branch on
+    broker: str
+    ctrl: str
+    dynsec_plugin: str
+    # LD_LIBRARY_PATH for a build outside the system's library path (its libmosquitto).
+    lib_dir: str | None = None
+    # The client-control plugin built against this version's headers (`make mosquitto-2.1`);
+    # None: plugin/mmc_client_control.so (`make plugin`, the system's headers).
+    client_control_plugin: Path | None = None
+    how_to_get: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"mosquitto-{self.version}"
+
+    @property
+    def has_control_api(self) -> bool:
+        """``$CONTROL/broker/v1`` (``enable_control_api``) exists: 2.1 and later."""
+        return self.version != "2.0"
+
+    def env(self) -> dict[str, str]:
+        """The environment its programs run in."""
+        env = dict(os.environ)
+        if self.lib_dir is not None:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                p for p in (self.lib_dir, env.get("LD_LIBRARY_PATH")) if p
+            )
+        return env
+
+    def installed_version(self) -> str | None:
+        """The full version the broker reports (``mosquitto -h``), None if it cannot run."""
+        try:
+            result = subprocess.run(
+                [self.broker, "-h"],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except OSError:
+            return None
+        first = result.stdout.splitlines()[0] if result.stdout else ""
+        return first.removeprefix("mosquitto version ").strip() or None
+
+    def available(self) -> str | None:
+        """Return ``None`` if this mosquitto can be used, else a human readable reason.
+
+        Project policy: tests must *fail* with this message, never skip.
+        """
+        problems: list[str] = []
+        for label, path in (("mosquitto broker", self.broker), ("mosquitto_ctrl", self.ctrl)):
+            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                problems.append(f"{label} not found or not executable at {path!r}")
+        if not os.path.isfile(self.dynsec_plugin):
+            problems.append(f"dynamic-security plugin not found at {self.dynsec_plugin!r}")
+        if not problems:
+            return None
+        return (
+            f"Real Eclipse Mosquitto {self.version} is required for these tests: "
+            + "; ".join(problems)
+            + f". {self.how_to_get}"
+        )
+
+
+MOSQUITTO_20 = Mosquitto(
+    "2.0",
+    MOSQUITTO_BIN,
+    MOSQUITTO_CTRL_BIN,
+    DYNSEC_PLUGIN,
+    how_to_get="Install it (Debian/Ubuntu: apt-get install mosquitto mosquitto-clients) "
+    "or point MMC_TEST_MOSQUITTO / MMC_TEST_MOSQUITTO_CTRL / "
+    "MMC_TEST_DYNSEC_PLUGIN at the binaries and plugin.",
+)
+MOSQUITTO_21 = Mosquitto(
+    "2.1",
+    str(MOSQUITTO_21_DIR / "sbin" / "mosquitto"),
+    str(MOSQUITTO_21_DIR / "bin" / "mosquitto_ctrl"),
+    str(MOSQUITTO_21_DIR / "lib" / "mosquitto_dynamic_security.so"),
+    lib_dir=str(MOSQUITTO_21_DIR / "lib"),
+    client_control_plugin=MOSQUITTO_21_DIR / "mmc_client_control.so",
+    how_to_get="Build it with `make mosquitto-2.1` (or point MMC_TEST_MOSQUITTO_21_DIR "
+    "at an installation prefix).",
+)
+MOSQUITTO_VERSIONS: dict[str, Mosquitto] = {m.version: m for m in (MOSQUITTO_20, MOSQUITTO_21)}
+
 
 def mosquitto_available() -> str | None:
-    """Return ``None`` if mosquitto can be used, else a human readable reason.
-
-    Project policy: tests must *fail* with this message, never skip.
-    """
-    problems: list[str] = []
-    for label, path in (
-        ("mosquitto broker", MOSQUITTO_BIN),
-        ("mosquitto_ctrl", MOSQUITTO_CTRL_BIN),
-    ):
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            problems.append(f"{label} not found or not executable at {path!r}")
-    if not os.path.isfile(DYNSEC_PLUGIN):
-        problems.append(f"dynamic-security plugin not found at {DYNSEC_PLUGIN!r}")
-    if not problems:
-        return None
-    return (
-        "Real Eclipse Mosquitto (>= 2.0) is required for these tests: "
-        + "; ".join(problems)
-        + ". Install it (Debian/Ubuntu: apt-get install mosquitto mosquitto-clients) "
-        "or point MMC_TEST_MOSQUITTO / MMC_TEST_MOSQUITTO_CTRL / "
-        "MMC_TEST_DYNSEC_PLUGIN at the binaries and plugin."
-    )
+    """Return ``None`` if the system's mosquitto can be used, else a human readable reason."""
+    return MOSQUITTO_20.available()
 
 
 def free_port() -> int:
@@ -399,8 +481,18 @@ class MosquittoBroker:
         extra_plugins: list[Path] | None = None,
         early_plugins: list[Path] | None = None,
         early_conf: str = "",
+        mosquitto: Mosquitto = MOSQUITTO_20,
+        control_api: bool | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.mosquitto = mosquitto
+        # A command prefix for this broker (valgrind, say); else MMC_TEST_MOSQUITTO_WRAPPER's.
+        self.wrapper = MOSQUITTO_WRAPPER if wrapper is None else wrapper
+        # $CONTROL/broker/v1 (listPlugins, listListeners): on where the version has it.
+        self.control_api = mosquitto.has_control_api if control_api is None else control_api
+        if self.control_api and not mosquitto.has_control_api:
+            raise MosquittoError(f"mosquitto {mosquitto.version} has no enable_control_api")
         self.tls = tls
         self.dynsec = dynsec
         self.admin_username = admin_username
@@ -470,7 +562,7 @@ class MosquittoBroker:
         # optional positional argument; without it, it prompts on the tty.
         result = subprocess.run(
             [
-                MOSQUITTO_CTRL_BIN,
+                self.mosquitto.ctrl,
                 "dynsec",
                 "init",
                 str(self.dynsec_path),
@@ -479,6 +571,7 @@ class MosquittoBroker:
             ],
             stdin=subprocess.DEVNULL,
             capture_output=True,
+            env=self.mosquitto.env(),
             timeout=30,
             check=False,
         )
@@ -511,9 +604,10 @@ class MosquittoBroker:
             "log_type all",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "connection_messages true",
-            "",
-            f"listener {self.port} {HOST}",
         ]
+        if self.control_api:
+            lines.append("enable_control_api true")
+        lines += ["", f"listener {self.port} {HOST}"]
         if self.tls_files is not None:
             f = self.tls_files
 
@@ -543,7 +637,7 @@ class MosquittoBroker:
         if self.dynsec:
             lines += [
                 "",
-                f"plugin {DYNSEC_PLUGIN}",
+                f"plugin {self.mosquitto.dynsec_plugin}",
                 f"plugin_opt_config_file {self.dynsec_path}",
             ]
         for plugin in self.extra_plugins:
@@ -570,7 +664,8 @@ class MosquittoBroker:
             self._prepare()
         with self.output_path.open("ab") as out:
             self._proc = subprocess.Popen(
-                [*MOSQUITTO_WRAPPER, MOSQUITTO_BIN, "-c", str(self.conf_path)],
+                [*self.wrapper, self.mosquitto.broker, "-c", str(self.conf_path)],
+                env=self.mosquitto.env(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -647,6 +742,7 @@ class MosquittoBroker:
 
     def __repr__(self) -> str:
         return (
-            f"MosquittoBroker(workdir={str(self.workdir)!r}, port={self.port}, "
+            f"MosquittoBroker({self.mosquitto.id}, workdir={str(self.workdir)!r}, "
+            f"port={self.port}, "
             f"tls_port={self.tls_port}, pid={self.pid})"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,7 +20,14 @@ from pytest_aiohttp import AiohttpClient
 
 from mmc.app import create_app
 from mmc.config import Settings
-from testbed.mosquitto import MosquittoBroker, TlsMaterial, make_tls_material, mosquitto_available
+from testbed.mosquitto import (
+    MOSQUITTO_20,
+    MOSQUITTO_VERSIONS,
+    Mosquitto,
+    MosquittoBroker,
+    TlsMaterial,
+    make_tls_material,
+)
 from testbed.postgres import postgres_database
 
 Client = TestClient[web.Request, web.Application]
@@ -89,30 +97,68 @@ async def call(
         return resp.status, body
 
 
-def _require_mosquitto() -> None:
-    reason = mosquitto_available()
-    if reason is not None:
-        pytest.fail(reason)
-
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def client_control_plugin() -> Path:
-    """plugin/mmc_client_control.so, built by ``make plugin``; a failed build fails the tests."""
-    result = subprocess.run(
-        ["make", "--no-print-directory", "plugin"],
+def _make(target: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
-    path = REPO_ROOT / "plugin" / "mmc_client_control.so"
+
+
+# The mosquitto versions a broker-facing test runs on: those its `mosquitto_versions` marker
+# names (on the test or its module), else MMC_TEST_MOSQUITTO_VERSIONS (comma separated,
+# e.g. "2.0,2.1" for the whole suite on both), else 2.0. Test ids show the version
+# ("[mosquitto-2.1]") whenever a test is parametrized over it.
+DEFAULT_VERSIONS = tuple(
+    v.strip() for v in os.environ.get("MMC_TEST_MOSQUITTO_VERSIONS", "2.0").split(",") if v.strip()
+)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    found = {v: m.installed_version() or "not built" for v, m in MOSQUITTO_VERSIONS.items()}
+    return ["mosquitto: " + ", ".join(f"{v} -> {full}" for v, full in found.items())]
+
+
+def _mosquitto_versions(metafunc: pytest.Metafunc) -> tuple[str, ...] | None:
+    marker = metafunc.definition.get_closest_marker("mosquitto_versions")
+    versions = tuple(marker.args) if marker is not None else DEFAULT_VERSIONS
+    assert versions, "no mosquitto version named"
+    assert set(versions) <= set(MOSQUITTO_VERSIONS), versions
+    return versions if marker is not None or versions != ("2.0",) else None
+
+
+@pytest.fixture(scope="session")
+def mosquitto(request: pytest.FixtureRequest) -> Mosquitto:
+    """The mosquitto the test's brokers run (2.0, bookworm's, unless parametrized); 2.1 is
+    built by `make mosquitto-2.1` when missing, and a failed build fails the tests."""
+    chosen = MOSQUITTO_VERSIONS[getattr(request, "param", "2.0")]
+    if chosen is not MOSQUITTO_20 and chosen.available() is not None:
+        result = _make("mosquitto-2.1", timeout=900)
+        if result.returncode != 0:
+            pytest.fail(f"`make mosquitto-2.1` failed:\n{result.stdout}{result.stderr}")
+    reason = chosen.available()
+    if reason is not None:
+        pytest.fail(reason)
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def client_control_plugin(mosquitto: Mosquitto) -> Path:
+    """The client-control plugin built for ``mosquitto`` (`make plugin`, or for 2.1 against
+    2.1's headers by `make mosquitto-2.1`); a failed build fails the tests."""
+    target, path = "plugin", REPO_ROOT / "plugin" / "mmc_client_control.so"
+    if mosquitto.client_control_plugin is not None:
+        target, path = "mosquitto-2.1", mosquitto.client_control_plugin
+    result = _make(target, timeout=900)
     if result.returncode != 0 or not path.is_file():
         pytest.fail(
-            "`make plugin` could not build the client-control plugin (it needs gcc and "
+            f"`make {target}` could not build the client-control plugin (it needs gcc and "
             "Debian's mosquitto-dev, libmosquitto-dev and libcjson-dev; `make check-system` "
             f"installs them):\n{result.stdout}{result.stderr}"
         )
@@ -126,19 +172,19 @@ def tls_material() -> TlsMaterial:
 
 @pytest.fixture(scope="session")
 def broker(
-    tmp_path_factory: pytest.TempPathFactory, tls_material: TlsMaterial
+    tmp_path_factory: pytest.TempPathFactory, tls_material: TlsMaterial, mosquitto: Mosquitto
 ) -> Iterator[MosquittoBroker]:
     """One long-lived broker with every listener; tests must not stop it."""
-    _require_mosquitto()
-    with MosquittoBroker(tmp_path_factory.mktemp("broker"), tls_material) as running:
+    with MosquittoBroker(
+        tmp_path_factory.mktemp("broker"), tls_material, mosquitto=mosquitto
+    ) as running:
         yield running
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+def own_broker(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[MosquittoBroker]:
     """A plain broker a test may kill and restart."""
-    _require_mosquitto()
-    with MosquittoBroker(tmp_path / "own-broker") as running:
+    with MosquittoBroker(tmp_path / "own-broker", mosquitto=mosquitto) as running:
         yield running
 
 
@@ -149,6 +195,10 @@ BACKENDS = ("sqlite", "postgresql")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "mosquitto" in metafunc.fixturenames and (versions := _mosquitto_versions(metafunc)):
+        metafunc.parametrize(
+            "mosquitto", versions, indirect=True, scope="session", ids=lambda v: f"mosquitto-{v}"
+        )
     # `@pytest.mark.backends("sqlite", "postgresql")` (on a test or a module) runs the test
     # once per store backend named; unmarked tests use SQLite.
     marker = metafunc.definition.get_closest_marker("backends")

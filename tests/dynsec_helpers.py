@@ -11,6 +11,20 @@ from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body
 
 
+def client_entity(broker: MosquittoBroker, **fields: Any) -> dict[str, Any]:
+    """A client as the broker's plugin answers it: 2.1 adds its live ``connections``."""
+    if broker.mosquitto.version != "2.0":
+        fields.setdefault("connections", [])
+    return fields
+
+
+def role_entity(broker: MosquittoBroker, **fields: Any) -> dict[str, Any]:
+    """A role as the broker's plugin answers it: 2.1 adds ``allowwildcardsubs``."""
+    if broker.mosquitto.version != "2.0":
+        fields.setdefault("allowwildcardsubs", True)
+    return fields
+
+
 def dynsec_path(broker_id: str = "plain", project: str = "default") -> str:
     return f"/api/projects/{project}/brokers/{broker_id}/dynsec"
 

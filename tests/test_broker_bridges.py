@@ -1,6 +1,6 @@
-"""Bridges of mosquitto.conf, seen through $SYS: two real brokers, A bridged to B, and
-both ways (each broker also sees the far end of the other's bridge); a Pro license's
-bridge that is not loaded, on the fake broker."""
+"""Bridges of mosquitto.conf, seen through $SYS: two real brokers, A bridged to B (on
+mosquitto 2.0 and 2.1), and both ways (each broker also sees the far end of the other's
+bridge); a Pro license's bridge that is not loaded, on the fake broker."""
 
 from __future__ import annotations
 
@@ -15,23 +15,27 @@ import aiomqtt
 import pytest
 
 from mmc.config import Settings
-from testbed.mosquitto import MosquittoBroker, free_port
+from testbed.mosquitto import Mosquitto, MosquittoBroker, free_port
 from tests.conftest import Client, plain_body
 from tests.fake_mqtt import FakeBroker
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 BRIDGE = "mmcbridge"
 BASE = "/api/projects/default/brokers/plain"
 
 
 @pytest.fixture
-def remote(tmp_path: Path) -> Iterator[MosquittoBroker]:
+def remote(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[MosquittoBroker]:
     """B: anonymous, so A's bridge logs in without credentials."""
-    with MosquittoBroker(tmp_path / "b", dynsec=False) as running:
+    with MosquittoBroker(tmp_path / "b", dynsec=False, mosquitto=mosquitto) as running:
         yield running
 
 
 @pytest.fixture
-def bridged(tmp_path: Path, remote: MosquittoBroker) -> Iterator[MosquittoBroker]:
+def bridged(
+    tmp_path: Path, remote: MosquittoBroker, mosquitto: Mosquitto
+) -> Iterator[MosquittoBroker]:
     """A: bridges bridge/# out to B, retrying after 1-2 s."""
     conf = "\n".join(
         [
@@ -44,7 +48,7 @@ def bridged(tmp_path: Path, remote: MosquittoBroker) -> Iterator[MosquittoBroker
             "keepalive_interval 5",
         ]
     )
-    with MosquittoBroker(tmp_path / "a", extra_conf=conf) as running:
+    with MosquittoBroker(tmp_path / "a", extra_conf=conf, mosquitto=mosquitto) as running:
         yield running
 
 

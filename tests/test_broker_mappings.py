@@ -1,9 +1,10 @@
 """Mapping tests: pure functions on the payloads documented in the project's research
 notes (``../shared/notes/mmc-and-mosquitto.md`` beside the repository, sections 2.1, 3.1, 4).
 
-Only mosquitto 2.0 runs in CI, so the Pro and 2.1 payloads (license, listeners,
-listPlugins, bridge plugins) are checked here on the documented shapes; the
-$SYS folding and history are checked on the topics mosquitto 2.0 publishes.
+No Pro broker runs in the tests, so the Pro payloads (license, listeners, listPlugins,
+bridge plugins) are checked here on the documented shapes, with 2.1's (whose listeners
+test_brokers_api also reads from a real 2.1 broker); the $SYS folding and history are
+checked on the topics mosquitto 2.0 publishes.
 """
 
 from __future__ import annotations

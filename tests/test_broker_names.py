@@ -1,5 +1,5 @@
 """Names the broker would read differently than mmc, and command forms that crash 2.0.x
-brokers, replayed through every route against a real mosquitto (2.0.11 on this machine).
+brokers, replayed through every route against real mosquitto 2.0.11 and 2.1.2 brokers.
 
 Each attack must answer 400 INVALID naming the field before anything reaches the broker:
 the broker process lives and its state (what mmc exports and the dynamic-security file
@@ -20,6 +20,8 @@ from mmc.broker_strings import MAX_NEW_NAME_BYTES, check_name
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client
 from tests.dynsec_helpers import call, connect, dynsec_path
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 DS = dynsec_path()
 ENVELOPE = "/api/projects/default/brokers/plain/dynamic-security"

@@ -1,4 +1,5 @@
-"""The Brokers API against real mosquitto 2.0: listing, info from $SYS, capabilities."""
+"""The Brokers API against real mosquitto 2.0 and 2.1: listing, info from $SYS,
+capabilities, 2.1's listeners."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 
 from mmc.appkeys import connections_key
 from mmc.config import Settings
-from testbed.mosquitto import MosquittoBroker, free_port
+from testbed.mosquitto import Mosquitto, MosquittoBroker, free_port
 from tests.conftest import Client, plain_body
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 BASE = "/api/projects/default/brokers"
 
@@ -47,9 +50,15 @@ def _broker_sys(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def anonymous_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "anon", dynsec=False) as running:
+def anonymous_broker(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(tmp_path / "anon", dynsec=False, mosquitto=mosquitto) as running:
         yield running
+
+
+def _features(broker: MosquittoBroker) -> list[str]:
+    """What detection finds on the testbed's brokers: 2.1's have enable_control_api on."""
+    found = ["dynamicSecurity"] if broker.dynsec else []
+    return sorted([*found, "brokerControl"] if broker.control_api else found)
 
 
 async def test_brokers_are_connections_seen_through_their_project(
@@ -146,7 +155,10 @@ async def test_features_are_detected_on_connect(
 
     # Known without any request asking, within the probe time of the connect.
     found = await _poll(features, lambda f: None not in f.values(), timeout=3)
-    assert found == {"plain": ["dynamicSecurity"], "anon": []}
+    if broker.mosquitto.version == "2.0":
+        assert found == {"plain": ["dynamicSecurity"], "anon": []}
+    else:
+        assert found == {"plain": ["brokerControl", "dynamicSecurity"], "anon": ["brokerControl"]}
 
 
 async def test_missing_features_answer_404_within_the_probe_time(
@@ -158,10 +170,9 @@ async def test_missing_features_answer_404_within_the_probe_time(
     client = await make_client(settings.replace(probe_timeout=0.5, request_timeout=5.0))
     await _connect(client, broker)
 
-    expected = {
-        "license": "license plugin not enabled on this broker",
-        "listeners": "broker-control plugin not enabled on this broker",
-    }
+    expected = {"license": "license plugin not enabled on this broker"}
+    if not broker.control_api:
+        expected["listeners"] = "broker-control plugin not enabled on this broker"
     for path, message in expected.items():
         # The first request may arrive while detection is still running.
         started = time.monotonic()
@@ -173,13 +184,49 @@ async def test_missing_features_answer_404_within_the_probe_time(
         assert elapsed < 1.5, elapsed
 
     # Once known, the answer is immediate.
-    for path in ("license", "listeners", "bridges/influxdb-bridge/config"):
+    for path in (*expected, "bridges/influxdb-bridge/config"):
         started = time.monotonic()
         status, body = await _get(client, f"{BASE}/plain/{path}")
         assert status == 404, body
         assert time.monotonic() - started < 0.3
     resp = await client.put(f"{BASE}/plain/bridges/influxdb-bridge/config", json={})
     assert resp.status == 404
+
+
+async def test_listeners_are_the_brokers_own(client: Client, broker: MosquittoBroker) -> None:
+    """On 2.1 (enable_control_api) listListeners answers the broker's real listeners, in
+    its configuration's order, numbered from 1; 2.0 has no broker control (404)."""
+    await _connect(client, broker)
+    status, body = await _get(client, f"{BASE}/plain/listeners")
+    if broker.mosquitto.version == "2.0":
+        assert (status, body["message"]) == (
+            404,
+            "broker-control plugin not enabled on this broker",
+        )
+        return
+    assert status == 200, body
+    assert [(item["id"], item["port"], item["tls"]) for item in body] == [
+        (index, port, port != broker.port) for index, port in enumerate(broker.ports, start=1)
+    ]
+    # Open-source 2.1 names no bind address nor client-certificate requirement (Pro does).
+    assert {item["protocol"] for item in body} == {"mqtt"}
+    assert not any(item["requireCertificate"] for item in body)
+
+
+@pytest.mark.mosquitto_versions("2.1")
+async def test_listeners_need_the_control_api_on_2_1(
+    client: Client, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Without ``enable_control_api`` a 2.1 broker has no broker control either."""
+    with MosquittoBroker(tmp_path / "closed", mosquitto=mosquitto, control_api=False) as closed:
+        await _connect(client, closed)
+        status, body = await _get(client, f"{BASE}/plain/listeners")
+        assert (status, body["message"]) == (
+            404,
+            "broker-control plugin not enabled on this broker",
+        )
+        status, body = await _get(client, f"{BASE}/plain")
+        assert body["features"] == ["dynamicSecurity"]
 
 
 async def test_info_shows_sys_values_as_the_broker_publishes_them(
@@ -221,11 +268,15 @@ async def test_info_shows_sys_values_as_the_broker_publishes_them(
     assert later["sysTopics"]["date"] > body["sysTopics"]["date"]
 
 
-async def test_a_value_never_published_is_absent(client: Client, tmp_path: Path) -> None:
+async def test_a_value_never_published_is_absent(
+    client: Client, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     # With sys_interval 0, mosquitto publishes no $SYS value at all (not even its version;
     # a long interval is no substitute: 2.0 counts it from the machine's boot). Whatever mmc
     # answers must then be absent, never a made-up 0.
-    with MosquittoBroker(tmp_path / "quiet", dynsec=False, sys_interval=0) as quiet:
+    with MosquittoBroker(
+        tmp_path / "quiet", dynsec=False, sys_interval=0, mosquitto=mosquitto
+    ) as quiet:
         await _connect(client, quiet, url=f"mqtt://127.0.0.1:{quiet.port}", credentials=None)
         await asyncio.sleep(0.5)
         status, body = await _get(client, f"{BASE}/plain/info")
@@ -303,11 +354,12 @@ async def test_features_are_detected_again_after_a_reconnect(
     async def features() -> Any:
         return (await _get(client, f"{BASE}/plain"))[1]["features"]
 
-    assert await _poll(features, lambda f: f is not None, timeout=3) == ["dynamicSecurity"]
+    expected = _features(own_broker)
+    assert await _poll(features, lambda f: f is not None, timeout=3) == expected
     reconnects = link.reconnects
     own_broker.restart()
     await _poll(lambda: asyncio.sleep(0, link.reconnects), lambda n: n > reconnects)
     assert await link.wait_connected(5)
     # What the last connection learnt is gone; without any request asking, the new
     # connection learns it again by itself.
-    assert await _poll(features, lambda f: f is not None, timeout=3) == ["dynamicSecurity"]
+    assert await _poll(features, lambda f: f is not None, timeout=3) == expected

@@ -8,17 +8,20 @@ import json
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
 from testbed.mosquitto import (
+    Mosquitto,
     MosquittoBroker,
     TlsMaterial,
     client_ssl_context,
     make_tls_material,
-    mosquitto_available,
 )
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 STEP_TIMEOUT = 10.0
 
@@ -29,11 +32,10 @@ def tls_material() -> TlsMaterial:
 
 
 @pytest.fixture
-def broker(tmp_path: Path, tls_material: TlsMaterial) -> Iterator[MosquittoBroker]:
-    reason = mosquitto_available()
-    if reason is not None:
-        pytest.fail(reason)
-    with MosquittoBroker(tmp_path / "broker", tls_material) as running:
+def broker(
+    tmp_path: Path, tls_material: TlsMaterial, mosquitto: Mosquitto
+) -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(tmp_path / "broker", tls_material, mosquitto=mosquitto) as running:
         yield running
 
 
@@ -76,6 +78,30 @@ async def _assert_admin_works(client: aiomqtt.Client, broker: MosquittoBroker) -
 async def test_dynsec_over_plain_port(broker: MosquittoBroker) -> None:
     async with asyncio.timeout(STEP_TIMEOUT), _client(broker, broker.port) as client:
         await _assert_admin_works(client, broker)
+
+
+async def _broker_control(client: aiomqtt.Client, command: str) -> dict[str, Any]:
+    await client.subscribe("$CONTROL/broker/v1/response")
+    await client.publish("$CONTROL/broker/v1", json.dumps({"commands": [{"command": command}]}))
+    async for message in client.messages:
+        assert isinstance(message.payload, bytes)
+        [response] = json.loads(message.payload)["responses"]
+        assert isinstance(response, dict)
+        return response
+    raise AssertionError("message stream ended")
+
+
+async def test_runs_the_version_asked_for(broker: MosquittoBroker, mosquitto: Mosquitto) -> None:
+    """The broker is the version its test id names; 2.1's has broker control enabled, which
+    answers listListeners with this broker's listeners (2.0 has no such endpoint)."""
+    assert f"mosquitto version {mosquitto.version}." in broker.log_text()
+    assert broker.control_api is mosquitto.has_control_api is (mosquitto.version == "2.1")
+    async with asyncio.timeout(STEP_TIMEOUT), _client(broker, broker.port) as client:
+        if mosquitto.version == "2.0":
+            return
+        response = await _broker_control(client, "listListeners")
+    ports = sorted(listener["port"] for listener in response["data"]["listeners"])
+    assert ports == sorted(broker.ports), response
 
 
 async def test_admin_role_may_use_all_control_topics(broker: MosquittoBroker) -> None:

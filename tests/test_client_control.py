@@ -1,4 +1,5 @@
-"""Client control end to end: REST -> mmc -> mosquitto 2.0 with mmc's plugin -> real clients."""
+"""Client control end to end: REST -> mmc -> mosquitto 2.0 or 2.1 with mmc's plugin (built
+against that version's headers) -> real clients."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import pytest
 from mmc.appkeys import connections_key
 from mmc.brokers.client_control import NOT_ENABLED
 from mmc.config import Settings
-from testbed.mosquitto import MOSQUITTO_CTRL_BIN, MosquittoBroker
+from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 REQUEST_TOPIC = "$CONTROL/cedalo/client-control/v1"
 RESPONSE_TOPIC = f"{REQUEST_TOPIC}/response"
@@ -36,7 +39,7 @@ QUIET = 0.4
 def _ctrl(broker: MosquittoBroker, *args: str) -> None:
     result = subprocess.run(
         [
-            MOSQUITTO_CTRL_BIN,
+            broker.mosquitto.ctrl,
             *("-h", broker.host, "-p", str(broker.port)),
             *("-u", broker.admin_username, "-P", broker.admin_password),
             "dynsec",
@@ -44,6 +47,7 @@ def _ctrl(broker: MosquittoBroker, *args: str) -> None:
         ],
         capture_output=True,
         text=True,
+        env=broker.mosquitto.env(),
         timeout=10,
         check=False,
     )
@@ -52,11 +56,13 @@ def _ctrl(broker: MosquittoBroker, *args: str) -> None:
 
 @pytest.fixture(scope="session")
 def cc_broker(
-    tmp_path_factory: pytest.TempPathFactory, client_control_plugin: Path
+    tmp_path_factory: pytest.TempPathFactory, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> Iterator[MosquittoBroker]:
-    """mosquitto 2.0 with dynamic-security and the client-control plugin side by side."""
+    """mosquitto with dynamic-security and the client-control plugin side by side."""
     workdir = tmp_path_factory.mktemp("cc-broker")
-    with MosquittoBroker(workdir, extra_plugins=[client_control_plugin]) as broker:
+    with MosquittoBroker(
+        workdir, extra_plugins=[client_control_plugin], mosquitto=mosquitto
+    ) as broker:
         _ctrl(broker, "createRole", "cc")
         for acltype in ("publishClientSend", "subscribePattern"):
             _ctrl(broker, "addRoleACL", "cc", acltype, "cc/#", "allow")
@@ -288,6 +294,7 @@ async def test_subscriptions_end_when_the_client_disconnects(
             await _nothing(target)
 
 
+@pytest.mark.mosquitto_versions("2.0")
 async def test_on_mosquitto_2_0_a_subscription_waits_for_its_client(
     cc_client: Client, cc_broker: MosquittoBroker
 ) -> None:
@@ -305,12 +312,14 @@ async def test_on_mosquitto_2_0_a_subscription_waits_for_its_client(
         assert (await _next(later)).payload == b"hello"
 
 
+@pytest.mark.mosquitto_versions("2.0")  # the plugin keeps subscriptions only on 2.0
 async def test_max_subscriptions_option(
-    client: Client, tmp_path: Path, client_control_plugin: Path
+    client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
     with MosquittoBroker(
         tmp_path / "b",
         extra_plugins=[client_control_plugin],
+        mosquitto=mosquitto,
         extra_conf="plugin_opt_max_subscriptions 1",
     ) as own:
         resp = await client.post("/api/connections", json=plain_body(own))
@@ -324,11 +333,32 @@ async def test_max_subscriptions_option(
         assert await _put(client, "subscribe", {**body, "topic": "b"}) == (204, None)
 
 
+@pytest.mark.mosquitto_versions("2.0")
 async def test_plugin_errors_keep_their_message(cc_client: Client) -> None:
     body = {"clientid": "someone", "topic": "$share/group/cc/x", "qos": 0}
     status, answer = await _put(cc_client, "subscribe", body)
     assert status == 400
     assert answer["message"] == "Shared subscriptions are not supported on mosquitto 2.0"
+
+
+@pytest.mark.mosquitto_versions("2.1")
+async def test_on_mosquitto_2_1_subscriptions_are_the_brokers_own(
+    cc_client: Client, cc_broker: MosquittoBroker
+) -> None:
+    """2.1 adds real broker subscriptions: the client must be known to the broker, and
+    shared subscriptions work."""
+    uid = _uid()
+    body = {"clientid": f"later-{uid}", "topic": f"cc/{uid}/t", "qos": 0}
+    status, answer = await _put(cc_client, "subscribe", body)
+    assert (status, answer["message"]) == (404, "Client not found")
+    async with (
+        _mqtt(cc_broker, f"member-{uid}") as member,
+        _mqtt(cc_broker, f"pub-{uid}") as publisher,
+    ):
+        shared = {"clientid": f"member-{uid}", "topic": f"$share/g/cc/{uid}/s", "qos": 1}
+        assert await _put(cc_client, "subscribe", shared) == (204, None)
+        await publisher.publish(f"cc/{uid}/s", b"to the group", qos=1)
+        assert (await _next(member)).payload == b"to the group"
 
 
 # ------------------------------------------------------- errors and probing
@@ -411,9 +441,11 @@ async def test_unknown_broker_or_wrong_project_is_404(cc_client: Client) -> None
 
 
 async def test_link_down_is_503(
-    client: Client, tmp_path: Path, client_control_plugin: Path
+    client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
-    with MosquittoBroker(tmp_path / "b", extra_plugins=[client_control_plugin]) as own:
+    with MosquittoBroker(
+        tmp_path / "b", extra_plugins=[client_control_plugin], mosquitto=mosquitto
+    ) as own:
         resp = await client.post("/api/connections", json=plain_body(own))
         assert resp.status == 200, await resp.text()
         status, answer = await _put(client, "disconnect", {"clientid": "nobody"})
@@ -427,10 +459,16 @@ async def test_link_down_is_503(
 
 
 async def test_no_answer_in_time_is_an_unknown_outcome(
-    make_client: MakeClient, settings: Settings, tmp_path: Path, client_control_plugin: Path
+    make_client: MakeClient,
+    settings: Settings,
+    tmp_path: Path,
+    client_control_plugin: Path,
+    mosquitto: Mosquitto,
 ) -> None:
     client = await make_client(settings.replace(request_timeout=0.5))
-    with MosquittoBroker(tmp_path / "b", extra_plugins=[client_control_plugin]) as own:
+    with MosquittoBroker(
+        tmp_path / "b", extra_plugins=[client_control_plugin], mosquitto=mosquitto
+    ) as own:
         resp = await client.post("/api/connections", json=plain_body(own))
         assert resp.status == 200, await resp.text()
         assert (await _put(client, "disconnect", {"clientid": "nobody"}))[0] == 404

@@ -12,7 +12,7 @@ from mmc.config import Settings
 from testbed.mosquitto import MosquittoBroker, TlsMaterial
 from tests.conftest import BACKENDS, Client, MakeClient, b64, blob, plain_body, tls_body, wait_until
 
-pytestmark = pytest.mark.backends(*BACKENDS)
+pytestmark = [pytest.mark.backends(*BACKENDS), pytest.mark.mosquitto_versions("2.0", "2.1")]
 
 
 async def _all_connected(client: Client) -> bool:

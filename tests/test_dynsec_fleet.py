@@ -6,10 +6,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mmc.appkeys import connections_key
-from testbed.mosquitto import MosquittoBroker
+from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import Client, wait_until
 from tests.dynsec_helpers import call, can_login, connect, dynsec_path
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 PROJECT = "fleet"
 SRC = dynsec_path("src", PROJECT)
@@ -88,9 +92,9 @@ TARGET_STATE: list[dict[str, Any]] = [
 
 
 async def test_export_import_round_trip(
-    client: Client, own_broker: MosquittoBroker, tmp_path: Path
+    client: Client, own_broker: MosquittoBroker, tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    with MosquittoBroker(tmp_path / "target") as target:
+    with MosquittoBroker(tmp_path / "target", mosquitto=mosquitto) as target:
         await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
         await connect(client, target, id="dst", name="Target", projectId=PROJECT)
         await run(client, "src", SOURCE_STATE)
@@ -197,9 +201,13 @@ async def test_import_document_is_validated(client: Client, own_broker: Mosquitt
 
 
 async def test_project_apply_is_multi_status(
-    client: Client, own_broker: MosquittoBroker, broker: MosquittoBroker, tmp_path: Path
+    client: Client,
+    own_broker: MosquittoBroker,
+    broker: MosquittoBroker,
+    tmp_path: Path,
+    mosquitto: Mosquitto,
 ) -> None:
-    with MosquittoBroker(tmp_path / "live") as live:
+    with MosquittoBroker(tmp_path / "live", mosquitto=mosquitto) as live:
         await connect(client, live, id="live", name="Live", projectId=PROJECT)
         await connect(client, own_broker, id="down", name="Down", projectId=PROJECT)
         await connect(client, broker, id="elsewhere", name="Elsewhere", projectId="other")

@@ -199,3 +199,32 @@ def test_unusable_documents_are_refused_before_anything_is_planned() -> None:
     assert set(problems) == {"clients.nopass", "anonymousGroup"}
     assert any("password is required" in p for p in problems["clients.nopass"])
     assert any("'ghost'" in p for p in problems["clients.nopass"])
+
+
+def test_allowwildcardsubs_is_exported_as_reported_and_absent_means_true() -> None:
+    roles: list[dict[str, Any]] = [
+        {"rolename": "narrow", "allowwildcardsubs": False},
+        {"rolename": "wide", "allowwildcardsubs": True},
+        {"rolename": "v20"},
+    ]
+    doc = document_from(clients=[], groups=[], roles=roles, default_acls=[], anonymous_group=None)
+    assert [r.get("allowwildcardsubs") for r in doc["roles"]] == [False, True, None]
+    assert "allowwildcardsubs" not in doc["roles"][2]
+
+    current = {**base(), "roles": [*base()["roles"], *doc["roles"]]}
+    # A 2.0 document (field absent) on 2.1's roles: true, so only "narrow" changes.
+    wanted = {**current, "roles": [{k: v for k, v in r.items() if k != "allowwildcardsubs"}
+                                   for r in current["roles"]]}  # fmt: skip
+    plan = plan_import(current, wanted)
+    assert plan.commands == [
+        {"command": "modifyRole", "rolename": "narrow", "allowwildcardsubs": True}
+    ]
+    assert phase_of(plan, "modifyRole") == ROLES
+    assert plan_import(current, current).commands == []
+    # Created false only when false: 2.0's plugin is never sent the field otherwise.
+    created = plan_import(base(), {"roles": [*base()["roles"], *doc["roles"]]})
+    assert {c["rolename"]: c.get("allowwildcardsubs") for c in created.commands} == {
+        "narrow": False,
+        "wide": None,
+        "v20": None,
+    }

@@ -20,6 +20,8 @@ from testbed.mosquitto import MosquittoBroker
 from tests.conftest import BACKENDS, Client, wait_until
 from tests.dynsec_helpers import call, can_login, connect, dynsec_path
 
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
+
 DS = dynsec_path()
 ENVELOPE = "/api/projects/default/brokers/plain/dynamic-security"
 COMMAND = "/api/dynamic-security/plain/command"

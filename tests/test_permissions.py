@@ -98,6 +98,7 @@ for _action in ("enable", "disable", "password", "clientid"):
 for _single in ("default-acl", "anonymous-group"):
     EXPECTED[("GET", f"{_DYNSEC}/{_single}")] = READERS
     EXPECTED[("PUT", f"{_DYNSEC}/{_single}")] = CONTROLLERS
+EXPECTED[("GET", f"{_DYNSEC}/details")] = READERS
 EXPECTED[("GET", f"{_DYNSEC}/export")] = READERS
 EXPECTED[("POST", f"{_DYNSEC}/import")] = CONTROLLERS
 

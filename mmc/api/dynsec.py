@@ -8,7 +8,7 @@ Under ``/api/projects/{projectId}/brokers/{brokerId}/dynsec``:
   ``clients/{u}/groups``, ``groups/{g}/clients``, ``groups/{g}/roles``, ``roles/{r}/acls``):
   POST adds, DELETE removes (key in the JSON body or the query string);
   ``clients/{u}/enable|disable|password|clientid``: PUT.
-- ``default-acl`` and ``anonymous-group``: GET and PUT.
+- ``default-acl`` and ``anonymous-group``: GET and PUT; ``details`` (GET, 2.1's getDetails).
 - ``export`` (GET) and ``import`` (POST, ``?dryRun=true``).
 
 Every change answers the resource as it is afterwards (201 on create); DELETE of a resource
@@ -42,6 +42,7 @@ from mmc.schemas.responses import (
     COMMAND_ANSWERS,
     DEFAULT_ACL_ACCESS,
     DYNSEC_CLIENT,
+    DYNSEC_DETAILS,
     DYNSEC_DOCUMENT,
     DYNSEC_GROUP,
     DYNSEC_ROLE,
@@ -396,6 +397,18 @@ async def put_anonymous_group(
     ds = await Dynsec.of(link)
     await ds.set_anonymous_group(body["groupname"])
     return _json({"groupname": await ds.get_anonymous_group()})
+
+
+@routes.get(
+    f"{BASE}/details",
+    Permission.READ,
+    "Counts of clients, groups and roles, and the change index (mosquitto 2.1)",
+    responses={200: DYNSEC_DETAILS},
+    description="404 on a broker whose plugin has no getDetails (mosquitto 2.0).",
+)
+async def get_details(request: web.Request) -> web.Response:
+    ds = await Dynsec.of(connected_project_broker(request))
+    return _json(await ds.get_details())
 
 
 # ------------------------------------------------------------------ export/import

@@ -7,10 +7,13 @@ Whether the broker has the plugin is the link's capability detection (run on eve
 (re)connect, bounded by the probe timeout): a broker without it answers 404 "dynamic-security
 plugin not enabled on this broker" quickly, never after a request timeout.
 
-Guards keep old brokers alive: mosquitto 2.0.11 frees a role still referenced by a client
-or group (use after free) and crashes when the anonymous group is deleted, so ``deleteRole``
+Guards keep brokers sound: mosquitto 2.0.11 frees a role still referenced by a client or
+group (use after free) and crashes when the anonymous group is deleted, so ``deleteRole``
 first removes the role from every client and group, and ``deleteGroup`` of the anonymous
-group is refused with the message newer plugins answer. A ``roles`` list is never sent
+group is refused with the message newer plugins answer. 2.1.2 needs the ``deleteRole`` guard
+too: roles given inline to ``createClient``/``createGroup`` (by any tool) are not linked back
+to their holders, and its ``deleteRole`` frees such a role while they still list it
+(tests/test_dynsec_versions.py shows it under valgrind). A ``roles`` list is never sent
 with ``createClient``, ``createGroup`` or ``modifyGroup``, nor ``groups`` with
 ``createClient``: 2.0.11 sets the owner's role list without updating the roles' own lists
 of owners (deleting the group and then a role it had crashes the broker, SIGSEGV), and
@@ -21,25 +24,42 @@ checked (the plugin would change the text fields before refusing a missing role)
 
 Every command is checked against the broker-string rule (``mmc.broker_strings``)
 before anything is sent, so the guards compare exactly the names the broker will read.
+
+Versions: the typed methods (the resource routes) and imports refuse what a broker would
+silently not keep: a role's ``allowwildcardsubs: false`` on 2.0 (whose plugin ignores the
+field and lets every role subscribe with wildcards), and on 2.1 a priority beyond
+±100,000 (which 2.1 clamps: an import asking for more would never settle). The
+passthrough sends commands as they are, as the broker would take them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mmc.broker_strings import ascii_lower, command_problems
 from mmc.brokers.control import ControlChannel, error_for
 from mmc.brokers.dynsec_plan import Plan, PlanError, document_from, plan_import, summarize
 from mmc.brokers.link import BrokerLink
-from mmc.errors import InvalidInput
+from mmc.errors import InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
 API = "dynamic-security"
 ANONYMOUS_GROUP_FORBIDDEN = "Deleting the anonymous group is forbidden"
+UNKNOWN_COMMAND = "Unknown command"
+# mosquitto 2.1 clamps every priority to ±PRIORITY_MAX (plugins/dynamic-security).
+PRIORITY_LIMIT = 100_000
+PRIORITY_CLAMPED = (
+    f"priority must be between -{PRIORITY_LIMIT} and {PRIORITY_LIMIT}: "
+    f"mosquitto 2.1 keeps no other (it would store ±{PRIORITY_LIMIT})"
+)
+WILDCARDS_ALWAYS = (
+    "allowwildcardsubs false is not supported by this broker: mosquitto 2.0 lets every "
+    "role subscribe with wildcards (2.1 or later needed)"
+)
 
 
 def _present(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,6 +101,42 @@ def check_commands(commands: Sequence[Mapping[str, Any]]) -> None:
     if problems:
         info = problems["0"] if len(commands) == 1 else {"commands": problems}
         raise InvalidInput("Invalid input", info=info)
+
+
+def _priorities(command: Mapping[str, Any]) -> Iterator[Any]:
+    """Every priority in a command: its own, and its ACLs' and references'."""
+    yield command.get("priority")
+    for key in ("acls", "roles", "groups", "clients"):
+        items = command.get(key)
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, Mapping):
+                yield item.get("priority")
+
+
+def clamped(command: Mapping[str, Any]) -> bool:
+    """Whether mosquitto 2.1 would keep another priority than the command's."""
+    return any(
+        isinstance(p, int | float) and not isinstance(p, bool) and abs(p) > PRIORITY_LIMIT
+        for p in _priorities(command)
+    )
+
+
+def narrows_wildcards(command: Mapping[str, Any]) -> bool:
+    """A createRole/modifyRole that denies its role wildcard subscriptions (2.1 only)."""
+    return (
+        _lower(command) in ("createrole", "modifyrole")
+        and command.get("allowwildcardsubs") is False
+    )
+
+
+def _document_entry(command: Mapping[str, Any]) -> str:
+    """Where in an import document a planned command comes from (as PlanError names it)."""
+    name = _lower(command)
+    if name in ("createrole", "modifyrole", "addroleacl"):
+        return f"roles.{command['rolename']}"
+    if name in ("creategroup", "modifygroup", "addgrouprole"):
+        return f"groups.{command['groupname']}"
+    return f"clients.{command.get('username')}"
 
 
 def _priority(ref: Mapping[str, Any]) -> int:
@@ -145,8 +201,15 @@ class Dynsec:
         return entries
 
     async def call(self, command: str, **params: Any) -> dict[str, Any]:
-        """Run one command; its ``data`` (``{}`` for commands that only change something)."""
-        entry = await self.send({"command": command, **_present(params)})
+        """Run one command; its ``data`` (``{}`` for commands that only change something).
+
+        Refused (400) when this broker would not keep what it says (module docstring)."""
+        sent = {"command": command, **_present(params)}
+        if narrows_wildcards(sent) or clamped(sent):
+            problem = self.version_problem(sent, await self.is_v2_1())
+            if problem is not None:
+                raise InvalidInput(problem)
+        entry = await self.send(sent)
         if "error" in entry:
             raise error_for(command, str(entry["error"]))
         data = entry.get("data")
@@ -258,6 +321,35 @@ class Dynsec:
             {c["rolename"] for c in commands if isinstance(c.get("rolename"), str)}
         )
         return list(await asyncio.gather(*(self.channel.send(API, c) for c in commands)))
+
+    # -------------------------------------------------------------- version
+
+    async def get_details(self) -> dict[str, Any]:
+        """getDetails (mosquitto 2.1): the counts of clients, groups and roles, and
+        ``changeIndex``; 404 on a plugin without it (2.0)."""
+        entry = await self.send({"command": "getDetails"})
+        error = entry.get("error")
+        if error == UNKNOWN_COMMAND:
+            raise NotFound("getDetails is not supported by this broker (mosquitto 2.1 or later)")
+        if error is not None:
+            raise error_for("getDetails", str(error))
+        data = entry.get("data")
+        return data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def version_problem(command: Mapping[str, Any], v2_1: bool) -> str | None:
+        """Why a broker of that version would not keep what ``command`` says, if it would not."""
+        if narrows_wildcards(command) and not v2_1:
+            return WILDCARDS_ALWAYS
+        if clamped(command) and v2_1:
+            return PRIORITY_CLAMPED
+        return None
+
+    async def is_v2_1(self) -> bool:
+        """Whether the plugin is 2.1's or later (it has getDetails): role
+        ``allowwildcardsubs``, priorities clamped to ±100,000."""
+        entry = await self.channel.send(API, {"command": "getDetails"})
+        return entry.get("error") != UNKNOWN_COMMAND
 
     # -------------------------------------------------------- default ACL
 
@@ -413,9 +505,19 @@ class Dynsec:
         self, document: Mapping[str, Any], *, protected_client: str | Iterable[str] | None
     ) -> Plan:
         try:
-            return plan_import(await self.export(), document, protected_client=protected_client)
+            plan = plan_import(await self.export(), document, protected_client=protected_client)
         except PlanError as exc:
             raise InvalidInput(str(exc), info=exc.problems) from None
+        problems: dict[str, list[str]] = {}
+        if any(narrows_wildcards(c) or clamped(c) for c in plan.commands):
+            v2_1 = await self.is_v2_1()
+            for command in plan.commands:
+                problem = self.version_problem(command, v2_1)
+                if problem is not None:
+                    problems.setdefault(_document_entry(command), []).append(problem)
+        if problems:
+            raise InvalidInput(str(PlanError(problems)), info=problems)
+        return plan
 
     async def import_document(
         self,

@@ -8,6 +8,7 @@ The document uses the plugin's own field names::
       "defaultACLAccess": [{"acltype", "allow"}, ...],
       "anonymousGroup": "<groupname>" | null,
       "roles":   [{"rolename", "textname"?, "textdescription"?,
+                   "allowwildcardsubs"? (mosquitto 2.1),
                    "acls": [{"acltype", "topic", "priority", "allow"}]}],
       "groups":  [{"groupname", "textname"?, "textdescription"?,
                    "roles": [{"rolename", "priority"?}]}],
@@ -25,6 +26,9 @@ Import rules (``plan_import``):
   match: missing entries are created, different ones changed, extra ones deleted.
   ``anonymousGroup: null`` leaves the anonymous group alone (the plugin cannot unset it).
 - Omitted text fields, client ids and priorities mean "none" (``""`` and absent are equal).
+- A role's ``allowwildcardsubs`` (mosquitto 2.1) is exported as the broker reports it, true
+  or false, so that two brokers' exports differ whenever what their clients may subscribe to
+  does; omitted (a 2.0 export) it means true, which is what 2.0 does.
 - Passwords are never exported (the plugin never returns them). A client the broker does not
   have yet needs a ``password`` in the document; for an existing client the password is
   ignored, so the same import twice changes nothing (set it with PUT .../password).
@@ -103,6 +107,18 @@ def _refs(refs: Iterable[Entity], key: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: str(r[key]))
 
 
+def wildcard_subs(role: Entity) -> bool:
+    """A role's allowwildcardsubs; true when absent (2.0, or a document that omits it)."""
+    return role.get("allowwildcardsubs", True) is not False
+
+
+def _wildcard_field(role: Entity) -> dict[str, bool]:
+    """The field as the broker reported it (2.1), nothing when it did not (2.0)."""
+    if "allowwildcardsubs" not in role:
+        return {}
+    return {"allowwildcardsubs": wildcard_subs(role)}
+
+
 def _acl(acl: Entity) -> dict[str, Any]:
     return {
         "acltype": acl["acltype"],
@@ -141,6 +157,7 @@ def document_from(
             {
                 "rolename": r["rolename"],
                 **_text(r),
+                **_wildcard_field(r),
                 "acls": sorted(
                     (_acl(a) for a in r.get("acls", [])), key=lambda a: (a["acltype"], a["topic"])
                 ),
@@ -214,14 +231,18 @@ def _role_changes(name: str, current: Entity | None, wanted: Entity) -> list[tup
                     "command": "createRole",
                     "rolename": name,
                     **_text(wanted),
+                    # Only when false: a 2.0 broker refuses the field (mmc.brokers.dynsec).
+                    **({} if wildcard_subs(wanted) else {"allowwildcardsubs": False}),
                     "acls": [_acl(a) for a in wanted.get("acls", [])],
                 },
             )
         ]
     out: list[tuple[int, Command]] = []
-    text = _changed_text(current, wanted)
-    if text:
-        out.append((ROLES, {"command": "modifyRole", "rolename": name, **text}))
+    changes: dict[str, Any] = _changed_text(current, wanted)
+    if wildcard_subs(current) != wildcard_subs(wanted):
+        changes["allowwildcardsubs"] = wildcard_subs(wanted)
+    if changes:
+        out.append((ROLES, {"command": "modifyRole", "rolename": name, **changes}))
     have = {_acl_key(a): _acl(a) for a in current.get("acls", [])}
     want = {_acl_key(a): _acl(a) for a in wanted.get("acls", [])}
     for key, acl in sorted(have.items()):

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    INCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 from marshmallow.types import UnknownOption
 
 from mmc.broker_strings import (
@@ -194,10 +203,20 @@ def _acls(unknown: UnknownOption | None = None) -> fields.List[Any]:
     )
 
 
+def allow_wildcard_subs_field() -> StrictBoolean:
+    return StrictBoolean(
+        metadata={
+            "description": "mosquitto 2.1: may the role's holders subscribe with + and #? "
+            "(default true; false is refused by 2.0, which always lets them)"
+        }
+    )
+
+
 class RoleModifySchema(_Changes):
     textname = text_field()
     textdescription = text_field()
     acls = _acls()
+    allowwildcardsubs = allow_wildcard_subs_field()
 
 
 class RoleCreateSchema(InputSchema):
@@ -205,6 +224,7 @@ class RoleCreateSchema(InputSchema):
     textname = text_field()
     textdescription = text_field()
     acls = _acls()
+    allowwildcardsubs = allow_wildcard_subs_field()
 
 
 class PasswordSchema(InputSchema):
@@ -271,6 +291,14 @@ class DocumentClientSchema(Schema):
     disabled = fields.Boolean(load_default=False)
     roles = _refs(RoleRefSchema, "rolename", RAISE)
     groups = _refs(GroupRefSchema, "groupname", RAISE)
+    # mosquitto 2.1's verbose listClients has the client's live connections: state, not
+    # configuration, so a listing fed back in as a document ignores them.
+    connections = fields.Raw(load_only=True, metadata={"description": "Ignored"})
+
+    @post_load
+    def _without_connections(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data.pop("connections", None)
+        return data
 
 
 class DocumentGroupSchema(Schema):

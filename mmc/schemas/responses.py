@@ -369,6 +369,13 @@ INSPECT_LISTING = _obj(
     totalCount={**_INTEGER, "description": "clients remembered (mmc's plugin)"},
     clients=_list(INSPECT_CLIENT),
 )
+DYNSEC_DETAILS = _obj(
+    ("clientCount", "groupCount", "roleCount", "changeIndex"),
+    clientCount=_INTEGER,
+    groupCount=_INTEGER,
+    roleCount=_INTEGER,
+    changeIndex={**_INTEGER, "description": "Grows with every change the plugin saves"},
+)
 ANONYMOUS_GROUP = _obj(("groupname",), groupname={**_STRING, "description": "'' when none"})
 DYNSEC_DOCUMENT = _obj(
     ("defaultACLAccess", "anonymousGroup", "roles", "groups", "clients"),

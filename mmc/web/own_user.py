@@ -17,6 +17,10 @@ mmc.brokers.own_access), and handle what mosquitto does to its own login:
   after which it disconnects too are refused beforehand by own_access). A delete is checked
   by reading its target: mmc takes a role away from its holders before ``deleteRole``, and
   that alone may disconnect it; then the delete is sent once more.
+- mosquitto 2.1 defers the disconnect to its next loop: the answer arrives, then the
+  connection closes. After a non-error answer from 2.1, mmc waits for that close (at most
+  ``KICK_GRACE``) and then for its link to log back in, as above; the route's read of the
+  result would otherwise meet a closing link (503).
 - A new password for an own user (setClientPassword, modifyClient with ``password``):
   the links logging in as that user are given it before it is sent, so that they log back
   in with it. An error answer means the broker kept the old one: the links get it back.
@@ -30,6 +34,7 @@ mmc.brokers.own_access), and handle what mosquitto does to its own login:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -57,6 +62,20 @@ _PROBES = {
 }
 # mosquitto's CONNACK refusals of a login (MQTT 3.1.1 and 5 names, see mmc.brokers.status).
 _LOGIN_REFUSED = frozenset({"NOT_AUTHORIZED", "BAD_USERNAME_OR_PASSWORD"})
+# How long mosquitto 2.1 may take to close mmc's connection after answering a change that
+# closes it (it does so on its next loop: milliseconds).
+KICK_GRACE = 1.0
+
+
+async def _closed(link: BrokerLink, reconnects: int, grace: float) -> bool:
+    """Whether the link dropped (or dropped and came back) since ``reconnects``, waiting up
+    to ``grace`` seconds for it."""
+    deadline = asyncio.get_running_loop().time() + grace
+    while link.connected and link.reconnects == reconnects:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -156,6 +175,8 @@ class Guard:
         """Send ``commands`` in order, each of ``outcome.alone`` in a message of its own."""
         entries: list[dict[str, Any]] = []
         chunk: list[dict[str, Any]] = []
+        # 2.1 answers, then closes the connection (see the module docstring).
+        closes_after_answer = await ds.is_v2_1()
 
         async def flush() -> bool:
             """Send the commands gathered so far; False when an error says stop."""
@@ -177,7 +198,12 @@ class Guard:
                 return entry
 
             entry = await self._alone(
-                link, mine, send, lambda e: "error" in e, outcome.passwords.get(i)
+                link,
+                mine,
+                send,
+                lambda e: "error" in e,
+                outcome.passwords.get(i),
+                closes_after_answer=closes_after_answer,
             )
             if entry is None:  # mosquitto closed the connection after the change (_alone)
                 entry = await self._confirm(link, ds, command, send)
@@ -217,6 +243,8 @@ class Guard:
         send: Callable[[], Awaitable[T]],
         refused: Callable[[T], bool],
         password: tuple[str, str] | None,
+        *,
+        closes_after_answer: bool = False,
     ) -> T | None:
         """Send a change after which mosquitto closes mmc's connection (a change of its
         user, or of that user's groups or roles): its answer, or None when the broker
@@ -240,6 +268,7 @@ class Guard:
                     other.record = old[other.id]
 
         answer: T | None = None
+        reconnects = link.reconnects
         try:
             # Its answer is expected to be lost: this method resolves what happened, not
             # the control channel (which could not prove a new password).
@@ -256,7 +285,12 @@ class Guard:
         if answer is not None and refused(answer):
             restore()
             return answer
-        if answer is None and not await link.wait_connected(self.reconnect_timeout):
+        closed = answer is None
+        if not closed and closes_after_answer and not self.force:
+            closed = await _closed(link, reconnects, KICK_GRACE)
+            if closed:
+                link.reconnect_now()
+        if closed and not await link.wait_connected(self.reconnect_timeout):
             error = link.status.error
             reason = error.message if error else "no reason given"
             if link in users and error is not None and error.code in _LOGIN_REFUSED:
