@@ -164,12 +164,12 @@ def _bridge_conf(name: str, port: int, notifications: str) -> str:
 
 
 def _both_ways(
-    tmp_path: Path, plugins: list[Path], notifications: str
+    tmp_path: Path, plugins: list[Path], notifications: str, mosquitto: Mosquitto
 ) -> tuple[MosquittoBroker, MosquittoBroker]:
     """A bridging a2b/# to B and B bridging b2a/# to A, both anonymous (neither bridge
     has credentials), not started."""
-    a = MosquittoBroker(tmp_path / "a", dynsec=False, extra_plugins=plugins)
-    b = MosquittoBroker(tmp_path / "b", dynsec=False, extra_plugins=plugins)
+    a = MosquittoBroker(tmp_path / "a", dynsec=False, extra_plugins=plugins, mosquitto=mosquitto)
+    b = MosquittoBroker(tmp_path / "b", dynsec=False, extra_plugins=plugins, mosquitto=mosquitto)
     a.extra_conf = _bridge_conf(A_TO_B, b.port, notifications)
     b.extra_conf = _bridge_conf(B_TO_A, a.port, notifications)
     return a, b
@@ -215,9 +215,13 @@ async def _until(client: Client, path: str, done: Callable[[int, Any], bool]) ->
 
 @pytest.mark.parametrize("notifications", ["on", "local-only"])
 async def test_both_ways_each_broker_lists_only_its_own_bridge(
-    client: Client, tmp_path: Path, client_control_plugin: Path, notifications: str
+    client: Client,
+    tmp_path: Path,
+    client_control_plugin: Path,
+    notifications: str,
+    mosquitto: Mosquitto,
 ) -> None:
-    a, b = _both_ways(tmp_path, [client_control_plugin], notifications)
+    a, b = _both_ways(tmp_path, [client_control_plugin], notifications, mosquitto)
     with a, b:
         await _connect_both(client, a, b)
         await _bridges_carry_messages(a, b)
@@ -277,10 +281,10 @@ async def test_both_ways_each_broker_lists_only_its_own_bridge(
 
 
 async def test_both_ways_without_notifications_mmc_sees_no_bridge(
-    client: Client, tmp_path: Path, client_control_plugin: Path
+    client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
     # Without notifications a bridge publishes no state anywhere: $SYS names none.
-    a, b = _both_ways(tmp_path, [client_control_plugin], "off")
+    a, b = _both_ways(tmp_path, [client_control_plugin], "off", mosquitto)
     with a, b:
         await _connect_both(client, a, b)
         await _bridges_carry_messages(a, b)
@@ -293,9 +297,9 @@ async def test_both_ways_without_notifications_mmc_sees_no_bridge(
 
 
 async def test_both_ways_without_the_plugin_no_bridge_is_called_own(
-    client: Client, tmp_path: Path
+    client: Client, tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    a, b = _both_ways(tmp_path, [], "on")
+    a, b = _both_ways(tmp_path, [], "on", mosquitto)
     with a, b:
         await _connect_both(client, a, b)
         await _bridges_carry_messages(a, b)
