@@ -327,3 +327,24 @@ async def test_an_import_deleting_many_roles_lists_their_holders_once(
     assert (await call(client, "GET", f"{SRC}/roles"))["roles"] == ["admin"]
     assert (await call(client, "GET", f"{SRC}/clients/holder"))["roles"] == []
     assert own_broker.is_running
+
+
+async def test_an_import_creates_clients_without_a_password_and_says_so(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """As the plugin allows (certificate logins): created, listed in withoutPassword (an
+    export's clients arrive so too), and no password logs them in until one is set."""
+    await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+    document = {"clients": [{"username": "cert-only"}, {"username": "pw", "password": "pw-1"}]}
+    dry = await call(client, "POST", f"{SRC}/import?dryRun=true", document)
+    assert dry["withoutPassword"] == ["cert-only"]
+    report = await call(client, "POST", f"{SRC}/import", document)
+    assert report["errors"] == []
+    assert report["withoutPassword"] == ["cert-only"]
+    assert (await call(client, "GET", f"{SRC}/clients/cert-only"))["username"] == "cert-only"
+    assert not await can_login(own_broker, "cert-only", "")
+    assert not await can_login(own_broker, "cert-only", "anything")
+    assert await can_login(own_broker, "pw", "pw-1")
+    # Again: nothing to do, nobody created.
+    again = await call(client, "POST", f"{SRC}/import", document)
+    assert (again["changed"], again["withoutPassword"]) == (False, [])

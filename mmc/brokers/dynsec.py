@@ -534,6 +534,13 @@ class Dynsec:
             "commands": [],
             "errors": [],
             "skipped": plan.skipped,
+            # Created without a password (certificate logins, or an export's clients, whose
+            # passwords are never exported): they cannot log in with one until it is set.
+            "withoutPassword": sorted(
+                str(c["username"])
+                for c in plan.commands
+                if _lower(c) == "createclient" and "password" not in c
+            ),
         }
         if dry_run:
             report["commands"] = [summarize(c) for c in plan.commands]

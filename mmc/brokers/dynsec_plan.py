@@ -30,8 +30,11 @@ Import rules (``plan_import``):
   or false, so that two brokers' exports differ whenever what their clients may subscribe to
   does; omitted (a 2.0 export) it means true, which is what 2.0 does.
 - Passwords are never exported (the plugin never returns them). A client the broker does not
-  have yet needs a ``password`` in the document; for an existing client the password is
-  ignored, so the same import twice changes nothing (set it with PUT .../password).
+  have yet is created with the document's ``password``, or without one, as the plugin allows
+  (certificate logins); the report lists those (``withoutPassword``), since a client of an
+  export imported elsewhere arrives without its password and cannot log in with one until
+  it is given (PUT .../password). For an existing client the password is ignored, so the
+  same import twice changes nothing.
 - The client mmc itself logs in as (``protected_client``: every user a connection of mmc logs
   in to this broker with), its groups and their roles and its own roles, are never
   changed or deleted: losing them would cut mmc off the broker mid-import. Differences there
@@ -371,7 +374,6 @@ def _check_references(
     desired: Mapping[str, Any], current: Mapping[str, Any], final: dict[str, set[str]]
 ) -> dict[str, list[str]]:
     problems: dict[str, list[str]] = {}
-    have_clients = _by(current.get("clients"), "username")
 
     def missing(refs: Iterable[Entity] | None, key: str, section: str) -> list[str]:
         return [
@@ -387,10 +389,6 @@ def _check_references(
     for c in desired.get("clients") or ():
         found = missing(c.get("roles"), "rolename", "roles")
         found += missing(c.get("groups"), "groupname", "groups")
-        if c["username"] not in have_clients and not c.get("password"):
-            found.append(
-                "a password is required to create this client (passwords are never exported)"
-            )
         if found:
             problems[f"clients.{c['username']}"] = found
     anonymous = desired.get("anonymousGroup")
@@ -409,8 +407,7 @@ def plan_import(
 ) -> Plan:
     """The commands that turn the ``current`` document into the ``desired`` one.
 
-    Raises PlanError when the desired document cannot be applied (dangling references,
-    a new client without a password).
+    Raises PlanError when the desired document cannot be applied (dangling references).
     """
     plan = Plan()
     protected = _Protected.of(current, protected_client)

@@ -387,12 +387,16 @@ DYNSEC_DOCUMENT = _obj(
 )
 _COMMANDS = _list(_obj(("command",), command=_STRING))
 IMPORT_REPORT = _obj(
-    ("changed", "dryRun", "commands", "errors", "skipped"),
+    ("changed", "dryRun", "commands", "errors", "skipped", "withoutPassword"),
     changed=_BOOLEAN,
     dryRun=_BOOLEAN,
     commands={**_COMMANDS, "description": "Sent (or, with dryRun, to send); no passwords"},
     errors=_list(_obj(("command", "error"), command=_STRING, error=_STRING)),
     skipped=_list({"type": "object"}),
+    withoutPassword={
+        **_list(_STRING),
+        "description": "New clients created without a password (none in the document)",
+    },
 )
 # A plugin response entry; ``error`` is in it only in the envelope's answer (the single
 # command endpoint answers an error in the error shape).
