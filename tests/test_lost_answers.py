@@ -26,6 +26,8 @@ from tests.conftest import Client, wait_until
 from tests.dynsec_helpers import call, can_login, connect, dynsec_path
 from tests.mqtt_proxy import MqttProxy
 
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
+
 DS = dynsec_path()
 
 
