@@ -149,6 +149,7 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         reconnect_fast_period=settings.reconnect_fast_period,
         reconnect_fast_max_delay=settings.reconnect_fast_max_delay,
         probe_timeout=settings.probe_timeout,
+        capability_recheck_interval=settings.capability_recheck_interval,
         sys_history_interval=settings.sys_history_interval,
         sys_history_length=settings.sys_history_length,
         client_id_suffix=f"-{settings.replica}" if app[db_key].shared else "",

@@ -108,6 +108,9 @@ class Settings:
     # Seconds a capability probe waits: mosquitto 2.0 drops a $CONTROL publish no
     # plugin handles, so silence for this long means "not there".
     probe_timeout: float = 1.0
+    # A plugin whose probe met silence (absent, or the broker was busy) is probed again by
+    # a request that needs it, at most once per this many seconds.
+    capability_recheck_interval: float = 10.0
     # A $SYS snapshot every sys_history_interval seconds, the last sys_history_length kept.
     sys_history_interval: float = 60.0
     sys_history_length: int = 60
@@ -425,6 +428,7 @@ class SettingsSchema(Schema):
     http_max_connections = Integer(validate=AT_LEAST_ONE)
     http_max_connections_per_address = Integer(validate=AT_LEAST_ONE)
     probe_timeout = Float(validate=POSITIVE)
+    capability_recheck_interval = Float(validate=NOT_NEGATIVE)
     sys_history_interval = Float(validate=POSITIVE)
     sys_history_length = Integer(validate=NOT_NEGATIVE)
     audit_retention_days = Float(validate=NOT_NEGATIVE)

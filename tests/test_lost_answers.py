@@ -21,8 +21,9 @@ from mmc.appkeys import connections_key
 from mmc.broker_strings import ascii_lower
 from mmc.brokers.link import BrokerLink
 from mmc.brokers.outcome import CHECKS, check_for
+from mmc.config import Settings
 from testbed.mosquitto import MosquittoBroker
-from tests.conftest import Client, wait_until
+from tests.conftest import Client, MakeClient, wait_until
 from tests.dynsec_helpers import call, can_login, connect, dynsec_path
 from tests.mqtt_proxy import MqttProxy
 
@@ -339,3 +340,30 @@ async def test_many_changes_in_flight_when_the_link_drops_each_answer_what_happe
     roles = (await call(client, "GET", f"{DS}/roles"))["roles"]
     assert set(names) <= set(roles)
     assert (await call(client, "GET", f"{DS}/clients/c1"))["roles"] == []
+
+
+# 2.0: 2.1 names its plugins in listPlugins, so silence there hides nothing.
+@pytest.mark.mosquitto_versions("2.0")
+@pytest.mark.parametrize(("recheck", "status"), [(0.0, 200), (3600.0, 404)])
+async def test_a_probe_that_met_silence_is_asked_again_after_the_recheck_interval(
+    make_client: MakeClient,
+    settings: Settings,
+    own_broker: MosquittoBroker,
+    proxy: MqttProxy,
+    recheck: float,
+    status: int,
+) -> None:
+    """A broker too busy to answer a capability probe in time looks like one without the
+    plugin; past MMC_CAPABILITY_RECHECK_INTERVAL a request that needs it asks again."""
+    client = await make_client(settings.replace(capability_recheck_interval=recheck))
+    proxy.drop_answer(answer_of("getDefaultACLAccess"))  # the dynamic-security probe
+    await connect(client, own_broker, url=f"mqtt://127.0.0.1:{proxy.port}")
+    link = client.app[connections_key].pool.require("plain")
+    await wait_until(lambda: link.capabilities is not None)
+    assert proxy.dropped_count == 1
+    assert "dynamicSecurity" not in (link.features or ())
+    answer = await call(client, "GET", f"{DS}/clients", status=status)
+    if status == 404:
+        assert answer["message"] == "dynamic-security plugin not enabled on this broker"
+    else:
+        assert "dynamicSecurity" in (link.features or ())

@@ -73,6 +73,9 @@ class Capabilities:
     bridge_apis: tuple[str, ...] = ()
     # listPlugins' entries, as the broker sent them (empty without broker control).
     plugins: tuple[Mapping[str, Any], ...] = field(default=())
+    # Features whose probe met silence: absent on 2.0, or a broker too busy to answer
+    # within the probe time (the link asks again later: BrokerLink.require_feature).
+    unanswered: frozenset[str] = frozenset()
 
 
 def label(feature: str) -> str:
@@ -105,17 +108,23 @@ class _Unavailable:
     """The link dropped during detection: the result would be meaningless."""
 
 
+class _Silent:
+    """No answer within the probe time."""
+
+
 async def _answer(
     control: ControlChannel, api: str, command: Mapping[str, Any], timeout: float
-) -> dict[str, Any] | _Unavailable | None:
+) -> dict[str, Any] | _Unavailable | _Silent | None:
     try:
         # A probe unanswered is the answer (no such API); nothing to resolve.
         with lost_answers_raised():
             return await control.send(api, command, timeout=timeout)
     except ReplyLost as lost:
-        return None if lost.timed_out else _Unavailable()
-    except (BrokerTimeout, ControlNotFound):
-        return None
+        return _Silent() if lost.timed_out else _Unavailable()
+    except BrokerTimeout:
+        return _Silent()
+    except ControlNotFound:
+        return None  # 2.1: "endpoint not available", said at once
     except BrokerUnavailable:
         return _Unavailable()
 
@@ -132,7 +141,14 @@ async def detect(control: ControlChannel, timeout: float) -> Capabilities:
     )
     if any(isinstance(a, _Unavailable) for a in (listing, *answers)):
         raise BrokerUnavailable(f"Broker {control.broker_id} disconnected during detection")
-    features = {name for name, answer in zip(names, answers, strict=True) if answer is not None}
+    features = {
+        name
+        for name, answer in zip(names, answers, strict=True)
+        if answer is not None and not isinstance(answer, _Silent)
+    }
+    silent = {
+        name for name, answer in zip(names, answers, strict=True) if isinstance(answer, _Silent)
+    }
     plugins: list[Mapping[str, Any]] = []
     bridges: list[str] = []
     if isinstance(listing, dict):
@@ -143,7 +159,9 @@ async def detect(control: ControlChannel, timeout: float) -> Capabilities:
             plugins = [p for p in found if isinstance(p, Mapping)]
             announced, bridges = from_plugins(plugins)
             features |= announced
-    return Capabilities(frozenset(features), tuple(bridges), tuple(plugins))
+    return Capabilities(
+        frozenset(features), tuple(bridges), tuple(plugins), frozenset(silent - features)
+    )
 
 
 class SharedDetection:

@@ -86,6 +86,9 @@ class LinkOptions:
     reconnect_fast_period: float = 60.0
     reconnect_fast_max_delay: float = 0.5
     probe_timeout: float = 1.0
+    # A feature whose probe met silence is asked about again, by a request that needs it,
+    # once this many seconds have passed since the detection.
+    capability_recheck_interval: float = 10.0
     sys_history_interval: float = 60.0
     sys_history_length: int = 60
     # Appended to a client id the user chose: replicas sharing a store each connect to
@@ -163,6 +166,8 @@ class BrokerLink:
         self.sys_history = SysHistory(options.sys_history_length)
         # What the broker offers; None until detection after a (re)connect has finished.
         self.capabilities: Capabilities | None = None
+        # loop.time() when the current capabilities were learned (or a recheck began).
+        self._detected_at = 0.0
         self._detection: asyncio.Task[Capabilities] | None = None
         # Counts connections made and ended: a detection may only record what it learned
         # while the session it started in is still the current one.
@@ -270,11 +275,23 @@ class BrokerLink:
         """The capabilities, or NotFound "<feature> plugin not enabled on this broker"
         within the probe time (never a request timeout)."""
         capabilities = await self.ensure_capabilities()
+        if feature not in capabilities.features and self._recheck_due(capabilities, feature):
+            # Silence may have been a busy broker, not a missing plugin: ask again (once per
+            # interval, so a broker that lacks it costs one probe time per interval).
+            self.capabilities = None
+            self._detected_at = asyncio.get_running_loop().time()
+            capabilities = await self.ensure_capabilities()
         if feature not in capabilities.features:
             raise NotFound(
                 f"{label(feature)} plugin not enabled on this broker", info={"feature": feature}
             )
         return capabilities
+
+    def _recheck_due(self, capabilities: Capabilities, feature: str) -> bool:
+        if feature not in capabilities.unanswered:
+            return False
+        elapsed = asyncio.get_running_loop().time() - self._detected_at
+        return elapsed >= self._options.capability_recheck_interval
 
     def _start_detection(self) -> asyncio.Task[Capabilities]:
         task = asyncio.get_running_loop().create_task(
@@ -309,6 +326,7 @@ class BrokerLink:
             # dropped): the answer describes a session that is gone.
             raise BrokerUnavailable(f"Broker {self.id} reconnected during detection")
         self.capabilities = capabilities
+        self._detected_at = asyncio.get_running_loop().time()
         log.info("broker %s offers %s", self.id, ", ".join(sorted(capabilities.features)) or "-")
         return capabilities
 
