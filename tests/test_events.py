@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,9 +23,13 @@ import pytest
 from mmc.appkeys import events_key
 from mmc.config import Settings
 from testbed.mosquitto import MosquittoBroker
+from testbed.serve import MmcServer
 from tests.conftest import Client, MakeClient, create_token, login, plain_body, wait_until
 
 EVENTS = "/api/events"
+# The issue's figure is 100 and 100; more than this machine's test runs can carry.
+FAN_OUT_SUBSCRIBERS = int(os.environ.get("FAN_OUT_SUBSCRIBERS", "30"))
+FAN_OUT_BROKERS = int(os.environ.get("FAN_OUT_BROKERS", "10"))
 
 
 @dataclass
@@ -380,3 +387,97 @@ async def test_session_login_works_too(anon_client: Client) -> None:
     assert snapshot.event == "connections"
     anon_client.session.cookie_jar.clear()
     assert (await anon_client.get(EVENTS, params={"once": "true"})).status == 401
+
+
+def _lag_histogram(metrics: str) -> tuple[float, float]:
+    """(samples at or under 50 ms, all samples) of mmc_event_loop_lag_seconds."""
+    under = count = 0.0
+    for line in metrics.splitlines():
+        if line.startswith('mmc_event_loop_lag_seconds_bucket{le="0.05"}'):
+            under = float(line.split()[-1])
+        elif line.startswith("mmc_event_loop_lag_seconds_count"):
+            count = float(line.split()[-1])
+    return under, count
+
+
+async def _process_stream(
+    session: aiohttp.ClientSession, server: MmcServer, token: str, **query: str
+) -> AsyncIterator[Stream]:
+    async with session.get(
+        f"{server.base_url}{EVENTS}", params=query, headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        assert response.status == 200, await response.text()
+        yield Stream(response)
+
+
+process_stream = asynccontextmanager(_process_stream)
+
+
+async def test_fan_out_of_many_status_changes_to_many_subscribers(tmp_path: Path) -> None:
+    """Readers here, mmc in a process of its own (its loop lag is its own). The issue's
+    figure is 100 subscribers and 100 brokers (FAN_OUT_* set it); by default fewer."""
+    brokers = [MosquittoBroker(tmp_path / f"b{i}") for i in range(FAN_OUT_BROKERS)]
+    try:
+        for broker in brokers:
+            broker.start()
+        with MmcServer(tmp_path / "mmc", env={"MMC_RECONNECT_MAX_DELAY": "0.5"}) as server:
+            await server.wait_ready()
+            token = await server.admin_token("fan-out")
+            headers = {"Authorization": f"Bearer {token}"}
+            # No cap on the connections (aiohttp's default is 100): the streams hold one each.
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+                for i, broker in enumerate(brokers):
+                    body = plain_body(broker, id=f"b{i}", name=f"B{i}")
+                    async with session.post(f"{server.base_url}/api/connections", json=body) as r:
+                        assert r.status == 200, await r.text()
+                async with contextlib.AsyncExitStack() as stack:
+                    streams = [
+                        await stack.enter_async_context(
+                            process_stream(session, server, token, types="connections")
+                        )
+                        for _ in range(FAN_OUT_SUBSCRIBERS)
+                    ]
+                    for events in streams:
+                        first = await events.event()
+                        assert all(c["status"]["connected"] for c in first.data)
+                    before = _lag_histogram(await server.metrics(session))
+                    await asyncio.gather(*(asyncio.to_thread(b.kill) for b in brokers))
+                    killed = time.monotonic()
+
+                    def all_down(data: list[dict[str, Any]]) -> bool:
+                        return not any(c["status"]["connected"] for c in data)
+
+                    frames = await asyncio.gather(
+                        *(events.until("connections", all_down, timeout=10) for events in streams)
+                    )
+                    await asyncio.sleep(1.0)  # and the links' reconnect attempts meanwhile
+                    after = _lag_histogram(await server.metrics(session))
+    finally:
+        for broker in brokers:
+            broker.kill()
+    latest = max(f.at for f in frames) - killed
+    late = (after[1] - before[1]) - (after[0] - before[0])
+    samples = after[1] - before[1]
+    print(
+        f"fan-out: {len(streams)} subscribers, {len(brokers)} brokers down: all told in "
+        f"{latest:.3f} s; mmc's loop lag over 50 ms in {late:.0f} of {samples:.0f} samples"
+    )
+    assert latest < 1.0
+    # mmc samples its loop lag every 100 ms: p99 under 50 ms is none of these over it.
+    assert late == 0
+
+
+async def test_an_open_stream_does_not_hold_shutdown(tmp_path: Path) -> None:
+    with MmcServer(tmp_path / "mmc", env={"MMC_SHUTDOWN_TIMEOUT": "30"}) as server:
+        await server.wait_ready()
+        token = await server.admin_token("shutdown")
+        async with (
+            aiohttp.ClientSession() as session,
+            process_stream(session, server, token, types="audit") as events,
+        ):
+            started = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            assert await events.rest(timeout=10) == []
+            assert server.wait(10) == 0
+            assert time.monotonic() - started < 5
