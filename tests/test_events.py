@@ -22,9 +22,10 @@ import pytest
 
 from mmc.appkeys import events_key
 from mmc.config import Settings
-from testbed.mosquitto import MosquittoBroker
+from testbed.mosquitto import MosquittoBroker, free_port
 from testbed.serve import MmcServer
 from tests.conftest import Client, MakeClient, create_token, login, plain_body, wait_until
+from tests.nginx import Nginx, nginx_available
 
 EVENTS = "/api/events"
 # The issue's figure is 100 and 100; more than this machine's test runs can carry.
@@ -481,3 +482,45 @@ async def test_an_open_stream_does_not_hold_shutdown(tmp_path: Path) -> None:
             assert await events.rest(timeout=10) == []
             assert server.wait(10) == 0
             assert time.monotonic() - started < 5
+
+
+async def test_behind_nginx_events_pass_at_once_and_heartbeats_keep_the_stream(
+    make_client: MakeClient, settings: Settings, tmp_path: Path
+) -> None:
+    """nginx as it is usually set up (buffering on, HTTP/1.0 upstream) with a read timeout
+    shorter than the test: the stream stays open and each event passes at once."""
+    reason = nginx_available()
+    if reason is not None:
+        pytest.fail(reason)
+    client = await make_client(settings.replace(events_heartbeat=0.3))
+    port = free_port()
+    server = f"""
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{client.port};
+            proxy_read_timeout 1s;
+        }}
+    }}
+    """
+    token = client.session.headers["Authorization"]
+    with Nginx(tmp_path / "nginx", server) as nginx:
+        await asyncio.to_thread(nginx.start, port)
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": token}) as session,
+            session.get(f"http://127.0.0.1:{port}{EVENTS}", params={"types": "audit"}) as resp,
+        ):
+            assert resp.status == 200
+            events = Stream(resp)
+            # Longer than nginx's read timeout: only heartbeats meanwhile.
+            ended = time.monotonic() + 2.5
+            while time.monotonic() < ended:
+                frame = await events.frame(timeout=1)
+                assert frame is not None
+                assert frame.comment == "heartbeat"
+            sent = time.monotonic()
+            resp2 = await client.post("/api/projects", json={"name": "Via nginx", "id": "nginx"})
+            assert resp2.status in (200, 201)
+            entry = await events.until("audit", timeout=2)
+            assert entry.at - sent < 0.5
+            assert entry.data["route"] == "/api/projects"
