@@ -381,6 +381,19 @@ async def test_streams_end_at_shutdown(client: Client) -> None:
         assert time.monotonic() - started < 1.0
 
 
+async def test_cors_headers_on_the_stream(make_client: MakeClient, settings: Settings) -> None:
+    ui = "https://ui.example"
+    client = await make_client(settings.replace(cors_origins=ui))
+    async with client.session.get(
+        client.make_url(EVENTS), params={"once": "true"}, headers={"Origin": ui}
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["Access-Control-Allow-Origin"] == ui
+        assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+        assert resp.headers["Vary"] == "Origin"
+        assert resp.headers["X-Request-ID"]
+
+
 async def test_session_login_works_too(anon_client: Client) -> None:
     await login(anon_client)
     async with stream(anon_client, types="connections", once="true") as events:

@@ -17,6 +17,7 @@ from mmc.auth.permissions import Permission, allowed
 from mmc.errors import InvalidInput, NotAllowed
 from mmc.schemas.base import InputSchema
 from mmc.services.events import HEARTBEAT, TYPE_PERMISSIONS, Selection
+from mmc.web import cors
 from mmc.web.routing import Routes
 
 routes = Routes()
@@ -124,6 +125,7 @@ async def events(request: web.Request, query: dict[str, Any]) -> web.StreamRespo
             transport.abort()
 
     subscriber.on_drop = abort
+    cors.decorate(request, response.headers)
     try:
         await response.prepare(request)
         if first:
