@@ -328,16 +328,19 @@ async def test_event_types_need_their_permissions(client: Client) -> None:
 async def test_heartbeat_comments_on_an_idle_stream(
     make_client: MakeClient, settings: Settings
 ) -> None:
-    client = await make_client(settings.replace(events_heartbeat=0.2))
+    # A stream outlives the HTTP header and body timeouts (they bound a request's arrival).
+    client = await make_client(
+        settings.replace(events_heartbeat=0.2, http_header_timeout=0.5, http_body_timeout=0.5)
+    )
     async with stream(client, types="audit") as events:
         started = time.monotonic()
-        first = await events.frame(timeout=2)
-        second = await events.frame(timeout=2)
-    assert first is not None
-    assert first.comment == "heartbeat"
-    assert second is not None
-    assert second.comment == "heartbeat"
-    assert second.at - started < 1.0
+        frames = []
+        while time.monotonic() - started < 1.5:
+            frame = await events.frame(timeout=1)
+            assert frame is not None
+            frames.append(frame)
+    assert {f.comment for f in frames} == {"heartbeat"}
+    assert 5 <= len(frames) <= 9, len(frames)
 
 
 async def test_a_slow_consumer_is_dropped_without_slowing_others(
