@@ -397,6 +397,24 @@ async def test_cors_headers_on_the_stream(make_client: MakeClient, settings: Set
         assert resp.headers["X-Request-ID"]
 
 
+async def test_strangers_audit_entries_only_when_kept(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    for kept in (10, 0):
+        client = await make_client(settings.replace(audit_max_refusals=kept))
+        async with stream(client, types="audit") as events:
+            # Refused before any login: a stranger's entry.
+            async with (
+                aiohttp.ClientSession() as anonymous,
+                anonymous.post(client.make_url("/api/projects"), json={}) as resp,
+            ):
+                assert resp.status == 401
+            # And an admin's, which is always kept.
+            await client.post("/api/projects", json={"name": "Kept", "id": f"kept{kept}"})
+            first = await events.until("audit")
+        assert first.data["status"] == (401 if kept else 201), first.data
+
+
 async def test_session_login_works_too(anon_client: Client) -> None:
     await login(anon_client)
     async with stream(anon_client, types="connections", once="true") as events:

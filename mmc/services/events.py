@@ -242,7 +242,10 @@ class EventHub:
 
     def _flush_sys(self, link: BrokerLink) -> None:
         self._sys_timers.pop(link.id, None)
-        if self._pool.get(link.id) is not link or not link.sys_values:
+        if self._pool.get(link.id) is not link:
+            self._sys_sent.pop(link.id, None)
+            return
+        if not link.sys_values:
             return
         self._sys_sent[link.id] = asyncio.get_running_loop().time()
         self.publish(

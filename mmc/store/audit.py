@@ -142,6 +142,10 @@ class AuditRepository:
         self._queue: list[tuple[AuditEntry, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
+    def keeps(self, entry: AuditEntry) -> bool:
+        """Whether ``insert`` stores the entry (strangers' not, with no room for them)."""
+        return bool(self._max_refusals) or not entry.unauthenticated
+
     async def insert(self, entry: AuditEntry) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()

@@ -92,7 +92,7 @@ async def _store(request: web.Request, entry: AuditEntry) -> None:
         )
         return
     hub = request.app.get(events_key)
-    if hub is not None:
+    if hub is not None and request.app[audit_key].keeps(entry):
         wire = entry_wire(entry)
         del wire["id"]  # numbered by the store, unknown here
         hub.audit(wire)
