@@ -58,16 +58,6 @@ class EventsQuerySchema(InputSchema):
 _query_schema = EventsQuerySchema()
 
 
-def _last_event_id(request: web.Request) -> int | None:
-    value = request.headers.get("Last-Event-ID", "").strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return -1  # not one of ours: a reset and a snapshot
-
-
 @routes.get(
     "/api/events",
     Permission.MONITOR,
@@ -103,7 +93,7 @@ async def events(request: web.Request, query: dict[str, Any]) -> web.StreamRespo
     subscriber, first = hub.subscribe(
         selection,
         f"{identity.username} (request {request[request_id_key]})",
-        _last_event_id(request),
+        request.headers.get("Last-Event-ID", "").strip() or None,
     )
     response = web.StreamResponse(
         headers={

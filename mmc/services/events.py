@@ -280,7 +280,7 @@ class EventHub:
     # -- subscribing -------------------------------------------------------------------
 
     def subscribe(
-        self, selection: Selection, name: str, last_event_id: int | None = None
+        self, selection: Selection, name: str, last_event_id: str | None = None
     ) -> tuple[Subscriber, list[bytes]]:
         """A new subscriber and what it gets first: the events after ``last_event_id``
         from the buffer; or, without one or when they are no longer all there, a
@@ -294,7 +294,7 @@ class EventHub:
             if last_event_id is not None:
                 reason = {
                     "reason": "Last-Event-ID is too old or was not issued by this server",
-                    "lastEventId": str(last_event_id),
+                    "lastEventId": last_event_id,
                 }
                 first.append(frame(self.last_id, RESET, json.dumps(reason)))
             first.extend(self._snapshot(subscriber))
@@ -304,7 +304,11 @@ class EventHub:
             self._subscribers.add(subscriber)
         return subscriber, first
 
-    def _since(self, last_event_id: int) -> list[Event] | None:
+    def _since(self, text: str) -> list[Event] | None:
+        try:
+            last_event_id = int(text)
+        except ValueError:
+            return None  # not an id of ours
         oldest = self._buffer[0].id if self._buffer else self._next_id
         if not oldest - 1 <= last_event_id <= self.last_id:
             return None
