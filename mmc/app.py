@@ -17,6 +17,7 @@ from mmc.api import client_control as client_control_api
 from mmc.api import connections as connections_api
 from mmc.api import docs as docs_api
 from mmc.api import dynsec as dynsec_api
+from mmc.api import events as events_api
 from mmc.api import health as health_api
 from mmc.api import inspect as inspect_api
 from mmc.api import projects as projects_api
@@ -27,6 +28,7 @@ from mmc.appkeys import (
     auth_key,
     connections_key,
     db_key,
+    events_key,
     metrics_key,
     projects_key,
     secret_box_key,
@@ -45,6 +47,7 @@ from mmc.crypto import (
 from mmc.metrics import Metrics
 from mmc.services.auth import AuthService
 from mmc.services.connections import ConnectionService
+from mmc.services.events import EventHub
 from mmc.store import open_database
 from mmc.store.audit import AuditRepository
 from mmc.store.connections import ConnectionRepository
@@ -165,6 +168,14 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         on_follow=app[metrics_key].observe_follow,
     )
     app[connections_key] = service
+    hub = EventHub(
+        pool,
+        service.listing,
+        buffer=settings.events_buffer,
+        queue=settings.events_queue,
+    )
+    hub.listen(pool)
+    app[events_key] = hub
     app[metrics_key].watch_store(lambda: db.listening)
     await service.start()
     reconcile: asyncio.Task[None] | None = None
@@ -183,8 +194,17 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
             reconcile.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconcile
+        hub.close()
         # Links say DISCONNECT to their brokers before the process goes.
         await service.stop()
+
+
+async def close_events(app: web.Application) -> None:
+    # on_shutdown runs before the server waits for its handlers: event streams never
+    # end by themselves and would hold shutdown for all of MMC_SHUTDOWN_TIMEOUT.
+    hub = app.get(events_key)
+    if hub is not None:
+        hub.close()
 
 
 # Every API module's route declarations, in registration order.
@@ -200,6 +220,7 @@ API: tuple[Routes, ...] = (
     dynsec_api.routes,
     client_control_api.routes,
     inspect_api.routes,
+    events_api.routes,
     docs_api.routes,
 )
 
@@ -225,6 +246,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend(
         [executor_ctx, loop_lag_ctx, store_ctx, auth_ctx, projects_ctx, connections_ctx]
     )
+    app.on_shutdown.append(close_events)
     for routes in API:
         add_routes(app, routes, settings.base_path)
     docs_api.setup(app, settings.base_path)

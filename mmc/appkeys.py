@@ -10,6 +10,7 @@ from mmc.crypto import SecretBox
 from mmc.metrics import Metrics
 from mmc.services.auth import AuthService
 from mmc.services.connections import ConnectionService
+from mmc.services.events import EventHub
 from mmc.store.audit import AuditRepository
 from mmc.store.db import Database
 from mmc.store.projects import ProjectRepository
@@ -24,6 +25,7 @@ metrics_key = web.AppKey("metrics", Metrics)
 openapi_key = web.AppKey("openapi", list[str])
 projects_key = web.AppKey("projects", ProjectRepository)
 audit_key = web.AppKey("audit", AuditRepository)
+events_key = web.AppKey("events", EventHub)
 
 request_id_key = web.RequestKey("request_id", str)
 identity_key = web.RequestKey("identity", Identity)

@@ -120,6 +120,12 @@ class Settings:
     # Entries of refused requests nobody logged in for (401/403/429 without an identity)
     # have a cap of their own and only evict each other: strangers cannot flush the trail.
     audit_max_refusals: int = 10_000
+    # GET /api/events: the events kept for clients resuming with Last-Event-ID, the
+    # seconds between heartbeat comments of an idle stream, and the events one subscriber
+    # may have waiting before it is dropped (a slow consumer never holds mmc up).
+    events_buffer: int = 1000
+    events_heartbeat: float = 15.0
+    events_queue: int = 1000
     # Unset or sqlite:///relative/path, sqlite:////absolute/path: one process on a file.
     # postgresql://user:password@host:5432/db: replicas sharing one database. Holds a
     # password, so never printed.
@@ -434,6 +440,9 @@ class SettingsSchema(Schema):
     audit_retention_days = Float(validate=NOT_NEGATIVE)
     audit_max_rows = Integer(validate=NOT_NEGATIVE)
     audit_max_refusals = Integer(validate=NOT_NEGATIVE)
+    events_buffer = Integer(validate=NOT_NEGATIVE)
+    events_heartbeat = Float(validate=POSITIVE)
+    events_queue = Integer(validate=AT_LEAST_ONE)
     database_url = String(allow_none=True, validate=_checked(_parse_database_url))
     database_pool_size = Integer(validate=AT_LEAST_ONE)
     database_timeout = Float(validate=POSITIVE)

@@ -62,12 +62,26 @@ def _tag(template: str) -> str:
     return "service"
 
 
+# A server-sent-events stream is described one event at a time (as OpenAPI 3.2's
+# itemSchema does, and as tools reading 3.0 documents take the schema of this type).
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "event": {"type": "string"},
+        "data": {"type": "string", "description": "JSON"},
+    },
+    "required": ["id", "event", "data"],
+}
+
+
 def _response(status: int, spec: ResponseSpec) -> dict[str, Any]:
     if spec is None:
         return {"description": "No content" if status == 204 else "Success"}
     if isinstance(spec, tuple):
         media, description = spec
-        return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+        schema = _SSE_EVENT if media == "text/event-stream" else {"type": "string"}
+        return {"description": description, "content": {media: {"schema": schema}}}
     return {"description": "Success", "content": {"application/json": {"schema": spec}}}
 
 

@@ -180,6 +180,9 @@ def test_every_operation_survives_generated_input(
                 calls += 1
                 if pinned:
                     pin(case)
+                if case.path == "/api/events":
+                    # An event stream never ends by itself: ask for the snapshot only.
+                    case.query = {**(case.query or {}), "once": "true"}
                 response = case.call(base_url=base, headers=headers, session=session, timeout=15)
                 status = response.status_code
                 where = f"{case.method} {case.formatted_path} -> {status}"

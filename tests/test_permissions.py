@@ -49,6 +49,8 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/api/tokens"): ADMINS,
     ("DELETE", "/api/tokens/{tokenId}"): ADMINS,
     ("GET", "/api/audit"): ADMINS,
+    # Each event type then requires its own (tests/test_events.py).
+    ("GET", "/api/events"): ALL,
     ("POST", "/api/dynamic-security/{brokerId}/command"): CONTROLLERS,
     ("POST", "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security"): CONTROLLERS,
     ("POST", "/api/projects/{projectId}/dynsec/apply"): CONTROLLERS,

@@ -21,7 +21,7 @@ from mmc.appkeys import audit_key
 from mmc.auth.permissions import Permission
 from mmc.errors import InvalidInput
 from mmc.schemas.responses import AuditPageSchema
-from mmc.store.audit import AuditEntry, AuditQuery
+from mmc.store.audit import AuditQuery, entry_wire
 from mmc.web.audit import AUDITED_METHODS
 from mmc.web.routing import Routes
 
@@ -72,26 +72,6 @@ def decode_cursor(cursor: str) -> int:
 
 def _ms(value: dt.datetime | None) -> int | None:
     return None if value is None else int(value.timestamp() * 1000)
-
-
-def entry_wire(entry: AuditEntry) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": entry.id,
-        "at": dt.datetime.fromtimestamp(entry.at / 1000, dt.UTC).isoformat(timespec="milliseconds"),
-        "requestId": entry.request_id,
-        "user": entry.username,
-        "authMethod": entry.auth_method,
-        "client": entry.client,
-        "method": entry.method,
-        "route": entry.route,
-        "target": entry.target,
-        "status": entry.status,
-        "outcome": entry.outcome,
-        "durationMs": entry.duration_ms,
-    }
-    if entry.error_code is not None:
-        out["errorCode"] = entry.error_code
-    return out
 
 
 @routes.get(

@@ -194,6 +194,10 @@ class BrokerLink:
         # Called with each client event (``{"event": "connected"|"disconnected", "clientid",
         # "username", "address", "timestamp", ...}``) the broker's plugin publishes.
         self.on_client_event: Callable[[BrokerLink, dict[str, Any]], None] | None = None
+        # Called after every change of ``status``, and after every $SYS value received
+        # (cheap: the event stream throttles on its side).
+        self.on_status: Callable[[BrokerLink], None] | None = None
+        self.on_sys: Callable[[BrokerLink], None] | None = None
 
     @property
     def id(self) -> str:
@@ -359,6 +363,7 @@ class BrokerLink:
             connected=False, timestamp=since, error=DISCONNECTED, disconnected=True
         )
         self._settle_first_attempt()
+        self._status_changed()
 
     async def attempt(self, bound: float) -> LinkStatus:
         """One connection attempt, then a clean disconnect, for a link that is never
@@ -465,6 +470,14 @@ class BrokerLink:
             self._up.clear()
         if self._observer is not None and old.connected != connected:
             self._observer.observe_link(connected)
+        self._status_changed()
+
+    def _status_changed(self) -> None:
+        if self.on_status is not None:
+            try:
+                self.on_status(self)
+            except Exception:
+                log.exception("broker %s: status listener failed", self.id)
 
     def _make_client(self) -> MqttClient:
         ep = self.endpoint
@@ -592,6 +605,8 @@ class BrokerLink:
             self.sys_values[topic] = value
             self.sys_updated_at = now
             self._sys_seen.set()
+            if self.on_sys is not None:
+                self.on_sys(self)
         elif topic == CLIENT_EVENTS_TOPIC:
             self._client_event(payload)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from mmc.brokers.capabilities import SharedDetection
 from mmc.brokers.link import BrokerLink, LinkConfig, LinkObserver, LinkOptions
@@ -20,6 +21,12 @@ class BrokerPool:
         self._observer = observer
         self._links: dict[str, BrokerLink] = {}
         self._detection = SharedDetection()
+        # Given to every link the pool makes (see BrokerLink), and ``on_change`` called
+        # when a link comes or goes: what the event stream listens to.
+        self.on_status: Callable[[BrokerLink], None] | None = None
+        self.on_sys: Callable[[BrokerLink], None] | None = None
+        self.on_client_event: Callable[[BrokerLink, dict[str, Any]], None] | None = None
+        self.on_change: Callable[[], None] | None = None
 
     def __iter__(self) -> Iterator[BrokerLink]:
         return iter(list(self._links.values()))
@@ -61,13 +68,24 @@ class BrokerPool:
         starting the new one."""
         old = self._links.get(record.id)
         link = BrokerLink(record, ssl_context, self.options, self._observer, self._detection)
+        link.on_status = self.on_status
+        link.on_sys = self.on_sys
+        link.on_client_event = self.on_client_event
         # Assigning over the old entry keeps the connection's place in the listing.
         self._links[record.id] = link
+        self._changed()
         return link, old
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def pop(self, connection_id: str) -> BrokerLink | None:
         """Take the link out of the pool at once; the caller stops it."""
-        return self._links.pop(connection_id, None)
+        link = self._links.pop(connection_id, None)
+        if link is not None:
+            self._changed()
+        return link
 
     async def close(self, connection_id: str) -> None:
         link = self.pop(connection_id)
@@ -77,4 +95,5 @@ class BrokerPool:
     async def close_all(self) -> None:
         links = list(self._links.values())
         self._links.clear()
+        self._changed()
         await asyncio.gather(*(link.stop() for link in links), return_exceptions=True)

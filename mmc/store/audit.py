@@ -17,6 +17,7 @@ changes out. ``audit_retention_days`` applies to both.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,28 @@ class AuditEntry:
         """A stranger's entry: nobody logged in (no username), or a login that failed
         (the username is only the one tried)."""
         return self.username is None or (self.auth_method == "password" and self.status >= 400)
+
+
+def entry_wire(entry: AuditEntry) -> dict[str, Any]:
+    """The entry as GET /api/audit and the audit event show it (no id before it is
+    stored)."""
+    out: dict[str, Any] = {
+        "id": entry.id,
+        "at": dt.datetime.fromtimestamp(entry.at / 1000, dt.UTC).isoformat(timespec="milliseconds"),
+        "requestId": entry.request_id,
+        "user": entry.username,
+        "authMethod": entry.auth_method,
+        "client": entry.client,
+        "method": entry.method,
+        "route": entry.route,
+        "target": entry.target,
+        "status": entry.status,
+        "outcome": entry.outcome,
+        "durationMs": entry.duration_ms,
+    }
+    if entry.error_code is not None:
+        out["errorCode"] = entry.error_code
+    return out
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,10 @@ class AuditRepository:
         self._retention_ms = int(retention_days * DAY_MS)
         self._queue: list[tuple[AuditEntry, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+
+    def keeps(self, entry: AuditEntry) -> bool:
+        """Whether ``insert`` stores the entry (strangers' not, with no room for them)."""
+        return bool(self._max_refusals) or not entry.unauthenticated
 
     async def insert(self, entry: AuditEntry) -> None:
         loop = asyncio.get_running_loop()

@@ -34,12 +34,13 @@ from mmc.appkeys import (
     audit_key,
     audit_user_key,
     error_code_key,
+    events_key,
     identity_key,
     metrics_key,
     request_id_key,
     settings_key,
 )
-from mmc.store.audit import AuditEntry
+from mmc.store.audit import AuditEntry, entry_wire
 from mmc.web.proxy import client_address
 from mmc.web.routing import route_template
 
@@ -89,6 +90,12 @@ async def _store(request: web.Request, entry: AuditEntry) -> None:
             entry.request_id,
             extra={"audit": {**entry.__dict__, "outcome": entry.outcome}},
         )
+        return
+    hub = request.app.get(events_key)
+    if hub is not None and request.app[audit_key].keeps(entry):
+        wire = entry_wire(entry)
+        del wire["id"]  # numbered by the store, unknown here
+        hub.audit(wire)
 
 
 @web.middleware

@@ -72,6 +72,14 @@ def _decorate(headers: MutableMapping[str, str], origin: str | None) -> None:
         headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
 
 
+def decorate(request: web.Request, headers: MutableMapping[str, str]) -> None:
+    """The CORS headers of ``request``'s answer, for a handler that sends its head itself
+    (an event stream): the middleware's would come after it."""
+    settings = request.app[settings_key]
+    if settings.cors_origins and _covered(request.path, settings.base_path):
+        _decorate(headers, request.headers.get(hdrs.ORIGIN) if trusted_origin(request) else None)
+
+
 def _preflight(request: web.Request, origin: str) -> web.StreamResponse | None:
     """The answer to a preflight for a path that exists; None when it does not."""
     exc = request.match_info.http_exception
