@@ -113,10 +113,12 @@ async def test_export_import_round_trip(
         }
         assert "password" not in str(document)
 
-        # New clients need a password; nothing is sent when one is missing.
-        refused = await call(client, "POST", f"{DST}/import", document, status=400)
-        assert set(refused["info"]) == {"clients.dev2", "clients.dev3"}
+        # Passwords are never exported: the new clients would arrive without one, and the
+        # report says which before anything is sent.
         target_before = await call(client, "GET", f"{DST}/export")
+        bare = await call(client, "POST", f"{DST}/import?dryRun=true", document)
+        assert bare["withoutPassword"] == ["dev2", "dev3"]
+        assert await call(client, "GET", f"{DST}/export") == target_before
 
         with_passwords = copy.deepcopy(document)
         for entry in with_passwords["clients"]:
@@ -141,6 +143,7 @@ async def test_export_import_round_trip(
 
         applied = await call(client, "POST", f"{DST}/import", with_passwords)
         assert applied["errors"] == []
+        assert applied["withoutPassword"] == []
         assert applied["skipped"] == []
         assert applied["changed"] is True
         assert applied["dryRun"] is False
@@ -156,6 +159,7 @@ async def test_export_import_round_trip(
             "commands": [],
             "errors": [],
             "skipped": [],
+            "withoutPassword": [],
         }
         # A new client got the document's password; an existing one kept its own.
         assert await can_login(target, "dev3", "imported-pass")
