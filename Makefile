@@ -110,8 +110,13 @@ postgres:
 	if [ -n "$$fresh" ]; then \
 	  runuser -u postgres -- psql -qc "ALTER ROLE postgres PASSWORD 'postgres'"; fi
 
+# The suite mostly waits on brokers, processes and timeouts: TEST_WORKERS pytest-xdist
+# workers (3 by default, on 2 cores), each taking whole test files (--dist loadfile: a
+# file's module-scoped brokers stay in one worker). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
+
 test: $(VENV)/.test-deps check-system postgres plugin mosquitto-2.1  ## run the whole test suite against real brokers and PostgreSQL
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # MINUTES=2 make soak for a shorter run; see bench/soak.py for what it measures.
 soak: $(VENV)/.test-deps check-system  ## 10 minutes of mixed traffic with brokers restarting; prints its figures
