@@ -110,10 +110,10 @@ postgres:
 	if [ -n "$$fresh" ]; then \
 	  runuser -u postgres -- psql -qc "ALTER ROLE postgres PASSWORD 'postgres'"; fi
 
-# The suite mostly waits on brokers, processes and timeouts: TEST_WORKERS pytest-xdist
-# workers (3 by default, on 2 cores), each taking whole test files (--dist loadfile: a
-# file's module-scoped brokers stay in one worker). TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 3
+# One process by default. TEST_WORKERS=3 runs whole test files in three pytest-xdist
+# workers (--dist loadfile: a file's module-scoped brokers stay in one worker): about half
+# the time, since the suite mostly waits, but not yet reliable (README: Set-up).
+TEST_WORKERS ?= 0
 
 test: $(VENV)/.test-deps check-system postgres plugin mosquitto-2.1  ## run the whole test suite against real brokers and PostgreSQL
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile

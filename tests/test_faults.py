@@ -106,8 +106,8 @@ async def test_misbehaving_brokers_answer_clearly_and_do_not_slow_the_others(
             await asyncio.gather(*load)
         assert set(answers) <= {503, 404, 504}
         assert answers.count(504) >= 20
-        # Within 2x of the baseline, plus 50 ms of slack: make test runs other test files
-        # in parallel workers on the same two cores. A healthy broker held up behind the
+        # Within 2x of the baseline, plus 50 ms of slack for other test files running in
+        # parallel workers (TEST_WORKERS) on the same two cores. A healthy broker held up behind the
         # misbehaving ones would wait out their request timeout (1 s), far beyond it.
         print(
             f"healthy broker median latency: {baseline * 1000:.2f} ms alone, "
