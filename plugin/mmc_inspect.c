@@ -20,7 +20,10 @@
  *     (including MOSQ_EVT_TICK, every loop iteration) confirms it as connected.
  *     On a reload (MOSQ_EVT_RELOAD, until the next tick) 2.0 checks every session
  *     again, offline persistent ones included: those calls are not connects.
- *   - Both: MOSQ_EVT_DISCONNECT. A client is matched by its connection (the broker's
+ *   - Both: MOSQ_EVT_DISCONNECT. 2.1 sends it only for a client whose session ends
+ *     with the connection; a client leaving a persistent session behind (clean
+ *     session false, or an MQTT 5 session expiry interval) gets MOSQ_EVT_CLIENT_OFFLINE
+ *     instead, and is as disconnected for the inspect API. A client is matched by its connection (the broker's
  *     struct mosquitto), not only by id: when a client takes over its id, the broker
  *     disconnects the old connection after the new one was seen, and that must not
  *     mark the new one disconnected.
@@ -367,6 +370,17 @@ static int connect_callback(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 #define CONFIRM_PENDING() ((void)0)
+
+static int offline_callback(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_client_offline *ed = event_data;
+
+	(void)event;
+	(void)userdata;
+
+	if(ed->client) disconnected(ed->client);
+	return MOSQ_ERR_SUCCESS;
+}
 #endif
 
 static int disconnect_callback(int event, void *event_data, void *userdata)
@@ -555,6 +569,9 @@ static int register_callbacks(mosquitto_plugin_id_t *identifier)
 	if(rc != MOSQ_ERR_SUCCESS) return rc;
 #ifdef MMC_BROKER_2_1
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_CONNECT, connect_callback, NULL, NULL);
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = mosquitto_callback_register(identifier, MOSQ_EVT_CLIENT_OFFLINE, offline_callback, NULL, NULL);
+	}
 #else
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, basic_auth_callback, NULL, NULL);
 	if(rc == MOSQ_ERR_SUCCESS){
@@ -621,6 +638,7 @@ void mmc_inspect_cleanup(mosquitto_plugin_id_t *identifier)
 	mosquitto_callback_unregister(identifier, MOSQ_EVT_CONTROL, control_callback, INSPECT_TOPIC);
 #ifdef MMC_BROKER_2_1
 	mosquitto_callback_unregister(identifier, MOSQ_EVT_CONNECT, connect_callback, NULL);
+	mosquitto_callback_unregister(identifier, MOSQ_EVT_CLIENT_OFFLINE, offline_callback, NULL);
 #else
 	mosquitto_callback_unregister(identifier, MOSQ_EVT_BASIC_AUTH, basic_auth_callback, NULL);
 	mosquitto_callback_unregister(identifier, MOSQ_EVT_TICK, tick_callback, NULL);

@@ -23,7 +23,7 @@ from openapi_schema_validator import OAS30Validator
 from mmc.appkeys import connections_key
 from mmc.brokers.inspect import EVENTS_TOPIC, NOT_ENABLED
 from mmc.config import Settings
-from testbed.mosquitto import MOSQUITTO_CTRL_BIN, MosquittoBroker
+from testbed.mosquitto import MOSQUITTO_CTRL_BIN, Mosquitto, MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
 from tests.fake_mqtt import FakeBroker
 
@@ -32,6 +32,8 @@ RESPONSE_TOPIC = f"{REQUEST_TOPIC}/response"
 BASE = "/api/projects/default/brokers/plain/clients"
 # Inspection is opt-in (plugin/README.md).
 INSPECT_ON = "plugin_opt_inspect true"
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 # Test clients: may publish and subscribe under insp/, nothing on $CONTROL.
 USER = "insp-user"
 PASSWORD = "insp-user-password"
@@ -76,12 +78,12 @@ def _add_user(broker: MosquittoBroker) -> None:
 
 @pytest.fixture(scope="session")
 def inspect_broker(
-    tmp_path_factory: pytest.TempPathFactory, client_control_plugin: Path
+    tmp_path_factory: pytest.TempPathFactory, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> Iterator[MosquittoBroker]:
-    """mosquitto 2.0 with mmc's plugin first, then dynamic security (which decides logins)."""
+    """mosquitto with mmc's plugin first, then dynamic security (which decides logins)."""
     workdir = tmp_path_factory.mktemp("inspect-broker")
     with MosquittoBroker(
-        workdir, early_plugins=[client_control_plugin], early_conf=INSPECT_ON
+        workdir, early_plugins=[client_control_plugin], early_conf=INSPECT_ON, mosquitto=mosquitto
     ) as broker:
         _add_user(broker)
         yield broker
@@ -413,10 +415,11 @@ async def test_connects_and_disconnects_are_published(
 
 
 async def test_remembered_disconnected_clients_are_capped(
-    client: Client, tmp_path: Path, client_control_plugin: Path
+    client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
     with MosquittoBroker(
         tmp_path / "b",
+        mosquitto=mosquitto,
         early_plugins=[client_control_plugin],
         early_conf=f"{INSPECT_ON}\nplugin_opt_max_disconnected_clients 2",
     ) as own:
@@ -436,10 +439,11 @@ async def test_remembered_disconnected_clients_are_capped(
 
 
 async def test_a_cap_of_zero_forgets_clients_when_they_leave(
-    client: Client, tmp_path: Path, client_control_plugin: Path
+    client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
     with MosquittoBroker(
         tmp_path / "b",
+        mosquitto=mosquitto,
         early_plugins=[client_control_plugin],
         early_conf=f"{INSPECT_ON}\nplugin_opt_max_disconnected_clients 0",
     ) as own:
@@ -469,10 +473,17 @@ async def test_broker_without_the_plugin_is_404_within_the_probe_time(
 
 
 async def test_the_inspect_option_turns_it_off(
-    make_client: MakeClient, settings: Settings, tmp_path: Path, client_control_plugin: Path
+    make_client: MakeClient,
+    settings: Settings,
+    tmp_path: Path,
+    client_control_plugin: Path,
+    mosquitto: Mosquitto,
 ) -> None:
     with MosquittoBroker(
-        tmp_path / "b", early_plugins=[client_control_plugin], early_conf="plugin_opt_inspect false"
+        tmp_path / "b",
+        mosquitto=mosquitto,
+        early_plugins=[client_control_plugin],
+        early_conf="plugin_opt_inspect false",
     ) as own:
         client = await _connect(await make_client(settings.replace(probe_timeout=0.5)), own)
         status, body = await _get(client)
@@ -599,37 +610,47 @@ async def test_only_clients_allowed_on_control_topics_may_ask_or_listen(
         assert await _received(user, 0.5, lambda m: True) == []
 
 
-# ------------------------------------------------------- what 2.0 imposes
+# ------------------------------------------------------- what 2.0 imposes, and 2.1 not
 
 
 async def test_loaded_after_dynamic_security_it_misses_the_clients_dynsec_accepts(
-    client: Client, tmp_path: Path, client_control_plugin: Path
+    client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
-    """2.0 stops asking plugins at the first that decides: hence "load it first"."""
+    """2.0 stops asking plugins at the first that decides: hence "load it first". 2.1
+    tells every plugin of a connect (MOSQ_EVT_CONNECT), wherever it is loaded."""
     with MosquittoBroker(
-        tmp_path / "b", extra_plugins=[client_control_plugin], extra_conf=INSPECT_ON
+        tmp_path / "b",
+        mosquitto=mosquitto,
+        extra_plugins=[client_control_plugin],
+        extra_conf=INSPECT_ON,
     ) as own:
         _add_user(own)
         await _connect(client, own)
         async with _mqtt(own, "unseen"):
-            assert (await _get(client, "/unseen"))[0] == 404
+            status, body = await _get(client, "/unseen")
+            if mosquitto.version == "2.0":
+                assert status == 404, body
+            else:
+                assert (status, body["connected"]) == (200, True), body
 
 
 @pytest.mark.parametrize(("inspect", "accepted"), [("true", False), ("false", True), ("", True)])
 async def test_without_any_authentication_a_username_is_refused_unless_inspect_is_off(
-    tmp_path: Path, client_control_plugin: Path, inspect: str, accepted: bool
+    tmp_path: Path, client_control_plugin: Path, inspect: str, accepted: bool, mosquitto: Mosquitto
 ) -> None:
     """mosquitto 2.0 refuses a client with a username that every basic-auth plugin
-    deferred, even with allow_anonymous true: the price of seeing clients on 2.0."""
+    deferred, even with allow_anonymous true: the price of seeing clients on 2.0. On 2.1
+    the plugin does not take part in authentication, so nothing is refused."""
     with MosquittoBroker(
         tmp_path / "b",
+        mosquitto=mosquitto,
         dynsec=False,
         early_plugins=[client_control_plugin],
         early_conf=f"plugin_opt_inspect {inspect}" if inspect else "",
     ) as own:
         async with aiomqtt.Client(own.host, own.port, identifier="anonymous"):
             pass
-        assert await _accepted(own, "bob") is accepted
+        assert await _accepted(own, "bob") is (accepted or mosquitto.version != "2.0")
 
 
 async def _accepted(broker: MosquittoBroker, username: str) -> bool:
@@ -658,12 +679,15 @@ async def test_the_link_passes_client_events_on(
 
 
 async def test_a_configuration_reload_changes_nobody(
-    client: Client, tmp_path: Path, client_control_plugin: Path
+    client: Client, tmp_path: Path, client_control_plugin: Path, mosquitto: Mosquitto
 ) -> None:
     """On SIGHUP 2.0 checks every session's password again through the basic-auth event,
     offline persistent sessions included: none of them is a client connecting."""
     with MosquittoBroker(
-        tmp_path / "b", early_plugins=[client_control_plugin], early_conf=INSPECT_ON
+        tmp_path / "b",
+        mosquitto=mosquitto,
+        early_plugins=[client_control_plugin],
+        early_conf=INSPECT_ON,
     ) as own:
         _add_user(own)
         await _connect(client, own)
