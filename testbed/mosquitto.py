@@ -177,12 +177,51 @@ def mosquitto_available() -> str | None:
     return MOSQUITTO_20.available()
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _worker_block() -> range:
+    """The ports this test process hands out: a block below the kernel's ephemeral range,
+    one block per pytest-xdist worker.
+
+    Ports in the ephemeral range are what every outgoing connection and every ``bind(0)``
+    of every process takes, so a broker stopped for a restart could find its port taken
+    by another worker's client, or by another worker's ``free_port()``. Below that range
+    nothing is taken unless asked for by number, and the blocks keep workers apart.
+    """
+    low = _ephemeral_low()
+    first = max(1025, low // 2)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or "1")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = (low - first) // max(count, 1)
+    return range(first + index * size, first + (index + 1) * size)
+
+
+_BLOCK = _worker_block()
+# A random start, so that two test runs on one machine rarely walk the same ports.
+_next_port = secrets.randbelow(len(_BLOCK))
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
+    """Return a TCP port on 127.0.0.1 that was free a moment ago and that no other worker
+    of this run hands out; each call in a process gives a different port (until its block
+    of a few thousand wraps)."""
+    global _next_port
+    for _ in range(len(_BLOCK)):
+        port = _BLOCK[_next_port % len(_BLOCK)]
+        _next_port += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
         return port
+    raise RuntimeError(f"no free port in {_BLOCK.start}-{_BLOCK.stop - 1}")
 
 
 # --------------------------------------------------------------------------- TLS

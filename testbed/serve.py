@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,21 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def listen_port() -> int:
-    """A free port below the ephemeral range: mmc opens its broker connections before it
-    binds its HTTP port, and with a thousand of them one could take an ephemeral one."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()  # noqa: S311 - a port number, not a secret
-    for _ in range(200):
-        port = rng.randrange(max(1025, low // 2), low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-            return port
+    """A free port for mmc's HTTP listener. ``free_port`` hands out ports below the
+    ephemeral range: mmc opens its broker connections before it binds its HTTP port, and
+    with a thousand of them one could take an ephemeral one."""
     return free_port()
 
 

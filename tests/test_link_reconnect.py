@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import time
 
 import pytest
@@ -118,15 +119,21 @@ async def test_after_the_fast_period_the_wait_doubles_up_to_the_maximum(
     gaps = [(a - times[0], b - a) for a, b in itertools.pairwise(times)]
     young = [gap for began, gap in gaps if began < 0.999]
     old = [gap for began, gap in gaps if began > 1.001]
+    # A gap is the wait plus the refused attempt, which takes a millisecond on a quiet
+    # machine and, seen under parallel test workers, up to 0.15 s more: the median holds
+    # the wait's bound, single gaps get that much slack (still well under the 0.4-0.8 s
+    # waits that follow the fast period).
+    slack = 0.2
     assert len(young) >= 9, gaps
-    assert max(young) < 0.1 + 0.05, gaps
+    assert statistics.median(young) < 0.1 + 0.02, gaps
+    assert max(young) < 0.1 + slack, gaps
     assert len(old) >= 4, gaps
     # Once the fast period was over the wait grew again from the fast cap (not straight
     # to the maximum: the first is 0.1-0.2 s, or 0.2-0.4 s if the one that began right at
     # the end of the period was counted as young), and stopped at the maximum.
-    assert old[0] < 0.4 + 0.05, gaps
+    assert old[0] < 0.4 + slack, gaps
     assert max(old) >= 0.4, gaps
-    assert max(old) <= 0.8 + 0.05, gaps
+    assert max(old) <= 0.8 + slack, gaps
 
 
 def test_the_backoff_is_held_low_while_the_outage_is_young() -> None:
