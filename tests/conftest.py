@@ -122,7 +122,8 @@ DEFAULT_VERSIONS = tuple(
 
 # The files that take minutes, slowest first. They run before the rest so that, in
 # pytest-xdist workers (`--dist loadfile --no-loadscope-reorder` hands out whole files in
-# collection order; without it, files with many tests go first), they overlap the many short files instead of ending the run alone.
+# collection order; without it, files with many tests go first), they overlap the many
+# short files instead of ending the run alone.
 LONG_FILES = tuple(
     f"test_{name}.py"
     for name in (
