@@ -328,6 +328,14 @@ class EventHub:
                     frames.append(frame(self.last_id, SYSTEM_STATUS, text))
         return frames
 
+    def attach(self, subscriber: Subscriber) -> None:
+        """A subscriber made elsewhere (a WebSocket's, rendering frames its own way): it
+        gets what is published from now on, no snapshot."""
+        if self._closed:
+            subscriber.close("shutting down")
+        else:
+            self._subscribers.add(subscriber)
+
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
 

@@ -35,7 +35,7 @@ mmc.brokers.own_access), and handle what mosquitto does to its own login:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -323,3 +323,24 @@ class Guard:
                 "it; after a restart, or on another replica, mmc would log in with the old "
                 "one: send it with PUT /api/connections/{id}."
             ) from exc
+
+
+def _answer(entry: Mapping[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:
+    """The plugin's entry with the caller's correlationData (ours is an internal detail)."""
+    out = {k: v for k, v in entry.items() if k != "correlationData"}
+    if "correlationData" in sent:
+        out["correlationData"] = sent["correlationData"]
+    return out
+
+
+async def passthrough(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Plugin commands as a caller sent them: the plugin's entries, in order."""
+    entries = await ds.run(commands)
+    return [_answer(e, c) for e, c in zip(entries, commands, strict=True)]
+
+
+async def run_command(guard: Guard, link: BrokerLink, command: dict[str, Any]) -> dict[str, Any]:
+    """One plugin command as the MMC sends it (REST passthrough, WebSocket): checked by
+    the guard, then the plugin's entry, with its ``error`` when the plugin refused it."""
+    [entry] = await guard.run(link, await Dynsec.of(link), [command], passthrough)
+    return entry
