@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,9 @@ import aiohttp
 import aiomqtt
 import pytest
 
+from mmc.appkeys import events_key
 from mmc.config import Settings
+from mmc.services.events import CONNECTIONS
 from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import (
     Client,
@@ -629,3 +632,49 @@ async def test_auth_and_origin_on_the_upgrade(make_client: MakeClient, settings:
     # A plain GET without the upgrade.
     resp = await token_client.get(WS)
     assert resp.status == 400
+
+
+async def test_a_slow_socket_is_dropped_without_slowing_others(
+    make_client: MakeClient, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(settings.replace(events_queue=20))
+    hub = client.app[events_key]
+    blob = "x" * 100_000
+    async with socket(client) as slow, socket(client) as fast:
+        for ui in (slow, fast):
+            await ui.request("getBrokerConnections")
+        received: list[int] = []
+
+        async def read() -> None:
+            while len(received) < 200:
+                payload = await fast.event("connections", timeout=10)
+                received.append(payload[0]["n"])
+
+        reader = asyncio.get_running_loop().create_task(read())
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="mmc.services.events"):
+            for n in range(200):  # 20 MB: more than the socket buffers of the slow one
+                hub.publish(CONNECTIONS, [{"n": n, "blob": blob}])
+                await asyncio.sleep(0.002)
+            await asyncio.wait_for(reader, 10)
+        assert received == list(range(200))
+        assert time.monotonic() - started < 5
+        assert hub.subscribers == 1
+        assert any("too slow" in r.getMessage() for r in caplog.records)
+        # The slow socket was closed under it (whatever it had received before).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                while (await slow.ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                    pass
+        assert slow.ws.closed
+
+
+async def test_sockets_close_at_shutdown(client: Client) -> None:
+    async with socket(client) as ui:
+        assert (await ui.request("getSettings"))["response"]["topicTreeEnabled"] is False
+        started = time.monotonic()
+        await client.app.shutdown()
+        message = await ui.ws.receive(timeout=2)
+        assert message.type is aiohttp.WSMsgType.CLOSE, message
+        assert message.data == aiohttp.WSCloseCode.GOING_AWAY
+        assert time.monotonic() - started < 1.0
