@@ -467,6 +467,17 @@ async def test_malformed_frames_get_an_error_and_the_socket_goes_on(
             json.dumps({"id": 4, "type": "command", "api": "dynamic-security", "command": []}),
             json.dumps({"id": 5, "type": "command", "api": "x", "command": {"command": 5}}),
             json.dumps({"id": "x" * 1000, "type": "request", "request": "getSettings"}),
+            "[" * 100_000,  # deeper than the JSON parser goes
+            # Within the parser's depth, beyond what a plugin command may hold.
+            json.dumps(
+                {
+                    "id": 6,
+                    "type": "command",
+                    "api": "dynamic-security",
+                    "broker": "plain",
+                    "command": {"command": "x", "deep": "here"},
+                }
+            ).replace('"here"', "[" * 500 + "]" * 500),
         ):
             await ui.ws.send_str(text)
             frame = await ui._read(5)
@@ -475,6 +486,8 @@ async def test_malformed_frames_get_an_error_and_the_socket_goes_on(
             assert frame["code"] == "INVALID", frame
             assert "Traceback" not in json.dumps(frame)
             ui.answers.clear()
+        # The deep one was refused by the passthrough's validation, not sent.
+        assert "Nested more than" in json.dumps(frame["info"]), frame
         # An id it could carry back is echoed.
         await ui.ws.send_str(json.dumps({"id": 9, "type": "request", "request": 7}))
         assert (await ui._read(5))["requestId"] == 9

@@ -174,7 +174,12 @@ class Channel:
         try:
             async for message in self.ws:
                 if message.type is WSMsgType.TEXT:
-                    await self._frame(message.data)
+                    try:
+                        await self._frame(message.data)
+                    except Exception:
+                        # One frame's failure is not the socket's: logged, answered.
+                        log.exception("websocket frame of %s failed", self._name)
+                        await self._send_error(None, MmcError())
                 elif message.type is WSMsgType.BINARY:
                     await self._send_error(None, InvalidInput("Frames must be JSON text"))
         finally:
@@ -225,7 +230,8 @@ class Channel:
     async def _frame(self, text: str) -> None:
         try:
             document = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: nested deeper than the parser goes ("[[[[...").
             await self._send_error(None, InvalidInput("Frame is not JSON"))
             return
         request_id = document.get("id") if isinstance(document, dict) else None
