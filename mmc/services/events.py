@@ -65,6 +65,8 @@ class Event:
     frame: bytes
     broker_id: str | None = None
     project_id: str | None = None
+    # ``data`` as JSON, encoded once for every subscriber (WebSockets frame it their way).
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,9 @@ class EventHub:
         event_id = self._next_id
         self._next_id += 1
         body = json.dumps(data) if text is None else text
-        event = Event(event_id, type_, data, frame(event_id, type_, body), broker_id, project_id)
+        event = Event(
+            event_id, type_, data, frame(event_id, type_, body), broker_id, project_id, body
+        )
         self._buffer.append(event)
         for subscriber in list(self._subscribers):
             subscriber.offer(event)

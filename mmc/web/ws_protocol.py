@@ -99,22 +99,27 @@ class Subscriber(HubSubscriber):
     def render(self, event: Event) -> bytes | None:
         if event.type not in self.selection.types:
             return None
-        payload: Any
         if event.type == CONNECTIONS:
             if not self._channel.connections_ready:
                 return None
-            payload = event.data
-        elif event.type == SYSTEM_STATUS:
+            # The list as the hub encoded it once, not once per socket.
+            return _event_frame_text(CONNECTIONS, event.text).encode()
+        if event.type == SYSTEM_STATUS:
             if event.broker_id is None or event.broker_id != self._channel.selected:
                 return None
             payload = {"_name": event.data["name"], **event.data["topics"]}
-        else:
-            return None
-        return _event_frame(event.type, payload).encode()
+            return _event_frame(SYSTEM_STATUS, payload).encode()
+        return None
 
 
 def _event_frame(type_: str, payload: Any) -> str:
-    return json.dumps({"type": "event", "event": {"type": type_, "payload": payload}})
+    return _event_frame_text(type_, json.dumps(payload))
+
+
+def _event_frame_text(type_: str, payload_json: str) -> str:
+    return (
+        f'{{"type": "event", "event": {{"type": {json.dumps(type_)}, "payload": {payload_json}}}}}'
+    )
 
 
 def system_status(link: BrokerLink) -> dict[str, Any]:
