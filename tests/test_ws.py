@@ -691,3 +691,17 @@ async def test_sockets_close_at_shutdown(client: Client) -> None:
         assert message.type is aiohttp.WSMsgType.CLOSE, message
         assert message.data == aiohttp.WSCloseCode.GOING_AWAY
         assert time.monotonic() - started < 1.0
+
+
+async def test_an_idle_socket_outlives_the_http_timeouts(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    # The header and body timeouts bound a request's arrival, not a socket's life; the
+    # WebSocket pings (every events_heartbeat) keep it and find a peer that went away.
+    client = await make_client(
+        settings.replace(events_heartbeat=0.3, http_header_timeout=0.5, http_body_timeout=0.5)
+    )
+    async with socket(client) as ui:
+        assert await ui.quiet(1.5) == []
+        assert not ui.ws.closed
+        assert (await ui.request("getSettings"))["response"]["topicTreeEnabled"] is False
