@@ -614,6 +614,26 @@ async def test_disconnect_client(ws_client: Client, ws_broker: MosquittoBroker) 
 
             await wait_until(gone, timeout=5)
 
+        # The same through the client-control API's own command.
+        second = f"ws-victim-{_uid()}"
+        async with aiomqtt.Client(
+            ws_broker.host,
+            ws_broker.port,
+            username=ws_broker.admin_username,
+            password=ws_broker.admin_password,
+            identifier=second,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ):
+            kicked = await ui.command(
+                "cedalo/client-control", {"command": "disconnectClient", "clientid": second}
+            )
+            assert _command_ok(kicked, "disconnectClient") == {}
+            unknown = await ui.command("cedalo/client-control", {"command": "explode"})
+            assert "Unsupported command" in _command_error(unknown, "explode")
+    resp = await ws_client.get("/api/audit", params={"method": "WS"})
+    routes = {e["route"] for e in (await resp.json())["entries"]}
+    assert {"/api/ws disconnectClient", "/api/ws cedalo/client-control/disconnectClient"} <= routes
+
 
 async def test_auth_and_origin_on_the_upgrade(make_client: MakeClient, settings: Settings) -> None:
     anon = await make_client(settings, authenticated=False)
