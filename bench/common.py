@@ -9,6 +9,7 @@ processes started here are signalled by their pid only.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -166,6 +167,69 @@ async def http_load(
             max_seconds=max_seconds,
             warmup=warmup,
         )
+
+
+class WsCommands:
+    """One WebSocket to mmc's ``/api/ws`` (the MMC UI's protocol), commands sent with ids
+    and answered by a reader task: many in flight on the one socket, as the UI does."""
+
+    def __init__(self, base_url: str, token: str, broker_id: str) -> None:
+        self._base_url = base_url
+        self._token = token
+        self._broker_id = broker_id
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> WsCommands:
+        headers = {"Authorization": f"Bearer {self._token}"}
+        self._session = aiohttp.ClientSession(self._base_url, headers=headers)
+        self._ws = await self._session.ws_connect("/api/ws", max_msg_size=0)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for message in self._ws:
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            frame = json.loads(message.data)
+            fut = self._pending.pop(frame.get("requestId"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+
+    async def command(
+        self, api: str, command: Mapping[str, Any], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """The response frame of one command (``data`` or ``error``)."""
+        assert self._ws is not None
+        request_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        frame = {
+            "id": request_id,
+            "type": "command",
+            "api": api,
+            "command": dict(command),
+            "broker": self._broker_id,
+        }
+        try:
+            await self._ws.send_str(json.dumps(frame))
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self._pending.pop(request_id, None)
 
 
 # ------------------------------------------------------------------- references

@@ -33,6 +33,7 @@ from bench.common import (
     BareControl,
     MosquittoBroker,
     Stats,
+    WsCommands,
     connection_body,
     create_connection,
     http_load,
@@ -73,6 +74,10 @@ class Command:
     path: str
     bare: Callable[[], dict[str, Any]]
     body: Callable[[], Any] | None = None
+
+
+# The dynsec cases also measured over the WebSocket channel (GET /api/ws).
+WS_COMMANDS = frozenset({"listClients"})
 
 
 def _counter() -> Callable[[], int]:
@@ -170,15 +175,17 @@ def targets(results: list[Stats], ctrl_ms: float, sizes: Sizes) -> list[dict[str
 
 
 def table(results: list[Stats]) -> str:
-    """One markdown table; a REST dynsec row shows its ratio to the bare row of the same run."""
+    """One markdown table; a REST or WS dynsec row shows its ratio to the bare row of the
+    same run."""
     lines = [
         "| case | conc. | p50 ms | p99 ms | req/s | errors | vs bare (p50, req/s) |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in results:
         ratio = ""
-        if s.case.startswith("REST "):
-            bare = _find(results, "bare " + s.case.removeprefix("REST "), s.concurrency)
+        if s.case.startswith(("REST ", "WS ")):
+            name = s.case.partition(" ")[2]
+            bare = _find(results, "bare " + name, s.concurrency)
             if bare is not None and bare.p50_ms and bare.rps:
                 ratio = f"{s.p50_ms - bare.p50_ms:+.2f} ms, {s.rps / bare.rps:.2f}x"
         lines.append(
@@ -309,6 +316,17 @@ async def _run(
                         return "error" not in await bare.request(command.bare())
 
                     record(await run_load(f"bare {command.name}", one, concurrency=c, **load))
+                    if command.name in WS_COMMANDS:
+                        # The MMC UI's channel: every worker's commands on one socket.
+                        async with WsCommands(base, token, "bench") as ws:
+
+                            async def over_ws(command: Command = command) -> bool:
+                                frame = await ws.command("dynamic-security", command.bare())
+                                return not frame.get("error")
+
+                            record(
+                                await run_load(f"WS {command.name}", over_ws, concurrency=c, **load)
+                            )
         ctrl = mosquitto_ctrl_times(reference, ["getClient", USER], sizes.ctrl_runs)
         ctrl_ms = statistics.median(ctrl) * 1000
         log(f"  mosquitto_ctrl getClient      median {ctrl_ms:.1f} ms over {len(ctrl)} runs")

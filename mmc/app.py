@@ -23,6 +23,7 @@ from mmc.api import inspect as inspect_api
 from mmc.api import projects as projects_api
 from mmc.api import tokens as tokens_api
 from mmc.api import users as users_api
+from mmc.api import ws as ws_api
 from mmc.appkeys import (
     audit_key,
     auth_key,
@@ -221,6 +222,7 @@ API: tuple[Routes, ...] = (
     client_control_api.routes,
     inspect_api.routes,
     events_api.routes,
+    ws_api.routes,
     docs_api.routes,
 )
 

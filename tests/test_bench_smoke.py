@@ -37,6 +37,7 @@ async def test_api_benchmark_runs(tmp_path: Path) -> None:
     cases = {(r["case"], r["concurrency"]) for r in outcome["results"]}
     assert ("REST getClient", 2) in cases
     assert ("bare getClient", 2) in cases
+    assert ("WS listClients", 2) in cases
     assert ("GET /api/connections", 2) in cases
     assert all(r["errors"] == 0 for r in outcome["results"])
     assert len(outcome["targets"]) == 4

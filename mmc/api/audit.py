@@ -36,8 +36,8 @@ class AuditQuerySchema(Schema):
     calls, and an ignored filter or ``?page=2`` would answer the wrong entries silently."""
 
     user = fields.String(validate=validate.Length(min=1, max=256))
-    # "CLI": changes made with the mmc command (users, secrets).
-    method = fields.String(validate=validate.OneOf([*sorted(AUDITED_METHODS), "CLI"]))
+    # "CLI": changes made with the mmc command (users, secrets); "WS": over GET /api/ws.
+    method = fields.String(validate=validate.OneOf([*sorted(AUDITED_METHODS), "CLI", "WS"]))
     route = fields.String(validate=validate.Length(min=1, max=1024))
     status = fields.Integer(validate=validate.Range(min=100, max=599), strict=False)
     outcome = fields.String(validate=validate.OneOf(["success", "denied", "failure"]))

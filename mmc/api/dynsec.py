@@ -51,7 +51,7 @@ from mmc.schemas.responses import (
 )
 from mmc.web.brokers import connected_project_broker
 from mmc.web.middlewares import error_body
-from mmc.web.own_user import Guard, force_schema, own_usernames
+from mmc.web.own_user import Guard, force_schema, own_usernames, passthrough, run_command
 from mmc.web.routing import Routes
 
 log = logging.getLogger(__name__)
@@ -449,19 +449,6 @@ async def import_(
 # --------------------------------------------------------------------- passthrough
 
 
-def _answer(entry: Mapping[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:
-    """The plugin's entry with the caller's correlationData (ours is an internal detail)."""
-    out = {k: v for k, v in entry.items() if k != "correlationData"}
-    if "correlationData" in sent:
-        out["correlationData"] = sent["correlationData"]
-    return out
-
-
-async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    entries = await ds.run(commands)
-    return [_answer(e, c) for e, c in zip(entries, commands, strict=True)]
-
-
 @routes.post(
     "/api/dynamic-security/{brokerId}/command",
     Permission.CONTROL,
@@ -477,8 +464,7 @@ async def command(
     request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
     """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
-    guard = Guard.of(request, query["force"])
-    [entry] = await guard.run(link, await Dynsec.of(link), [body], _run)
+    entry = await run_command(Guard.of(request, query["force"]), link, body)
     if "error" in entry:
         raise error_for(body["command"], str(entry["error"]))
     return _json(entry)
@@ -501,7 +487,7 @@ async def commands(
     """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
     ds = await Dynsec.of(link)
     guard = Guard.of(request, query["force"])
-    return _json({"responses": await guard.run(link, ds, body["commands"], _run)})
+    return _json({"responses": await guard.run(link, ds, body["commands"], passthrough)})
 
 
 # ---------------------------------------------------------------------- project
@@ -512,7 +498,7 @@ async def _apply_to(link: BrokerLink, body: Mapping[str, Any], guard: Guard) -> 
         raise BrokerUnavailable(f"Broker {link.id} is not connected")
     ds = await Dynsec.of(link)
     if "commands" in body:
-        return {"responses": await guard.run(link, ds, body["commands"], _run)}
+        return {"responses": await guard.run(link, ds, body["commands"], passthrough)}
     return await ds.import_document(
         body["document"],
         dry_run=body["dry_run"],

@@ -17,3 +17,11 @@ async def information(link: BrokerLink) -> dict[str, Any]:
     response = await link.control.request(API, {"command": "getLicenseInformation"})
     data = response.get("data")
     return mappings.license_info(data if isinstance(data, dict) else {})
+
+
+async def raw_information(link: BrokerLink) -> Any:
+    """``getLicenseInformation``'s data as the broker gives it (the MMC UI's command);
+    404 within the probe time when the broker has no license plugin."""
+    await link.require_feature("license")
+    response = await link.control.request(API, {"command": "getLicenseInformation"})
+    return response.get("data", {})

@@ -65,6 +65,8 @@ class Event:
     frame: bytes
     broker_id: str | None = None
     project_id: str | None = None
+    # ``data`` as JSON, encoded once for every subscriber (WebSockets frame it their way).
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,9 @@ class EventHub:
         event_id = self._next_id
         self._next_id += 1
         body = json.dumps(data) if text is None else text
-        event = Event(event_id, type_, data, frame(event_id, type_, body), broker_id, project_id)
+        event = Event(
+            event_id, type_, data, frame(event_id, type_, body), broker_id, project_id, body
+        )
         self._buffer.append(event)
         for subscriber in list(self._subscribers):
             subscriber.offer(event)
@@ -327,6 +331,14 @@ class EventHub:
                     text = json.dumps(system_status(link))
                     frames.append(frame(self.last_id, SYSTEM_STATUS, text))
         return frames
+
+    def attach(self, subscriber: Subscriber) -> None:
+        """A subscriber made elsewhere (a WebSocket's, rendering frames its own way): it
+        gets what is published from now on, no snapshot."""
+        if self._closed:
+            subscriber.close("shutting down")
+        else:
+            self._subscribers.add(subscriber)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)

@@ -75,10 +75,16 @@ def _entry(request: web.Request, status: int, seconds: float) -> AuditEntry:
 
 
 async def _store(request: web.Request, entry: AuditEntry) -> None:
+    await record(request.app, entry)
+
+
+async def record(app: web.Application, entry: AuditEntry) -> None:
+    """Write ``entry`` (fail-open, see the module docstring) and publish it as an event;
+    also for what arrives other than as an HTTP request (a WebSocket's commands)."""
     try:
-        await request.app[audit_key].insert(entry)
+        await app[audit_key].insert(entry)
     except Exception as exc:  # noqa: BLE001 - fail-open, see the module docstring
-        request.app[metrics_key].audit_failures.inc()
+        app[metrics_key].audit_failures.inc()
         log.error(
             "audit entry could not be stored (%s): %s %s by %s from %s -> %d (request %s)",
             exc,
@@ -91,8 +97,8 @@ async def _store(request: web.Request, entry: AuditEntry) -> None:
             extra={"audit": {**entry.__dict__, "outcome": entry.outcome}},
         )
         return
-    hub = request.app.get(events_key)
-    if hub is not None and request.app[audit_key].keeps(entry):
+    hub = app.get(events_key)
+    if hub is not None and app[audit_key].keeps(entry):
         wire = entry_wire(entry)
         del wire["id"]  # numbered by the store, unknown here
         hub.audit(wire)
