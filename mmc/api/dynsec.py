@@ -29,10 +29,11 @@ from marshmallow import Schema, ValidationError, fields
 
 from mmc.appkeys import connections_key
 from mmc.auth.permissions import Permission
-from mmc.broker_strings import check_name
+from mmc.broker_strings import ascii_lower, check_name
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
+from mmc.brokers.outcome import READS
 from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
 from mmc.schemas import dynsec as schemas
 from mmc.schemas.responses import (
@@ -49,6 +50,7 @@ from mmc.schemas.responses import (
     IMPORT_REPORT,
     dynsec_listing,
 )
+from mmc.web.audit import mark_read
 from mmc.web.brokers import connected_project_broker
 from mmc.web.middlewares import error_body
 from mmc.web.own_user import Guard, force_schema, own_usernames
@@ -457,6 +459,13 @@ def _answer(entry: Mapping[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+def _classify(request: web.Request, commands: list[dict[str, Any]]) -> None:
+    """Commands that only read make a read, whatever the HTTP method: not audited (see
+    mmc.web.audit). By command name as the plugin matches it; an unknown one is a change."""
+    if all(ascii_lower(str(c.get("command", ""))) in READS for c in commands):
+        mark_read(request)
+
+
 async def _run(ds: Dynsec, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
     entries = await ds.run(commands)
     return [_answer(e, c) for e, c in zip(entries, commands, strict=True)]
@@ -477,6 +486,7 @@ async def command(
     request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
     """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
+    _classify(request, [body])
     guard = Guard.of(request, query["force"])
     [entry] = await guard.run(link, await Dynsec.of(link), [body], _run)
     if "error" in entry:
@@ -499,6 +509,7 @@ async def commands(
     request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
     """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
+    _classify(request, body["commands"])
     ds = await Dynsec.of(link)
     guard = Guard.of(request, query["force"])
     return _json({"responses": await guard.run(link, ds, body["commands"], _run)})
@@ -543,6 +554,8 @@ async def _apply_one(link: BrokerLink, body: Mapping[str, Any], guard: Guard) ->
 )
 async def apply(request: web.Request, query: dict[str, Any], body: dict[str, Any]) -> web.Response:
     """Run the same commands, or the same import, on every broker of the project (207)."""
+    if "commands" in body:
+        _classify(request, body["commands"])
     project_id = request.match_info["projectId"]
     links = [
         link for link in request.app[connections_key].pool if link.record.project_id == project_id
