@@ -114,6 +114,7 @@ async def _mmc(data: Path, broker: MosquittoBroker) -> AsyncIterator[TestClient[
 async def main(n: int, rounds: int) -> None:
     from mmc.api import dynsec as dynsec_api
     from mmc.appkeys import auth_key
+    from mmc.web import own_user
 
     with tempfile.TemporaryDirectory() as tmp, MosquittoBroker(Path(tmp) / "broker") as broker:
         async with _mmc(Path(tmp), broker) as client:
@@ -158,6 +159,23 @@ async def main(n: int, rounds: int) -> None:
                 with audit_reads(after), session_cache(after):
                     yield
 
+            ds = "/api/projects/default/brokers/plain/dynsec"
+            resp = await client.post(
+                f"{ds}/clients", json={"username": "ab", "password": "ab-pass"}, headers=bearer
+            )
+            assert resp.status == 201, await resp.text()
+            texts = iter(range(10**9))
+
+            async def patch_client() -> None:
+                body = {"textname": f"t{next(texts)}"}
+                resp = await client.patch(f"{ds}/clients/ab", json=body, headers=bearer)
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+
+            def read_back(after: bool) -> contextlib.AbstractContextManager[None]:
+                # Before: the change, then the read in a message of its own.
+                return _patched(own_user, "goes_out_as_is", lambda _: False, not after)
+
             print("| case | requests | before p50 / p90 ms (round p50s) | after | p50 gain |")
             print("|---|---:|---|---|---:|")
             for name, send, switch in (
@@ -168,6 +186,7 @@ async def main(n: int, rounds: int) -> None:
                     session_cache,
                 ),
                 ("passthrough listClients, session: both", list_clients_session, both),
+                ("PATCH clients/{name}, token: read-back apart / with", patch_client, read_back),
             ):
                 print(await compare(name, send, switch, n, rounds), flush=True)
 

@@ -110,6 +110,18 @@ class Kind:
     create: Callable[..., Awaitable[None]]
     modify: Callable[..., Awaitable[None]]
     delete: Callable[[Dynsec, str], Awaitable[None]]
+    # The plugin's read of one, and where its answer holds it: what ``get`` sends.
+    read: str
+    answer_key: str
+
+    def read_command(self, name: str) -> dict[str, Any]:
+        return {"command": self.read, self.key: name}
+
+    def from_answer(self, entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The entity in a ``read`` answer entry, or None when it does not hold one."""
+        data = entry.get("data") if entry is not None and "error" not in entry else None
+        found = data.get(self.answer_key) if isinstance(data, dict) else None
+        return found if isinstance(found, dict) else None
 
 
 CLIENTS = Kind(
@@ -123,6 +135,8 @@ CLIENTS = Kind(
     Dynsec.create_client,
     Dynsec.modify_client,
     Dynsec.delete_client,
+    "getClient",
+    "client",
 )
 GROUPS = Kind(
     "groups",
@@ -135,6 +149,8 @@ GROUPS = Kind(
     Dynsec.create_group,
     Dynsec.modify_group,
     Dynsec.delete_group,
+    "getGroup",
+    "group",
 )
 ROLES = Kind(
     "roles",
@@ -147,6 +163,8 @@ ROLES = Kind(
     Dynsec.create_role,
     Dynsec.modify_role,
     Dynsec.delete_role,
+    "getRole",
+    "role",
 )
 
 
@@ -243,8 +261,13 @@ def _declare_change(
     ) -> web.Response:
         data = body or {}
         ds = await Dynsec.of(link)
-        await Guard.of(request, query["force"]).change(link, ds, lambda d: change(d, name, data))
-        return _json(await kind.get(ds, name))
+        guard = Guard.of(request, query["force"])
+        # The read-back goes in the change's own message where it can (Guard.change).
+        entry = await guard.change(
+            link, ds, lambda d: change(d, name, data), read_back=kind.read_command(name)
+        )
+        found = kind.from_answer(entry)
+        return _json(found if found is not None else await kind.get(ds, name))
 
     routes.route(
         method,
