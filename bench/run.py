@@ -103,6 +103,14 @@ COMMANDS = (
         lambda: {"command": "listClients", "verbose": False, "count": -1, "offset": 0},
     ),
     Command(
+        # The MMC's endpoint, a read: no audit row (issue 20), the same command bare.
+        "passthrough listClients",
+        "POST",
+        "/api/dynamic-security/bench/command",
+        lambda: {"command": "listClients"},
+        body=lambda: {"command": "listClients"},
+    ),
+    Command(
         "modifyClient",
         "PATCH",
         f"{DYNSEC}/clients/{USER}",
