@@ -58,8 +58,13 @@ class SessionService:
         return session_id
 
     async def end(self, session_id: str) -> None:
+        # Forgotten again after the write: a lookup that read the row before the delete
+        # committed is not kept either.
         self._forget(digest(session_id))
-        await self._sessions.delete(digest(session_id))
+        try:
+            await self._sessions.delete(digest(session_id))
+        finally:
+            self._forget(digest(session_id))
 
     def _forget(self, id_hash: str) -> None:
         self._generation += 1
@@ -74,7 +79,10 @@ class SessionService:
 
     async def end_all_of(self, username: str) -> None:
         self.forget_user(username)
-        await self._sessions.delete_user(username)
+        try:
+            await self._sessions.delete_user(username)
+        finally:
+            self.forget_user(username)
 
     async def purge_idle(self) -> None:
         """Forget sessions idle past the timeout (they are refused anyway)."""
