@@ -243,9 +243,15 @@ _QUIET.setLevel(logging.ERROR)
 class BareControl:
     """What a good hand-written client does: one persistent aiomqtt connection (MQTT v5),
     QoS 0 requests, one message per command, replies matched by correlationData by a
-    dispatcher task."""
+    dispatcher task.
 
-    def __init__(self, broker: MosquittoBroker) -> None:
+    ``batch`` > 1: the broker's ceiling as mmc meets it. Commands requested in the same
+    loop turn travel in one message, up to ``batch`` of them, as mmc's ControlChannel
+    sends them (mmc.brokers.control.MAX_BATCH)."""
+
+    def __init__(self, broker: MosquittoBroker, *, batch: int = 1) -> None:
+        self._batch = batch
+        self._queue: list[dict[str, Any]] = []
         self._client = aiomqtt.Client(
             HOST,
             broker.port,
@@ -283,13 +289,29 @@ class BareControl:
         correlation = uuid.uuid4().hex
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[correlation] = fut
-        payload = json.dumps({"commands": [{**command, "correlationData": correlation}]})
+        entry = {**command, "correlationData": correlation}
         try:
-            await self._client.publish(f"$CONTROL/{DYNSEC_API}/v1", payload, qos=0)
+            if self._batch <= 1:
+                await self._publish([entry])
+            else:
+                self._queue.append(entry)
+                if len(self._queue) >= self._batch:
+                    batch, self._queue = self._queue, []
+                    await self._publish(batch)
+                elif len(self._queue) == 1:
+                    # The first of a batch lets the others of this loop turn join it.
+                    await asyncio.sleep(0)
+                    batch, self._queue = self._queue, []
+                    if batch:
+                        await self._publish(batch)
             async with asyncio.timeout(timeout):
                 return await fut
         finally:
             self._pending.pop(correlation, None)
+
+    async def _publish(self, commands: list[dict[str, Any]]) -> None:
+        payload = json.dumps({"commands": commands})
+        await self._client.publish(f"$CONTROL/{DYNSEC_API}/v1", payload, qos=0)
 
 
 def mosquitto_ctrl_times(broker: MosquittoBroker, args: list[str], runs: int) -> list[float]:

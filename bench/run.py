@@ -3,7 +3,8 @@
 Starts three mosquitto 2.0 brokers with dynamic security on loopback and one mmc process:
 
 - *target*: the broker mmc manages; its only subscriber is mmc's link;
-- *reference*: the same dynsec data, for the bare aiomqtt client and ``mosquitto_ctrl``
+- *reference*: the same dynsec data, for the bare aiomqtt clients (one command per
+  message, and one that batches as mmc does: the broker's ceiling) and ``mosquitto_ctrl``
   (mosquitto 2.0 sends every ``$CONTROL`` reply to every subscriber of the response topic,
   so the references must not share a broker with mmc's link, nor mmc with them);
 - *filler*: carries the other connections of the ``GET /api/connections`` case.
@@ -41,6 +42,7 @@ from bench.common import (
     mosquitto_ctrl_times,
     run_load,
 )
+from mmc.brokers.control import MAX_BATCH
 from testbed.mosquitto import MOSQUITTO_20, MOSQUITTO_VERSIONS, Mosquitto
 from testbed.postgres import postgres_database
 from testbed.serve import MmcServer
@@ -106,6 +108,14 @@ COMMANDS = (
         lambda: {"command": "listClients", "verbose": False, "count": -1, "offset": 0},
     ),
     Command(
+        # The MMC's endpoint, a read: no audit row (issue 20), the same command bare.
+        "passthrough listClients",
+        "POST",
+        "/api/dynamic-security/bench/command",
+        lambda: {"command": "listClients"},
+        body=lambda: {"command": "listClients"},
+    ),
+    Command(
         "modifyClient",
         "PATCH",
         f"{DYNSEC}/clients/{USER}",
@@ -148,6 +158,28 @@ def targets(results: list[Stats], ctrl_ms: float, sizes: Sizes) -> list[dict[str
                 "pass": rest64.rps >= bare64.rps and rest64.p99_ms <= 50 and rest64.errors == 0,
             }
         )
+    for name in ("getClient", "modifyClient"):
+        rest, ceiling = (
+            _find(results, f"REST {name}", high),
+            _find(results, f"batching bare {name}", high),
+        )
+        if rest and ceiling:
+            out.append(
+                {
+                    "target": (
+                        f"c={high}: REST {name} req/s >= 0.9 x batching bare "
+                        f"(batch {MAX_BATCH}), p99 <= 50 ms, no error"
+                    ),
+                    "measured": (
+                        f"{rest.rps:.0f} vs {ceiling.rps:.0f} req/s "
+                        f"({rest.rps / max(ceiling.rps, 1e-9):.2f}x), p99 {rest.p99_ms:.1f} ms, "
+                        f"{rest.errors} errors"
+                    ),
+                    "pass": rest.rps >= 0.9 * ceiling.rps
+                    and rest.p99_ms <= 50
+                    and rest.errors == 0,
+                }
+            )
     if rest1 and ctrl_ms:
         out.append(
             {
@@ -178,19 +210,23 @@ def table(results: list[Stats]) -> str:
     """One markdown table; a REST or WS dynsec row shows its ratio to the bare row of the
     same run."""
     lines = [
-        "| case | conc. | p50 ms | p99 ms | req/s | errors | vs bare (p50, req/s) |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| case | conc. | p50 ms | p99 ms | req/s | errors | vs bare (p50, req/s) "
+        "| vs batching bare (req/s) |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for s in results:
-        ratio = ""
+        ratio = ceiling = ""
         if s.case.startswith(("REST ", "WS ")):
             name = s.case.partition(" ")[2]
             bare = _find(results, "bare " + name, s.concurrency)
             if bare is not None and bare.p50_ms and bare.rps:
                 ratio = f"{s.p50_ms - bare.p50_ms:+.2f} ms, {s.rps / bare.rps:.2f}x"
+            batching = _find(results, "batching bare " + name, s.concurrency)
+            if batching is not None and batching.rps:
+                ceiling = f"{s.rps / batching.rps:.2f}x"
         lines.append(
             f"| {s.case} | {s.concurrency} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | {s.rps:.0f} "
-            f"| {s.errors} | {ratio} |"
+            f"| {s.errors} | {ratio} | {ceiling} |"
         )
     return "\n".join(lines)
 
@@ -302,31 +338,34 @@ async def _run(
                     concurrency=c, **load,
                 )
             )  # fmt: skip
-        async with BareControl(reference) as bare:
-            for command in COMMANDS:
-                for c in sizes.concurrencies:
-                    record(
-                        await http_load(
-                            f"REST {command.name}", base, token, command.method, command.path,
-                            body=command.body, concurrency=c, **load,
-                        )
-                    )  # fmt: skip
+        for command in COMMANDS:
+            for c in sizes.concurrencies:
+                record(
+                    await http_load(
+                        f"REST {command.name}", base, token, command.method, command.path,
+                        body=command.body, concurrency=c, **load,
+                    )
+                )  # fmt: skip
+                # One reference client connected at a time: mosquitto 2.0 sends every
+                # reply to every subscriber of the response topic.
+                for case, batch in (("bare", 1), ("batching bare", MAX_BATCH)):
+                    if batch > 1 and c == 1:
+                        continue  # nothing to batch: the same as the bare client
+                    async with BareControl(reference, batch=batch) as bare:
 
-                    async def one(command: Command = command) -> bool:
-                        return "error" not in await bare.request(command.bare())
+                        async def one(command: Command = command, bare: BareControl = bare) -> bool:
+                            return "error" not in await bare.request(command.bare())
 
-                    record(await run_load(f"bare {command.name}", one, concurrency=c, **load))
-                    if command.name in WS_COMMANDS:
-                        # The MMC UI's channel: every worker's commands on one socket.
-                        async with WsCommands(base, token, "bench") as ws:
+                        record(await run_load(f"{case} {command.name}", one, concurrency=c, **load))
+                if command.name in WS_COMMANDS:
+                    # The MMC UI's channel: every worker's commands on one socket.
+                    async with WsCommands(base, token, "bench") as ws:
 
-                            async def over_ws(command: Command = command) -> bool:
-                                frame = await ws.command("dynamic-security", command.bare())
-                                return not frame.get("error")
+                        async def over_ws(command: Command = command) -> bool:
+                            frame = await ws.command("dynamic-security", command.bare())
+                            return not frame.get("error")
 
-                            record(
-                                await run_load(f"WS {command.name}", over_ws, concurrency=c, **load)
-                            )
+                        record(await run_load(f"WS {command.name}", over_ws, concurrency=c, **load))
         ctrl = mosquitto_ctrl_times(reference, ["getClient", USER], sizes.ctrl_runs)
         ctrl_ms = statistics.median(ctrl) * 1000
         log(f"  mosquitto_ctrl getClient      median {ctrl_ms:.1f} ms over {len(ctrl)} runs")

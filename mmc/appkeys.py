@@ -33,3 +33,6 @@ identity_key = web.RequestKey("identity", Identity)
 error_code_key = web.RequestKey("error_code", str)
 # Who tried to log in (POST /auth has no identity yet), for the audit trail.
 audit_user_key = web.RequestKey("audit_user", str)
+# Set by a handler whose request turned out to change nothing (a passthrough of read
+# commands only): the audit trail does not record it (mmc.web.audit).
+audit_read_key = web.RequestKey("audit_read", bool)

@@ -74,6 +74,9 @@ class Settings:
     # A revocation through this process takes effect at once; one made through another
     # replica sharing the store, within this time. 0: ask the store on every request.
     token_cache_seconds: float = 1.0
+    # The same for browser sessions (a logout, a new password or a deleted user through
+    # another replica): see mmc.services.sessions.
+    session_cache_seconds: float = 1.0
     # Seconds without a request after which a browser session ends; and at the most.
     session_idle_timeout: float = 3600.0
     session_max_age: float = 7 * 24 * 3600.0
@@ -415,6 +418,7 @@ class SettingsSchema(Schema):
     )
     admin_password = String(allow_none=True)
     token_cache_seconds = Float(validate=validate.Range(min=0, max=60, error="must be 0-60"))
+    session_cache_seconds = Float(validate=validate.Range(min=0, max=60, error="must be 0-60"))
     session_idle_timeout = Float(validate=POSITIVE)
     session_max_age = Float(validate=POSITIVE)
     # 0 turns a limit (or the delay) off.

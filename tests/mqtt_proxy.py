@@ -52,6 +52,8 @@ class MqttProxy:
         # Answers lost so far, by rule.
         self.cut_count = 0
         self.dropped_count = 0
+        # Every $CONTROL answer message that reached the client, in order.
+        self.answers: list[bytes] = []
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -138,6 +140,7 @@ class MqttProxy:
                     if self._take(self._drop, payload):
                         self.dropped_count += 1
                         continue
+                    self.answers.append(payload)
                 dst.write(bytes([first]) + _varint(len(body)) + body)
                 await dst.drain()
         except (asyncio.IncompleteReadError, ConnectionError, OSError):

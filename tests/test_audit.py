@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from mmc.store import migrations, open_database
 from mmc.store.audit import AuditEntry, AuditQuery, AuditRepository
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import ADMIN_PASSWORD, BACKENDS, Client, MakeClient, create_token, plain_body
+from tests.dynsec_helpers import connect
 
 pytestmark = pytest.mark.backends(*BACKENDS)
 
@@ -340,3 +343,67 @@ async def test_entries_stored_before_the_split_are_classified(
         await repo.insert(AuditEntry("anon", None, None, "h", "POST", "/y", {}, 401, None, 1))
         kept = [(e.request_id, e.username, e.status) for e in await repo.query(AuditQuery())]
         assert kept == [("anon", None, 401), ("new", "admin", 201), ("old", "token:ci", 403)]
+
+
+COMMAND = "/api/dynamic-security/plain/command"
+ENVELOPE = "/api/projects/default/brokers/plain/dynamic-security"
+READ_ONLY = {"commands": [{"command": "listClients"}, {"command": "getRole", "rolename": "r"}]}
+
+
+@contextlib.asynccontextmanager
+async def _audit_blocked(client: Client) -> AsyncIterator[None]:
+    """Nothing can be added to the audit trail inside (a write transaction held open on
+    SQLite; the table locked against inserts on PostgreSQL); reads of the store still go."""
+    db = client.app[db_key]
+    async with db.transaction() as tx:
+        if db.backend == "postgresql":
+            await tx.execute("LOCK TABLE audit IN EXCLUSIVE MODE")
+        yield
+
+
+async def test_passthrough_reads_are_not_recorded_and_do_not_wait_for_the_store(
+    client: Client, broker: MosquittoBroker
+) -> None:
+    await connect(client, broker)
+    repo = client.app[audit_key]
+    before = await repo.count()
+    # Classified by command, not by method: a POST of reads only is a read (any case, as
+    # the plugin matches names).
+    assert (await client.post(COMMAND, json={"command": "listClients"})).status == 200
+    assert (
+        await client.post(COMMAND, json={"command": "GETCLIENT", "username": "x"})
+    ).status == 404
+    assert (await client.post(ENVELOPE, json=READ_ONLY)).status == 200
+    apply = {"commands": [{"command": "listRoles"}]}
+    assert (await client.post("/api/projects/default/dynsec/apply", json=apply)).status == 207
+    assert await repo.count() == before
+
+    # With the trail blocked, a read still answers at once; a change waits for its row.
+    async with _audit_blocked(client):
+        resp = await asyncio.wait_for(client.post(ENVELOPE, json=READ_ONLY), 5)
+        assert resp.status == 200
+        assert [r["command"] for r in (await resp.json())["responses"]] == [
+            "listClients",
+            "getRole",
+        ]
+        mixed = {
+            "commands": [
+                {"command": "listClients"},
+                {"command": "createRole", "rolename": "audited-role"},
+            ]
+        }
+        write = asyncio.ensure_future(client.post(ENVELOPE, json=mixed))
+        await asyncio.sleep(0.5)
+        assert not write.done()  # answered only once its row is stored
+    resp = await asyncio.wait_for(write, 10)
+    assert resp.status == 200, await resp.text()
+    assert await repo.count() == before + 1
+    [entry] = await _entries(client, limit=1)
+    assert (entry["method"], entry["route"], entry["status"]) == (
+        "POST",
+        "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security",
+        200,
+    )
+    # An unknown command might change something: recorded.
+    assert (await client.post(COMMAND, json={"command": "noSuchCommand"})).status >= 400
+    assert await repo.count() == before + 2

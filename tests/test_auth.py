@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from mmc.appkeys import auth_key, db_key
 from mmc.auth.passwords import dummy_hash, hash_cost, hash_password, verify_password
 from mmc.config import Settings
 from mmc.services.throttling import username_delay
@@ -263,14 +264,20 @@ async def test_user_management(client: Client, anon_client: Client) -> None:
 
     await login(anon_client, "vic", "vic-pass-1")
     assert (await anon_client.get("/api/profile")).status == 200
-    resp = await client.put(f"{users}/vic", json={"password": "vic-new-pass", "roles": ["editor"]})
+    # The admin's changes through the app that serves the session (another one, a replica,
+    # takes up to MMC_SESSION_CACHE_SECONDS: test_other_replicas_end_a_session_within_...).
+    admin = {"Authorization": client.session.headers["Authorization"]}
+    resp = await anon_client.put(
+        f"{users}/vic", json={"password": "vic-new-pass", "roles": ["editor"]}, headers=admin
+    )
     assert resp.status == 200
     assert await resp.json() == {"username": "vic", "roles": ["editor"]}
     # A new password ends the user's sessions.
     assert (await anon_client.get("/api/profile")).status == 401
     await login(anon_client, "vic", "vic-new-pass")
+    assert (await anon_client.get("/api/profile")).status == 200
 
-    assert (await client.delete(f"{users}/vic")).status == 204
+    assert (await anon_client.delete(f"{users}/vic", headers=admin)).status == 204
     assert (await anon_client.get("/api/profile")).status == 401
     assert (await client.get(f"{users}/vic")).status == 404
 
@@ -657,3 +664,154 @@ def test_the_username_delay_doubles_up_to_its_cap() -> None:
     # With the pair limit off, the delay still starts after the default's 5 attempts.
     assert username_delay(settings.replace(login_max_failures=0), 5) == 0
     assert username_delay(settings.replace(login_max_failures=0), 6) == 0.25
+
+
+async def _log_in(client: Client, username: str, password: str) -> dict[str, str]:
+    """A session of ``username`` on ``client``'s app: the Cookie header that carries it."""
+    await login(client, username, password)
+    jar = client.session.cookie_jar.filter_cookies(client.make_url("/"))
+    client.session.cookie_jar.clear()
+    return {"Cookie": f"mmc_session={jar['mmc_session'].value}"}
+
+
+async def _roles(client: Client, cookie: dict[str, str]) -> list[str] | int:
+    """The session's roles, or the status that refused it."""
+    resp = await client.get("/api/profile", headers=cookie)
+    if resp.status != 200:
+        return resp.status
+    roles: list[str] = (await resp.json())["roles"]
+    return roles
+
+
+USERS = "/api/user-management/users"
+
+
+async def _users(client: Client, *names: str) -> None:
+    for name in names:
+        body = {"username": name, "password": f"{name}-password-1", "roles": ["viewer"]}
+        assert (await client.post(USERS, json=body)).status == 201
+
+
+async def test_sessions_are_served_from_memory_and_ended_here_at_once(
+    client: Client, make_client: MakeClient, settings: Settings
+) -> None:
+    await _users(client, "ann", "bob", "cid", "dan")
+    # Believed for a minute: within the test, only what this process does ends a session.
+    here = await make_client(settings.replace(session_cache_seconds=60), authenticated=False)
+    admin = {"Authorization": f"Bearer {await create_token(client, 'admin')}"}
+    ann, bob, cid, dan = [
+        await _log_in(here, n, f"{n}-password-1") for n in ("ann", "bob", "cid", "dan")
+    ]
+    assert await _roles(here, ann) == ["viewer"]
+    assert await _roles(here, dan) == ["viewer"]
+
+    # Served from memory: with the row gone behind its back, the session still answers
+    # (another replica's logout: see the next test for its window), and 200 requests read
+    # no session from the store.
+    db = here.app[db_key]
+    async with db.transaction() as tx:
+        await tx.execute("DELETE FROM sessions WHERE username = 'dan'")
+    assert await _roles(here, dan) == ["viewer"]
+    sessions = here.app[auth_key].sessions
+    reads = 0
+    real_get = sessions._sessions.get
+
+    async def counted(id_hash: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_get(id_hash)
+
+    sessions._sessions.get = counted  # type: ignore[method-assign]
+    for _ in range(200):
+        assert await _roles(here, ann) == ["viewer"]
+    assert reads == 0
+
+    # What this process does takes effect at once: a new role, a logout, a new password,
+    # the user's deletion.
+    assert (await here.put(f"{USERS}/ann", json={"roles": ["editor"]}, headers=admin)).status == 200
+    assert await _roles(here, ann) == ["editor"]
+    assert (await here.post("/logout", headers={**bob, **origin(here)})).status in (200, 204)
+    assert await _roles(here, bob) == 401
+    body = {"password": "cid-password-2"}
+    assert (await here.put(f"{USERS}/cid", json=body, headers=admin)).status == 200
+    assert await _roles(here, cid) == 401
+    assert (await here.delete(f"{USERS}/ann", headers=admin)).status == 204
+    assert await _roles(here, ann) == 401
+
+
+async def test_other_replicas_end_a_session_within_the_cache_time(
+    client: Client, make_client: MakeClient, settings: Settings
+) -> None:
+    """Two apps on one store are two replicas: what one ends, the other refuses within
+    session_cache_seconds (and serves from memory until then)."""
+    await _users(client, "ann", "bob", "cid", "dan")
+    window = 3.0
+    a = await make_client(settings.replace(session_cache_seconds=window), authenticated=False)
+    b = await make_client(settings, authenticated=False)
+    admin = {"Authorization": f"Bearer {await create_token(client, 'admin')}"}
+    ann, bob, cid, dan = [
+        await _log_in(a, n, f"{n}-password-1") for n in ("ann", "bob", "cid", "dan")
+    ]
+    for cookie in (ann, bob, cid, dan):
+        assert await _roles(a, cookie) == ["viewer"]  # A has them in memory
+
+    ended = time.monotonic()
+    assert (await b.post("/logout", headers={**ann, **origin(b)})).status in (200, 204)
+    assert (
+        await b.put(f"{USERS}/bob", json={"password": "bob-password-2"}, headers=admin)
+    ).status == 200
+    assert (await b.delete(f"{USERS}/cid", headers=admin)).status == 204
+    assert (await b.put(f"{USERS}/dan", json={"roles": ["editor"]}, headers=admin)).status == 200
+    assert await _roles(b, ann) == 401  # at once where it was done
+    for cookie in (ann, bob, cid):
+        assert await _roles(a, cookie) == ["viewer"]  # still believed: the window
+    assert await _roles(a, dan) == ["viewer"]
+    while [await _roles(a, cookie) for cookie in (ann, bob, cid)] != [401] * 3:
+        assert time.monotonic() - ended < window + 0.5
+        await asyncio.sleep(0.05)
+    assert await _roles(a, dan) == ["editor"]
+
+
+async def test_a_cached_session_still_expires(make_client: MakeClient, settings: Settings) -> None:
+    cached = settings.replace(session_cache_seconds=60, session_idle_timeout=1.0)
+    idle = await make_client(cached, authenticated=False)
+    cookie = await _log_in(idle, "admin", ADMIN_PASSWORD)
+    assert await _roles(idle, cookie) == ["admin"]
+    await asyncio.sleep(1.3)
+    assert await _roles(idle, cookie) == 401
+    aged = await make_client(
+        settings.replace(session_cache_seconds=60, session_max_age=1.0), authenticated=False
+    )
+    cookie = await _log_in(aged, "admin", ADMIN_PASSWORD)
+    started = time.monotonic()
+    while await _roles(aged, cookie) == ["admin"]:  # in use all along, yet too old
+        assert time.monotonic() - started < 1.5
+        await asyncio.sleep(0.1)
+    assert await _roles(aged, cookie) == 401
+
+
+async def test_session_activity_is_not_written_on_every_request(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    # Read from the store every time (no cache): the write is spared by the touch interval.
+    client = await make_client(settings.replace(session_cache_seconds=0), authenticated=False)
+    cookie = await _log_in(client, "admin", ADMIN_PASSWORD)
+    db = client.app[db_key]
+
+    async def last_seen() -> int:
+        row = await db.fetch_one("SELECT last_seen FROM sessions")
+        assert row is not None
+        return int(row[0])
+
+    first = await last_seen()
+    for _ in range(20):
+        assert await _roles(client, cookie) == ["admin"]
+    assert await last_seen() == first
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE sessions SET last_seen = last_seen - 120000")
+    assert await _roles(client, cookie) == ["admin"]
+    touched = await last_seen()
+    assert touched > first - 120_000
+    for _ in range(5):
+        assert await _roles(client, cookie) == ["admin"]
+    assert await last_seen() == touched

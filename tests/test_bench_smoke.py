@@ -38,9 +38,11 @@ async def test_api_benchmark_runs(tmp_path: Path) -> None:
     assert ("REST getClient", 2) in cases
     assert ("bare getClient", 2) in cases
     assert ("WS listClients", 2) in cases
+    assert ("batching bare getClient", 2) in cases
+    assert ("batching bare modifyClient", 1) not in cases  # c=1: nothing to batch
     assert ("GET /api/connections", 2) in cases
     assert all(r["errors"] == 0 for r in outcome["results"])
-    assert len(outcome["targets"]) == 4
+    assert len(outcome["targets"]) == 6
     assert "| REST getClient | 1 |" in api.report(outcome)
     api.write_json(outcome, tmp_path / "bench.json", "bench")
 

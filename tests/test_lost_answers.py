@@ -111,6 +111,66 @@ async def test_passthrough_commands_are_resolved_one_by_one(
     await call(client, "GET", f"{DS}/groups/g1")
 
 
+def commands_of(payload: bytes) -> list[str]:
+    """The commands a ``$CONTROL`` answer message answers (its MQTT v5 properties skipped)."""
+    body = json.loads(payload[payload.index(b'{"responses"') :])
+    return [str(r.get("command")) for r in body["responses"]]
+
+
+async def test_a_change_and_its_read_back_travel_in_one_message(
+    client: Client, linked: BrokerLink, proxy: MqttProxy
+) -> None:
+    """PATCH and the other changes of one resource answer it as it is afterwards: the
+    change and the read travel together, the plugin runs them in order."""
+    await call(client, "POST", f"{DS}/groups", {"groupname": "g1"}, status=201)
+    for method, path, body, change, read in (
+        ("PATCH", "clients/c1", {"textname": "Cee"}, "modifyClient", "getClient"),
+        ("PATCH", "roles/r1", {"textdescription": "one"}, "modifyRole", "getRole"),
+        ("PATCH", "groups/g1", {"textname": "Gee"}, "modifyGroup", "getGroup"),
+        ("POST", "groups/g1/clients", {"username": "c1"}, "addGroupClient", "getGroup"),
+        ("PUT", "clients/c1/disable", None, "disableClient", "getClient"),
+    ):
+        before = len(proxy.answers)
+        answer = await call(client, method, f"{DS}/{path}", body)
+        messages = [commands_of(p) for p in proxy.answers[before:]]
+        # Reads before it check that mmc keeps its own access (a role or group change
+        # may concern it); the change itself comes last, its read-back with it.
+        assert messages[-1] == [change, read], (path, messages)
+        assert all(m[0].startswith(("get", "list")) for m in messages[:-1]), messages
+        if path.startswith("clients"):  # nothing to check about mmc's own access
+            assert len(messages) == 1, messages
+        if body:
+            assert {k: answer.get(k) for k in body if k != "username"} == {
+                k: v for k, v in body.items() if k != "username"
+            }
+    assert (await call(client, "GET", f"{DS}/clients/c1"))["disabled"] is True
+
+
+async def test_a_change_whose_shared_message_is_cut_is_read_again_once_resolved(
+    client: Client, linked: BrokerLink, proxy: MqttProxy
+) -> None:
+    # Applied: the change's answer resolved by reading the state back; the read sent with
+    # it was lost too, and is sent again after that (never trusted from before).
+    drops = linked.reconnects
+    proxy.cut_answer(answer_of("modifyClient"))
+    changed = await call(client, "PATCH", f"{DS}/clients/c1", {"textname": "After"})
+    assert proxy.cut_count == 1
+    assert linked.reconnects > drops
+    assert changed["textname"] == "After"
+    # Refused (no such client): the broker's own answer, sent once more.
+    proxy.cut_answer(answer_of("modifyClient"))
+    refused = await call(client, "PATCH", f"{DS}/clients/ghost", {"textname": "x"}, status=404)
+    assert proxy.cut_count == 2
+    assert "Client not found" in refused["message"]
+    # Swallowed, the link up: resolved on the same connection, then read again.
+    drops = linked.reconnects
+    proxy.drop_answer(answer_of("modifyRole"))
+    role = await call(client, "PATCH", f"{DS}/roles/r1", {"textname": "Arr"})
+    assert proxy.dropped_count == 1
+    assert linked.reconnects == drops
+    assert role["textname"] == "Arr"
+
+
 async def test_a_read_whose_answer_is_cut_is_asked_again(
     client: Client, linked: BrokerLink, proxy: MqttProxy
 ) -> None:

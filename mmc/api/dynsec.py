@@ -29,10 +29,11 @@ from marshmallow import Schema, ValidationError, fields
 
 from mmc.appkeys import connections_key
 from mmc.auth.permissions import Permission
-from mmc.broker_strings import check_name
+from mmc.broker_strings import ascii_lower, check_name
 from mmc.brokers.control import error_for
 from mmc.brokers.dynsec import Dynsec
 from mmc.brokers.link import BrokerLink
+from mmc.brokers.outcome import READS
 from mmc.errors import BrokerUnavailable, InvalidInput, MmcError, NotFound
 from mmc.schemas import dynsec as schemas
 from mmc.schemas.responses import (
@@ -49,6 +50,7 @@ from mmc.schemas.responses import (
     IMPORT_REPORT,
     dynsec_listing,
 )
+from mmc.web.audit import mark_read
 from mmc.web.brokers import connected_project_broker
 from mmc.web.middlewares import error_body
 from mmc.web.own_user import Guard, force_schema, own_usernames, passthrough, run_command
@@ -108,6 +110,18 @@ class Kind:
     create: Callable[..., Awaitable[None]]
     modify: Callable[..., Awaitable[None]]
     delete: Callable[[Dynsec, str], Awaitable[None]]
+    # The plugin's read of one, and where its answer holds it: what ``get`` sends.
+    read: str
+    answer_key: str
+
+    def read_command(self, name: str) -> dict[str, Any]:
+        return {"command": self.read, self.key: name}
+
+    def from_answer(self, entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The entity in a ``read`` answer entry, or None when it does not hold one."""
+        data = entry.get("data") if entry is not None and "error" not in entry else None
+        found = data.get(self.answer_key) if isinstance(data, dict) else None
+        return found if isinstance(found, dict) else None
 
 
 CLIENTS = Kind(
@@ -121,6 +135,8 @@ CLIENTS = Kind(
     Dynsec.create_client,
     Dynsec.modify_client,
     Dynsec.delete_client,
+    "getClient",
+    "client",
 )
 GROUPS = Kind(
     "groups",
@@ -133,6 +149,8 @@ GROUPS = Kind(
     Dynsec.create_group,
     Dynsec.modify_group,
     Dynsec.delete_group,
+    "getGroup",
+    "group",
 )
 ROLES = Kind(
     "roles",
@@ -145,6 +163,8 @@ ROLES = Kind(
     Dynsec.create_role,
     Dynsec.modify_role,
     Dynsec.delete_role,
+    "getRole",
+    "role",
 )
 
 
@@ -241,8 +261,13 @@ def _declare_change(
     ) -> web.Response:
         data = body or {}
         ds = await Dynsec.of(link)
-        await Guard.of(request, query["force"]).change(link, ds, lambda d: change(d, name, data))
-        return _json(await kind.get(ds, name))
+        guard = Guard.of(request, query["force"])
+        # The read-back goes in the change's own message where it can (Guard.change).
+        entry = await guard.change(
+            link, ds, lambda d: change(d, name, data), read_back=kind.read_command(name)
+        )
+        found = kind.from_answer(entry)
+        return _json(found if found is not None else await kind.get(ds, name))
 
     routes.route(
         method,
@@ -449,6 +474,13 @@ async def import_(
 # --------------------------------------------------------------------- passthrough
 
 
+def _classify(request: web.Request, commands: list[dict[str, Any]]) -> None:
+    """Commands that only read make a read, whatever the HTTP method: not audited (see
+    mmc.web.audit). By command name as the plugin matches it; an unknown one is a change."""
+    if all(ascii_lower(str(c.get("command", ""))) in READS for c in commands):
+        mark_read(request)
+
+
 @routes.post(
     "/api/dynamic-security/{brokerId}/command",
     Permission.CONTROL,
@@ -464,6 +496,7 @@ async def command(
     request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
     """The MMC's endpoint: one plugin command in, ``{command, data?}`` out."""
+    _classify(request, [body])
     entry = await run_command(Guard.of(request, query["force"]), link, body)
     if "error" in entry:
         raise error_for(body["command"], str(entry["error"]))
@@ -485,6 +518,7 @@ async def commands(
     request: web.Request, link: BrokerLink, query: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
     """The plugin's own envelope: ``{commands: [...]}`` in, ``{responses: [...]}`` out."""
+    _classify(request, body["commands"])
     ds = await Dynsec.of(link)
     guard = Guard.of(request, query["force"])
     return _json({"responses": await guard.run(link, ds, body["commands"], passthrough)})
@@ -529,6 +563,8 @@ async def _apply_one(link: BrokerLink, body: Mapping[str, Any], guard: Guard) ->
 )
 async def apply(request: web.Request, query: dict[str, Any], body: dict[str, Any]) -> web.Response:
     """Run the same commands, or the same import, on every broker of the project (207)."""
+    if "commands" in body:
+        _classify(request, body["commands"])
     project_id = request.match_info["projectId"]
     links = [
         link for link in request.app[connections_key].pool if link.record.project_id == project_id

@@ -92,6 +92,16 @@ def _sequential(command: Mapping[str, Any]) -> bool:
     return _lower(command) in ("deleterole", "deletegroup") or _one_by_one(command)
 
 
+def goes_out_as_is(command: Mapping[str, Any]) -> bool:
+    """Whether ``Dynsec.send`` hands the command to the channel at once, as it is (no guard,
+    no rewrite, nothing read before it): a command sent right after it travels in the
+    same MQTT message, and the plugin runs it after this one."""
+    name = _lower(command)
+    return not _sequential(command) and not (
+        name == "modifyclient" and isinstance(command.get("roles"), list)
+    )
+
+
 def check_commands(commands: Sequence[Mapping[str, Any]]) -> None:
     """InvalidInput (field -> messages) unless every command reads the same to the broker.
 

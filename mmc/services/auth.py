@@ -97,5 +97,8 @@ class AuthService:
         return user
 
     async def delete_user(self, username: str) -> None:
-        self.sessions.forget_user(username)
-        await self.user_service.delete(username)
+        try:
+            await self.user_service.delete(username)
+        finally:
+            # After the write: a lookup that read the user before it is not kept either.
+            self.sessions.forget_user(username)

@@ -11,6 +11,12 @@ Entries of strangers (no login, and not a login that succeeded) are kept under a
 of their own (``audit_max_refusals``) and evict only each other: anonymous requests
 cannot flush the record of what logged-in users did (see ``mmc.store.audit``).
 
+A POST that only reads is not recorded, as no GET is: the dynamic-security passthroughs
+classify their commands (``mark_read``): an envelope of read commands only (listClients,
+getClient, getRole, ...) writes no row and never waits for the store; one write command in
+it and the whole request is recorded, durably, before the answer. Requests refused before
+the handler classified them (401, 403, 400) are recorded whatever they carried.
+
 The row is written after the handler has answered and before the answer is sent,
 with the status the client gets: a failed write is never recorded as a success.
 
@@ -32,6 +38,7 @@ from aiohttp.typedefs import Handler
 
 from mmc.appkeys import (
     audit_key,
+    audit_read_key,
     audit_user_key,
     error_code_key,
     events_key,
@@ -50,6 +57,11 @@ AUDITED_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TARGET_LENGTH = 256
 # Not an HTTP status the client saw: the request was cancelled before it was answered.
 CANCELLED = 499
+
+
+def mark_read(request: web.Request) -> None:
+    """This request changes nothing: it is not recorded (see the module docstring)."""
+    request[audit_read_key] = True
 
 
 def _entry(request: web.Request, status: int, seconds: float) -> AuditEntry:
@@ -112,11 +124,16 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except web.HTTPException as exc:
+        if request.get(audit_read_key):
+            raise
         await _store(request, _entry(request, exc.status, time.perf_counter() - started))
         raise
     except asyncio.CancelledError:
+        if request.get(audit_read_key):
+            raise
         entry = _entry(request, CANCELLED, time.perf_counter() - started)
         await asyncio.shield(_store(request, entry))
         raise
-    await _store(request, _entry(request, response.status, time.perf_counter() - started))
+    if not request.get(audit_read_key):
+        await _store(request, _entry(request, response.status, time.perf_counter() - started))
     return response

@@ -45,7 +45,7 @@ from marshmallow import EXCLUDE, Schema, fields
 from mmc.appkeys import connections_key, settings_key
 from mmc.brokers import own_access
 from mmc.brokers.control import error_for, lost_answers_raised
-from mmc.brokers.dynsec import Dynsec
+from mmc.brokers.dynsec import Dynsec, goes_out_as_is
 from mmc.brokers.link import BrokerLink, LinkConfig
 from mmc.brokers.outcome import is_read
 from mmc.errors import BrokerUnavailable, MmcError, StoreUnavailable
@@ -113,6 +113,33 @@ def logins(links: Sequence[BrokerLink]) -> list[own_access.Login]:
     return out
 
 
+async def _with_read_back(
+    ds: Dynsec, command: dict[str, Any], read: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """``command``, then ``read`` in the same message (both handed to the channel in this
+    loop turn, in this order: see ControlChannel's batching). The change's lost answer is
+    resolved as always (mmc.brokers.outcome); the read's is not: a read sent with a change
+    whose outcome was unknown tells nothing, the caller reads again after it."""
+
+    async def read_once() -> dict[str, Any]:
+        with lost_answers_raised():
+            return await ds.send(read)
+
+    results: tuple[dict[str, Any] | BaseException, ...] = await asyncio.gather(
+        ds.send(command), read_once(), return_exceptions=True
+    )
+    changed, answer = results
+    if isinstance(changed, BaseException):
+        raise changed
+    if "error" in changed:
+        raise error_for(str(command.get("command")), str(changed["error"]))
+    if isinstance(answer, BaseException):
+        if not isinstance(answer, MmcError):
+            raise answer
+        return None
+    return answer
+
+
 @dataclass(frozen=True)
 class Guard:
     """One request's protection of mmc's own access (see the module docstring)."""
@@ -132,15 +159,27 @@ class Guard:
         )
 
     async def change(
-        self, link: BrokerLink, ds: Dynsec, change: Callable[[Dynsec], Awaitable[None]]
-    ) -> None:
-        """A resource route's change, checked first (its commands recorded, not sent)."""
+        self,
+        link: BrokerLink,
+        ds: Dynsec,
+        change: Callable[[Dynsec], Awaitable[None]],
+        read_back: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """A resource route's change, checked first (its commands recorded, not sent).
+
+        ``read_back``: a read command to send in the same MQTT message right after the
+        change, when the change is one command that goes out as it is (one round trip
+        instead of two). Its answer entry is returned, or None when it was not sent that
+        way or its answer is not to be trusted (lost: read again once the change's own
+        outcome is known)."""
         commands = await own_access.recorded(ds, change)
         mine = same_broker(self.service, link)
         outcome = await own_access.check(ds, commands, logins(mine), force=self.force)
         if not outcome.alone:
+            if read_back is not None and len(commands) == 1 and goes_out_as_is(commands[0]):
+                return await _with_read_back(ds, commands[0], read_back)
             await change(ds)
-            return
+            return None
 
         async def run(d: Dynsec, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return await d.run(chunk)
@@ -151,6 +190,7 @@ class Guard:
         for command, entry in zip(commands, entries, strict=False):
             if "error" in entry:
                 raise error_for(str(command.get("command")), str(entry["error"]))
+        return None
 
     async def run(
         self, link: BrokerLink, ds: Dynsec, commands: list[dict[str, Any]], run: Run
