@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from mmc.appkeys import connections_key
+from mmc.config import Settings
 from testbed.mosquitto import MosquittoBroker
-from tests.conftest import Client, wait_until
+from tests.conftest import Client, MakeClient, wait_until
 from tests.dynsec_helpers import (
     call,
     can_login,
@@ -523,8 +524,9 @@ async def test_broker_resolution(
 
 
 async def test_broker_without_the_plugin_answers_404_quickly(
-    client: Client, tmp_path: Path
+    make_client: MakeClient, settings: Settings, tmp_path: Path
 ) -> None:
+    client = await make_client(settings.replace(probe_timeout=1.0))
     with MosquittoBroker(tmp_path / "bare", dynsec=False) as bare:
         await connect(client, bare, credentials=None)
         bounds = (1.8, 0.2, 0.2)  # one short probe, then remembered; never the 2 s timeout
