@@ -51,6 +51,8 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/audit"): ADMINS,
     # Each event type then requires its own (tests/test_events.py).
     ("GET", "/api/events"): ALL,
+    # Each request and command then requires its own (tests/test_ws.py).
+    ("GET", "/api/ws"): ALL,
     ("POST", "/api/dynamic-security/{brokerId}/command"): CONTROLLERS,
     ("POST", "/api/projects/{projectId}/brokers/{brokerId}/dynamic-security"): CONTROLLERS,
     ("POST", "/api/projects/{projectId}/dynsec/apply"): CONTROLLERS,
