@@ -19,6 +19,7 @@ from aiohttp import web
 from mmc.app import create_app
 from mmc.appkeys import connections_key, ui_selections_key
 from mmc.config import Settings
+from mmc.openapi import build_spec
 from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -509,3 +510,15 @@ async def test_client_control_ping_follows_the_selected_broker(
     selections.select(session.value, "cc")
     assert (await browser.post("/logout")).status == 200
     assert selections.selected(session.value) is None
+
+
+async def test_the_ui_files_are_no_operation_of_the_api_document(ui: Client) -> None:
+    spec, undocumented = build_spec(ui.app)
+    assert undocumented == []
+    assert "/{path}" not in spec["paths"]
+    for path in ("/login", "/api/backend-parameters", "/api/client-control/ping"):
+        assert "get" in spec["paths"][path], path
+    # The UI's files are counted under one route template in metrics and logs.
+    await ui.get("/security/clients")
+    metrics = await (await ui.get("/metrics")).text()
+    assert 'route="/{path}"' in metrics
