@@ -143,7 +143,7 @@ async def test_client_routes_get_index_html(ui: Client) -> None:
 
 
 async def test_missing_build_files_and_folders_are_404_not_the_page(ui: Client) -> None:
-    for path in ("/static/js/main.gone99.js", "/static/js/", "/static"):
+    for path in ("/static/js/main.gone99.js", "/static/js/", "/static", "/favicon.ico"):
         body = await _error(await ui.get(path), 404, "NOT_FOUND")
         assert "stand-in" not in str(body)
 

@@ -12,8 +12,9 @@ A path another route serves (``GET /auth``) keeps that route's answer (405).
 - ``index.html`` is ``no-cache`` (a new build is picked up at once); the build's hashed
   assets (``static/**/name.<hash>.ext``) are cached for a year, immutable; other files
   are revalidated (``no-cache``, with ETag and Last-Modified).
-- A missing file under one of the build's folders (``static/js/gone.js``) is a 404, not
-  ``index.html``: a script must not receive a page.
+- A missing file under one of the build's folders (``static/js/gone.js``), or a missing
+  file at the top with a known file type (``/favicon.ico``), is a 404, not ``index.html``:
+  a script or an icon must not receive a page.
 - Logged in only, like the API (``STATIC_PERMISSION``): a browser that is not logged in
   is sent to the login page (mmc.web.auth), anything else gets 401.
 - The UI opens its WebSocket on its root (``ws://host<base_path>?authToken=...``, the same
@@ -209,6 +210,9 @@ class UiFiles(FileResource):
             return resolved, IMMUTABLE if hashed else NO_CACHE
         if resolved.is_dir() or (root / parts[0]).is_dir():
             # A folder of the build, or a file missing from one: not a client route.
+            return None
+        if len(parts) == 1 and Path(parts[0]).suffix.lower() in _CONTENT_TYPES:
+            # /favicon.ico, /robots.txt: what browsers and crawlers ask of any site.
             return None
         return index, NO_CACHE
 
