@@ -22,6 +22,7 @@ from mmc.api import health as health_api
 from mmc.api import inspect as inspect_api
 from mmc.api import projects as projects_api
 from mmc.api import tokens as tokens_api
+from mmc.api import ui as ui_api
 from mmc.api import users as users_api
 from mmc.api import ws as ws_api
 from mmc.appkeys import (
@@ -34,6 +35,7 @@ from mmc.appkeys import (
     projects_key,
     secret_box_key,
     settings_key,
+    ui_selections_key,
 )
 from mmc.brokers.link import LinkOptions
 from mmc.brokers.pool import BrokerPool
@@ -49,6 +51,7 @@ from mmc.metrics import Metrics
 from mmc.services.auth import AuthService
 from mmc.services.connections import ConnectionService
 from mmc.services.events import EventHub
+from mmc.services.ui import UiSelections
 from mmc.store import open_database
 from mmc.store.audit import AuditRepository
 from mmc.store.connections import ConnectionRepository
@@ -60,6 +63,7 @@ from mmc.web.cors import cors_middleware
 from mmc.web.hosts import allowed_hosts_middleware
 from mmc.web.middlewares import body_timeout_middleware, error_middleware, observe_middleware
 from mmc.web.routing import Routes, add_routes
+from mmc.web.ui import add_ui
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +228,7 @@ API: tuple[Routes, ...] = (
     events_api.routes,
     ws_api.routes,
     docs_api.routes,
+    ui_api.routes,
 )
 
 
@@ -245,6 +250,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[settings_key] = settings
     app[metrics_key] = Metrics()
+    app[ui_selections_key] = UiSelections()
     app.cleanup_ctx.extend(
         [executor_ctx, loop_lag_ctx, store_ctx, auth_ctx, projects_ctx, connections_ctx]
     )
@@ -252,4 +258,8 @@ def create_app(settings: Settings) -> web.Application:
     for routes in API:
         add_routes(app, routes, settings.base_path)
     docs_api.setup(app, settings.base_path)
+    if settings.ui_dir is not None:
+        # Last: every other route wins over the UI's files and client routes.
+        # The UI opens its WebSocket on its own root: the same channel as /api/ws.
+        add_ui(app, settings.base_path, settings.ui_dir, websocket=ws_api.websocket_handler)
     return app

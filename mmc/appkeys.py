@@ -11,6 +11,7 @@ from mmc.metrics import Metrics
 from mmc.services.auth import AuthService
 from mmc.services.connections import ConnectionService
 from mmc.services.events import EventHub
+from mmc.services.ui import UiSelections
 from mmc.store.audit import AuditRepository
 from mmc.store.db import Database
 from mmc.store.projects import ProjectRepository
@@ -26,6 +27,8 @@ openapi_key = web.AppKey("openapi", list[str])
 projects_key = web.AppKey("projects", ProjectRepository)
 audit_key = web.AppKey("audit", AuditRepository)
 events_key = web.AppKey("events", EventHub)
+# The broker each browser session's web UI selected (mmc.services.ui).
+ui_selections_key = web.AppKey("ui_selections", UiSelections)
 
 request_id_key = web.RequestKey("request_id", str)
 identity_key = web.RequestKey("identity", Identity)

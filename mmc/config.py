@@ -142,6 +142,9 @@ class Settings:
     reconcile_interval: float = 30.0
     # Names this process among replicas (logs, MQTT client ids); default: the host name.
     replica_id: str = ""
+    # A root build of the open-source MMC web UI (cedalo/management-center frontend/),
+    # served at base_path; None: no UI.
+    ui_dir: Path | None = None
 
     @property
     def database_backend(self) -> str:
@@ -452,6 +455,7 @@ class SettingsSchema(Schema):
     database_timeout = Float(validate=POSITIVE)
     reconcile_interval = Float(validate=POSITIVE)
     replica_id = String(validate=validate.Length(max=64, error="must be at most 64 characters"))
+    ui_dir = PathField(allow_none=True)
 
     @validates_schema
     def _consistent(self, data: dict[str, Any], **kwargs: Any) -> None:

@@ -18,7 +18,7 @@ from marshmallow import Schema
 from mmc import __version__
 from mmc.schemas.responses import ErrorSchema
 from mmc.web.hosts import ANY_HOST_ROUTES
-from mmc.web.routing import ResponseSpec, Route, declared
+from mmc.web.routing import ResponseSpec, Route, declared, serves_files
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
@@ -77,6 +77,8 @@ _SSE_EVENT = {
 
 def _response(status: int, spec: ResponseSpec) -> dict[str, Any]:
     if spec is None:
+        if 300 <= status < 400:
+            return {"description": "Redirect to the Location header's page"}
         return {"description": "No content" if status == 204 else "Success"}
     if isinstance(spec, tuple):
         media, description = spec
@@ -172,7 +174,7 @@ def build_spec(app: web.Application, base_path: str = "") -> tuple[dict[str, Any
     missing: list[str] = []
     for route in app.router.routes():
         resource = route.resource
-        if resource is None or isinstance(resource, web.StaticResource):
+        if resource is None or serves_files(resource):
             continue
         template = resource.canonical
         if base_path and template.startswith(base_path):

@@ -20,6 +20,7 @@ from pytest_aiohttp import AiohttpClient
 
 from mmc.app import create_app
 from mmc.config import Settings
+from mmc.web.routing import serves_files
 from testbed.mosquitto import (
     MOSQUITTO_20,
     MOSQUITTO_VERSIONS,
@@ -39,7 +40,7 @@ def registered_operations(app: web.Application) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     for route in app.router.routes():
         resource = route.resource
-        if resource is None or isinstance(resource, web.StaticResource):
+        if resource is None or serves_files(resource):
             continue
         handler = route.handler
         if route.method == "*":

@@ -31,6 +31,14 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/docs/openapi.json"): ALL,
     ("GET", "/api/docs/export"): ALL,
     ("GET", "/api/version"): ALL,
+    # The web UI's shell (mmc/api/ui.py): every logged-in user loads the UI.
+    ("GET", "/api/theme"): ALL,
+    ("GET", "/api/config"): ALL,
+    ("GET", "/api/backend-parameters"): ALL,
+    ("GET", "/api/newsletter/subscribe"): ALL,
+    ("GET", "/api/plugins"): ALL,
+    ("GET", "/api/update"): ALL,
+    ("GET", "/api/client-control/ping"): ALL,
     ("GET", "/api/connections"): READERS,
     ("POST", "/api/connections"): CONNECTION_WRITERS,
     ("GET", "/api/connections/{connectionId}"): READERS,
@@ -159,7 +167,7 @@ async def test_matrix(
 
 
 async def test_public_routes_need_no_login(anon_client: Client) -> None:
-    for path in ("/healthz", "/readyz", "/api/status-check", "/validate-session"):
+    for path in ("/healthz", "/readyz", "/api/status-check", "/validate-session", "/login"):
         resp = await anon_client.get(path)
         assert resp.status == 200, path
 

@@ -1,6 +1,8 @@
 """Authentication and authorisation of every request, in one place.
 
 Who: a ``Bearer`` application token, or the session cookie set by ``POST /auth``.
+Nobody: 401, except a browser opening a page of the web UI (mmc.web.ui), which is sent
+to the login page.
 What: the permission the matched route's declaration requires (mmc.web.routing), held
 against the caller's roles (mmc.auth.permissions).
 Cross-site: a state-changing request authenticated by cookie is refused when it says it
@@ -24,8 +26,9 @@ from mmc.auth.identity import Identity
 from mmc.auth.permissions import allowed
 from mmc.errors import NotAllowed, Unauthorized
 from mmc.web.cors import trusted_origin
+from mmc.web.pages import login_url, redirect, wants_html
 from mmc.web.proxy import is_https, public_host
-from mmc.web.routing import declaration, required_permission, route_template
+from mmc.web.routing import FileResource, declaration, required_permission, route_template
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     identity = await identify(request)
     if identity is None:
+        if isinstance(request.match_info.route.resource, FileResource) and wants_html(request):
+            return redirect(login_url(request))  # the web UI, opened by a stranger
         raise Unauthorized()
     request[identity_key] = identity
     if request.match_info.http_exception is not None:

@@ -225,6 +225,17 @@ def add_routes(app: web.Application, routes: Routes, base_path: str) -> None:
         app.router.add_route(route.method, base_path + route.path, _endpoint(route))
 
 
+class FileResource(web.AbstractResource):
+    """A resource of files, not operations (the web UI's, mmc.web.ui): like aiohttp's
+    static resources, it requires STATIC_PERMISSION and is not in the OpenAPI document.
+    A browser that is not logged in is sent to the login page instead of a 401."""
+
+
+def serves_files(resource: web.AbstractResource | None) -> bool:
+    """Whether a resource serves files (aiohttp's static ones, or a FileResource)."""
+    return isinstance(resource, web.StaticResource | FileResource)
+
+
 def declared(handler: object) -> Route | None:
     """The declaration of a registered handler; None for anything else."""
     route = getattr(handler, _ATTR, None)
@@ -249,7 +260,7 @@ def required_permission(request: web.Request) -> Permission | None:
     route = declaration(request)
     if route is not None:
         return route.permission
-    if isinstance(request.match_info.route.resource, web.StaticResource):
+    if serves_files(request.match_info.route.resource):
         return STATIC_PERMISSION
     return None
 

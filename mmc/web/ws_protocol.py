@@ -35,7 +35,13 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from mmc.appkeys import connections_key, events_key, request_id_key, settings_key
+from mmc.appkeys import (
+    connections_key,
+    events_key,
+    request_id_key,
+    settings_key,
+    ui_selections_key,
+)
 from mmc.auth.identity import Identity
 from mmc.auth.permissions import Permission, allowed
 from mmc.brokers import client_control, inspect, license
@@ -54,6 +60,7 @@ from mmc.services.events import CONNECTIONS, SYSTEM_STATUS, TYPE_PERMISSIONS, Ev
 from mmc.services.events import Subscriber as HubSubscriber
 from mmc.store.audit import AuditEntry
 from mmc.web import audit
+from mmc.web.auth import SESSION_COOKIE
 from mmc.web.body import load
 from mmc.web.middlewares import status_of
 from mmc.web.own_user import Guard, run_command
@@ -428,6 +435,9 @@ async def _update_settings(channel: Channel, fields: dict[str, Any]) -> Any:
 
 async def _connect_to_broker(channel: Channel, fields: dict[str, Any]) -> Any:
     channel.selected = _by_name(channel, fields["broker_name"]).id
+    # The UI's HTTP calls (GET /api/client-control/ping) follow the socket's selection.
+    if (session_id := channel.request.cookies.get(SESSION_COOKIE)) is not None:
+        channel.app[ui_selections_key].select(session_id, channel.selected)
     return None
 
 
