@@ -33,7 +33,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from testbed.mosquitto import MosquittoBroker  # noqa: E402
+from testbed.mosquitto import MOSQUITTO_VERSIONS, MosquittoBroker  # noqa: E402
 from testbed.serve import MmcServer  # noqa: E402
 
 PASSWORD = "soak-admin-password"  # noqa: S105 - a throwaway instance
@@ -147,7 +147,8 @@ async def all_connected(
 
 async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     duration = args.minutes * 60
-    brokers = [MosquittoBroker(workdir / f"broker{i}") for i in range(2)]
+    mosquitto = MOSQUITTO_VERSIONS[args.mosquitto]
+    brokers = [MosquittoBroker(workdir / f"broker{i}", mosquitto=mosquitto) for i in range(2)]
     for broker in brokers:
         broker.start()
     config = workdir / "mmc.toml"
@@ -274,6 +275,12 @@ def main() -> int:
         "--restart-every", type=float, default=60.0, help="seconds between broker restarts"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument(
+        "--mosquitto",
+        choices=sorted(MOSQUITTO_VERSIONS),
+        default="2.0",
+        help="the brokers' version (2.1: `make mosquitto-2.1` first)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mmc-soak-") as tmp:
         figures = asyncio.run(soak(args, Path(tmp)))

@@ -13,7 +13,7 @@ from mmc.appkeys import connections_key
 from testbed.mosquitto import MosquittoBroker, TlsMaterial, free_port
 from tests.conftest import BACKENDS, Client, blob, plain_body, tls_body, wait_until
 
-pytestmark = pytest.mark.backends(*BACKENDS)
+pytestmark = [pytest.mark.backends(*BACKENDS), pytest.mark.mosquitto_versions("2.0", "2.1")]
 
 
 async def _post(client: Client, body: dict[str, Any]) -> tuple[int, Any]:

@@ -26,7 +26,7 @@ from tests.conftest import (
 )
 from tests.fake_mqtt import FakeBroker
 
-pytestmark = pytest.mark.backends(*BACKENDS)
+pytestmark = [pytest.mark.backends(*BACKENDS), pytest.mark.mosquitto_versions("2.0", "2.1")]
 
 
 async def _json(client: Client, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:

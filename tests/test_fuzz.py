@@ -39,6 +39,8 @@ from testbed.mosquitto import MosquittoBroker
 from testbed.serve import MmcServer
 from tests.conftest import plain_body
 
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 
 BROKER = "plain"  # plain_body's connection id

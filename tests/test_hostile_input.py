@@ -18,6 +18,8 @@ from mmc.config import Settings
 from testbed.mosquitto import MosquittoBroker, TlsMaterial
 from tests.conftest import ADMIN_PASSWORD, Client, MakeClient, blob, origin, tls_body
 
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
+
 
 def _assert_error_shape(body: dict[str, Any], status: int) -> None:
     assert body["status"] == status

@@ -31,7 +31,10 @@ from tests.conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.backends("sqlite", "postgresql")
+pytestmark = [
+    pytest.mark.backends("sqlite", "postgresql"),
+    pytest.mark.mosquitto_versions("2.0", "2.1"),
+]
 
 ALICE_PASSWORD = "alice-password-1"
 BOB_PASSWORD = "bob-password-123"

@@ -8,12 +8,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from mmc.appkeys import connections_key
 from mmc.clock import now_ms
 from mmc.config import Settings
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, plain_body, wait_until
 from tests.fake_mqtt import FakeBroker
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 
 async def _status_of(client: Client, connection_id: str) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import asyncio
 import json
 import os
 
+import pytest
+
 from mmc.brokers.capabilities import SharedDetection
 from mmc.brokers.link import BrokerLink, LinkConfig, LinkOptions
 from tests.conftest import wait_until
@@ -23,6 +25,8 @@ from tests.fake_mqtt import (
     reply,
     suback,
 )
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 # Short enough that 200 attempts take a few seconds.
 FAST_FAILURES = LinkOptions(

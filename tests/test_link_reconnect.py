@@ -18,6 +18,8 @@ from mmc.config import Settings
 from testbed.mosquitto import HOST, MosquittoBroker
 from tests.conftest import MakeClient, wait_until
 
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
+
 
 class AttemptClock:
     """A link observer that notes when each failed attempt ended."""

@@ -10,6 +10,8 @@ import pytest
 from mmc.brokers.capabilities import Capabilities, SharedDetection
 from mmc.errors import BrokerUnavailable
 
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
+
 DYNSEC = Capabilities(frozenset({"dynamicSecurity"}))
 
 

@@ -9,13 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from testbed.mosquitto import Mosquitto
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
+
 SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 
 
 @pytest.mark.timeout(120)
-def test_short_soak_with_broker_restarts() -> None:
+def test_short_soak_with_broker_restarts(mosquitto: Mosquitto) -> None:
     result = subprocess.run(
-        [sys.executable, str(SOAK), "--minutes", "0.4", "--restart-every", "7", "--json"],
+        [
+            *(sys.executable, str(SOAK), "--minutes", "0.4", "--restart-every", "7", "--json"),
+            *("--mosquitto", mosquitto.version),
+        ],
         capture_output=True,
         text=True,
         timeout=110,

@@ -7,11 +7,15 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from mmc.appkeys import connections_key
 from mmc.config import Settings
 from testbed.mosquitto import MosquittoBroker
 from tests.conftest import Client, MakeClient, plain_body, wait_until
 from tests.fake_mqtt import FakeBroker
+
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
 
 async def _timed(client: Client, method: str, path: str, **kwargs: Any) -> tuple[int, float]:

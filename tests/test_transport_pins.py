@@ -40,6 +40,8 @@ from testbed.mosquitto import MosquittoBroker, free_port
 from tests.conftest import wait_until
 from tests.fake_mqtt import CONNACK, PINGRESP, mqtt_string, read_packet, read_varint
 
+pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
+
 ROOT = Path(__file__).resolve().parent.parent / "mmc"
 ADAPTER = ROOT / "brokers" / "transport.py"
 DYNSEC_RESPONSES = "$CONTROL/dynamic-security/v1/response"
