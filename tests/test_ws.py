@@ -450,6 +450,55 @@ async def test_unknown_request_and_api_answered_at_once(ws_client: Client) -> No
         assert _command_error(other, "x") == "Unsupported API: some/api"
 
 
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [("a\x00b", True), ("\ud800", True), ("x" * 100_000, True), ("", False), ("#", False)],
+)
+async def test_hostile_names_in_every_field_get_a_clear_answer(
+    ws_client: Client, ws_broker: MosquittoBroker, value: str, refused: bool
+) -> None:
+    """Every name a request or command reads: never an internal error (a lone surrogate
+    once reached SQLite through deleteConnection), the broker up. A NUL, a lone surrogate
+    or a huge name is refused everywhere; other odd names get what the broker answers."""
+    frames: list[dict[str, Any]] = [
+        {"type": "request", "request": "connectToBroker", "brokerName": value},
+        {"type": "request", "request": "disconnectClient", "clientId": value},
+        *(
+            {"type": "request", "request": request, "connectionId": value}
+            for request in (
+                "deleteConnection", "connectServerToBroker", "disconnectServerFromBroker"
+            )
+        ),
+        {"type": "request", "request": "modifyConnection", "oldConnectionId": value,
+         "connection": {"id": "plain", "name": value, "url": value}},
+        {"type": "request", "request": "createConnection",
+         "connection": {"id": value, "name": value, "url": value}},
+        *(
+            {"type": "command", "api": "dynamic-security", "broker": "plain",
+             "command": {"command": command, field: value, "password": "p"}}
+            for command, field in (
+                ("createClient", "username"), ("getClient", "username"),
+                ("createRole", "rolename"), ("createGroup", "groupname"),
+            )
+        ),
+        {"type": "command", "api": "cedalo/inspect", "broker": "plain",
+         "command": {"command": "getClient", "clientid": value}},
+        {"type": "command", "api": "dynamic-security", "broker": value,
+         "command": {"command": "listClients"}},
+    ]  # fmt: skip
+    async with socket(ws_client) as ui:
+        for n, frame in enumerate(frames):
+            await ui.ws.send_str(json.dumps({"id": n, **frame}))
+            answer = await ui.answer(n)
+            assert answer.get("code") != "INTERNAL_ERROR", (frame, answer)
+            if refused:
+                assert answer.get("error"), (frame, answer)
+        await ui.send({"id": "list", "type": "command", "api": "dynamic-security",
+                       "broker": "plain", "command": {"command": "listClients"}})  # fmt: skip
+        assert not (await ui.answer("list")).get("error")
+    assert ws_broker.is_running
+
+
 async def test_malformed_frames_get_an_error_and_the_socket_goes_on(
     ws_client: Client, settings: Settings
 ) -> None:

@@ -10,6 +10,7 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, vali
 
 from mmc.broker_strings import check_name
 from mmc.schemas.base import InputSchema
+from mmc.schemas.connections import ID_MESSAGE, ID_PATTERN
 
 FRAME_TYPES = ("request", "command", "ping")
 MAX_ID_LENGTH = 128
@@ -67,8 +68,12 @@ class OptionalBrokerNameSchema(InputSchema):
 
 
 class ConnectionIdSchema(InputSchema):
+    # A connection's id as the Connections API admits it: what cannot be one is refused
+    # here, before it reaches the store (whose driver cannot even encode a lone surrogate).
     connection_id = fields.String(
-        data_key="connectionId", required=True, validate=validate.Length(min=1, max=256)
+        data_key="connectionId",
+        required=True,
+        validate=validate.Regexp(ID_PATTERN, error=ID_MESSAGE),
     )
     oneshot = fields.Boolean()
 
@@ -81,7 +86,9 @@ class ConnectionBodySchema(InputSchema):
 
 class ModifyConnectionSchema(ConnectionBodySchema):
     old_connection_id = fields.String(
-        data_key="oldConnectionId", required=True, validate=validate.Length(min=1, max=256)
+        data_key="oldConnectionId",
+        required=True,
+        validate=validate.Regexp(ID_PATTERN, error=ID_MESSAGE),
     )
 
 
