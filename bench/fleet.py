@@ -1,14 +1,16 @@
 """The fleet benchmark: ``python -m bench.fleet [--json FILE]`` (``make bench-fleet``).
 
-One mmc process manages ``connections`` links (1,000) to a few real mosquitto processes,
-each link with its own client id. The connections are created through the API; then mmc
-is restarted and measured:
+One mmc process manages ``connections`` links (1,000, then 5,000) to a few real mosquitto
+processes, each link with its own client id. The 1,000 are created through the API, the
+5,000 with ``mmc import-mmc`` (the API's checks, without a broker round trip each); then
+mmc is restarted and measured:
 
 - how long after its start all links are connected;
 - its resident memory (VmRSS) once they are;
 - ``GET /api/connections`` with every entry, one request at a time;
-- a restart of the broker that carries ``big_share`` (500) of them: how long until all are
-  back, how the reconnections spread (jittered backoff), and the event-loop lag meanwhile
+- ``restarts`` (5) restarts of the broker that carries ``big_share`` (500) of them, one
+  after the other: for each, how long until all are back, how the reconnections spread
+  (jittered backoff), and the event-loop lag meanwhile
   (mmc's ``mmc_event_loop_lag_seconds`` histogram, read before and after the window), and
   the latency of ``/healthz`` polled from outside during the same window.
 """
@@ -17,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +44,7 @@ from bench.common import (
     raise_open_files,
 )
 from bench.run import write_json
-from testbed.serve import MmcServer
+from testbed.serve import REPO, MmcServer
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,15 @@ class FleetSizes:
     # After the start, before measuring: every link has just had its retained $SYS
     # values replayed (some 60 messages each), which keeps mmc busy for a few seconds.
     after_start: float = 8.0
+    # Restarts of broker 0, each a window of its own: the target holds in every one.
+    restarts: int = 5
+    # Create the connections with `mmc import-mmc` before mmc starts, not through the API.
+    via_import: bool = False
 
 
 FULL = FleetSizes()
+# Measured beside FULL, no target of its own: what an operator sizing mmc asks next.
+LARGE = replace(FULL, connections=5000, restarts=1, via_import=True)
 TINY = replace(
     FULL,
     connections=6,
@@ -72,6 +83,7 @@ TINY = replace(
     settle=0.5,
     steady=0.5,
     after_start=0.5,
+    restarts=2,
 )
 
 _LINKS = re.compile(r'^mmc_broker_links\{state="up"\} (\S+)$', re.M)
@@ -142,6 +154,103 @@ async def _poll_health(base_url: str, stop: asyncio.Event, out: list[float]) -> 
             await asyncio.sleep(0.05)
 
 
+def _placement(sizes: FleetSizes) -> list[int]:
+    """The broker index of each connection: big_share on broker 0, the rest spread."""
+    return [0] * sizes.big_share + [
+        1 + i % (sizes.brokers - 1) for i in range(sizes.connections - sizes.big_share)
+    ]
+
+
+async def _create_through_api(
+    mmc: MmcServer, brokers: list[MosquittoBroker], placement: list[int]
+) -> None:
+    mmc.start()
+    await mmc.wait_ready()
+    headers = {"Authorization": f"Bearer {await mmc.admin_token()}"}
+    async with aiohttp.ClientSession(mmc.base_url, headers=headers) as session:
+        queue = list(enumerate(placement))
+
+        async def creator() -> None:
+            while queue:
+                i, b = queue.pop()
+                await create_connection(session, connection_body(f"c{i:04d}", brokers[b]))
+
+        await asyncio.gather(*(creator() for _ in range(8)))
+    mmc.stop()
+
+
+def _create_by_import(
+    mmc: MmcServer, brokers: list[MosquittoBroker], placement: list[int], workdir: Path
+) -> None:
+    """The Cedalo MMC's config.json with every connection, through ``mmc import-mmc``
+    into the store ``mmc serve`` will open."""
+    config = workdir / "mmc-config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "connections": [
+                    connection_body(f"c{i:04d}", brokers[b]) for i, b in enumerate(placement)
+                ]
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMC_")}
+    env.update({"PYTHONPATH": str(REPO), "MMC_DATA_DIR": str(mmc.data_dir), **mmc.extra_env})
+    mmc.workdir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mmc", "import-mmc", str(config)],
+        cwd=mmc.workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"mmc import-mmc failed ({done.returncode}): {done.stdout[-500:]}")
+
+
+async def _restart_window(
+    plain: aiohttp.ClientSession, mmc: MmcServer, broker: MosquittoBroker, sizes: FleetSizes
+) -> dict[str, Any]:
+    """Restart ``broker`` and measure until its links are back and ``settle`` more."""
+    before_text = await _scrape(plain, mmc)
+    before, reconnects_before = lag_buckets(before_text), reconnects(before_text)
+    health: list[float] = []
+    stop = asyncio.Event()
+    poller = asyncio.get_running_loop().create_task(_poll_health(mmc.base_url, stop, health))
+    window = time.monotonic()
+    await asyncio.to_thread(broker.restart)
+    restarted = time.monotonic() - window
+    # mmc notices the drop on its own time: wait for it before waiting for the return.
+    while reconnects(await _scrape(plain, mmc)) < reconnects_before + sizes.big_share:
+        if time.monotonic() - window > sizes.deadline:
+            raise RuntimeError("mmc did not notice the broker restart")
+        await asyncio.sleep(0.05)
+    _, curve = await _wait_links(plain, mmc, sizes.connections, sizes.deadline)
+    back_after_stop = time.monotonic() - window
+    await asyncio.sleep(sizes.settle)
+    stop.set()
+    await poller
+    after_text = await _scrape(plain, mmc)
+    window_seconds = time.monotonic() - window
+    p99, samples = lag_p99(before, lag_buckets(after_text))
+    first_back = next((t for t, up in curve if up > sizes.connections - sizes.big_share), None)
+    return {
+        "broker_restart_s": round(restarted, 2),
+        "all_back_after_stop_s": round(back_after_stop, 2),
+        "first_back_after_restart_s": first_back,
+        "reconnect_attempts": reconnects(after_text) - reconnects_before,
+        "window_s": round(window_seconds, 2),
+        "loop_lag_p99_le_s": p99,
+        "loop_lag_samples": samples,
+        "healthz_p50_ms": round(percentile(health, 50) * 1000, 2),
+        "healthz_p99_ms": round(percentile(health, 99) * 1000, 2),
+        "healthz_max_ms": round(max(health, default=0.0) * 1000, 2),
+        "up_curve": curve,
+    }
+
+
 async def run(
     sizes: FleetSizes, workdir: Path, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -156,27 +265,18 @@ async def run(
     try:
         for broker in brokers:
             broker.start()
-        mmc.start()
-        await mmc.wait_ready()
-        token = await mmc.admin_token()
-        headers = {"Authorization": f"Bearer {token}"}
-        placement = [0] * sizes.big_share + [
-            1 + i % (sizes.brokers - 1) for i in range(sizes.connections - sizes.big_share)
-        ]
+        placement = _placement(sizes)
         t = time.monotonic()
-        async with aiohttp.ClientSession(mmc.base_url, headers=headers) as session:
-            queue = list(enumerate(placement))
-
-            async def creator() -> None:
-                while queue:
-                    i, b = queue.pop()
-                    await create_connection(session, connection_body(f"c{i:04d}", brokers[b]))
-
-            await asyncio.gather(*(creator() for _ in range(8)))
-        log(f"  created {sizes.connections} connections in {time.monotonic() - t:.1f} s")
+        if sizes.via_import:
+            await asyncio.to_thread(_create_by_import, mmc, brokers, placement, workdir)
+            how = "with mmc import-mmc"
+        else:
+            await _create_through_api(mmc, brokers, placement)
+            how = "through the API"
+        created_s = time.monotonic() - t
+        log(f"  created {sizes.connections} connections {how} in {created_s:.1f} s")
 
         # The measured start: a fresh process that finds them all in its store.
-        mmc.stop()
         mmc.start()
         async with aiohttp.ClientSession() as plain:
             await mmc.wait_ready()
@@ -193,7 +293,7 @@ async def run(
             listing = await http_load(
                 f"GET /api/connections ({sizes.connections})",
                 mmc.base_url,
-                token,
+                await mmc.admin_token(),
                 "GET",
                 "/api/connections",
                 concurrency=1,
@@ -204,51 +304,35 @@ async def run(
             log(f"  GET /api/connections p50 {listing.p50_ms:.1f} ms p99 {listing.p99_ms:.1f} ms")
 
             await asyncio.sleep(max(0.0, sizes.steady - (time.monotonic() - steady_start)))
-            # The restart of the broker carrying big_share links.
-            before_text = await _scrape(plain, mmc)
-            before, reconnects_before = lag_buckets(before_text), reconnects(before_text)
-            steady_p99, steady_samples = lag_p99(steady_before, before)
+            steady_p99, steady_samples = lag_p99(
+                steady_before, lag_buckets(await _scrape(plain, mmc))
+            )
             steady_s = time.monotonic() - steady_start
             log(
                 f"  steady state: loop lag p99 <= {steady_p99 * 1000:.0f} ms "
                 f"({steady_samples} samples in {steady_s:.1f} s)"
             )
-            health: list[float] = []
-            stop = asyncio.Event()
-            poller = asyncio.get_running_loop().create_task(
-                _poll_health(mmc.base_url, stop, health)
-            )
-            window = time.monotonic()
-            await asyncio.to_thread(brokers[0].restart)
-            restarted = time.monotonic() - window
-            # mmc notices the drop on its own time: wait for it before waiting for the return.
-            while reconnects(await _scrape(plain, mmc)) < reconnects_before + sizes.big_share:
-                if time.monotonic() - window > sizes.deadline:
-                    raise RuntimeError("mmc did not notice the broker restart")
-                await asyncio.sleep(0.05)
-            _, curve = await _wait_links(plain, mmc, sizes.connections, sizes.deadline)
-            back_after_stop = time.monotonic() - window
-            await asyncio.sleep(sizes.settle)
-            stop.set()
-            await poller
-            after_text = await _scrape(plain, mmc)
-            window_seconds = time.monotonic() - window
-            p99, samples = lag_p99(before, lag_buckets(after_text))
-            attempts = reconnects(after_text) - reconnects_before
-            log(
-                f"  broker restart ({sizes.big_share} links): all back {back_after_stop:.2f} s "
-                f"after the stop, loop lag p99 <= {p99 * 1000:.0f} ms ({samples} samples), "
-                f"/healthz p99 {percentile(health, 99) * 1000:.1f} ms"
-            )
+            windows = []
+            for n in range(sizes.restarts):
+                window = await _restart_window(plain, mmc, brokers[0], sizes)
+                windows.append(window)
+                log(
+                    f"  broker restart {n + 1} ({sizes.big_share} links): all back "
+                    f"{window['all_back_after_stop_s']:.2f} s after the stop, loop lag p99 <= "
+                    f"{window['loop_lag_p99_le_s'] * 1000:.0f} ms "
+                    f"({window['loop_lag_samples']} samples), "
+                    f"/healthz p99 {window['healthz_p99_ms']:.1f} ms"
+                )
             rss_after = mmc.rss_mb()
     finally:
         mmc.stop()
         for broker in brokers:
             broker.stop()
-    first_back = next((t for t, up in curve if up > sizes.connections - sizes.big_share), None)
     out.update(
         {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_s": round(created_s, 1),
+            "created_how": how,
             "ready_s": round(ready, 2),
             "all_connected_s": round(all_up, 2),
             "connect_wait_s": round(up_after, 2),
@@ -260,19 +344,9 @@ async def run(
                 "loop_lag_p99_le_s": steady_p99,
                 "loop_lag_samples": steady_samples,
             },
-            "restart": {
-                "broker_restart_s": round(restarted, 2),
-                "all_back_after_stop_s": round(back_after_stop, 2),
-                "first_back_after_restart_s": first_back,
-                "reconnect_attempts": attempts,
-                "window_s": round(window_seconds, 2),
-                "loop_lag_p99_le_s": p99,
-                "loop_lag_samples": samples,
-                "healthz_p50_ms": round(percentile(health, 50) * 1000, 2),
-                "healthz_p99_ms": round(percentile(health, 99) * 1000, 2),
-                "healthz_max_ms": round(max(health, default=0.0) * 1000, 2),
-                "up_curve": curve,
-            },
+            # The worst window (by loop lag) and every one of them.
+            "restart": max(windows, key=lambda w: w["loop_lag_p99_le_s"]),
+            "restarts": windows,
             "seconds": round(time.monotonic() - started, 1),
         }
     )
@@ -283,6 +357,7 @@ async def run(
 def targets(out: dict[str, Any], sizes: FleetSizes) -> list[dict[str, Any]]:
     n = sizes.connections
     restart = out["restart"]
+    windows: list[dict[str, Any]] = out["restarts"]
     listing = Stats(**out["listing"])
     return [
         {
@@ -319,16 +394,24 @@ def targets(out: dict[str, Any], sizes: FleetSizes) -> list[dict[str, Any]]:
             and out["steady"]["loop_lag_p99_le_s"] <= 0.05,
         },
         {
-            "target": "event-loop lag p99 <= 50 ms throughout the restart",
-            "measured": (
-                f"p99 <= {restart['loop_lag_p99_le_s'] * 1000:.0f} ms "
-                f"({restart['loop_lag_samples']} samples in {restart['window_s']:.1f} s); "
-                f"/healthz p99 {restart['healthz_p99_ms']:.1f} ms, "
-                f"max {restart['healthz_max_ms']:.1f} ms"
+            "target": (
+                f"event-loop lag p99 <= 50 ms throughout the restart, "
+                f"{len(windows)} restarts out of {len(windows)}"
             ),
-            "pass": restart["loop_lag_samples"] > 0 and restart["loop_lag_p99_le_s"] <= 0.05,
+            "measured": (
+                f"{sum(_lag_ok(w) for w in windows)} of {len(windows)}: p99 <= "
+                + ", ".join(f"{w['loop_lag_p99_le_s'] * 1000:.0f}" for w in windows)
+                + f" ms ({sum(w['loop_lag_samples'] for w in windows)} samples); "
+                f"/healthz p99 of the worst {restart['healthz_p99_ms']:.1f} ms, "
+                f"max {max(w['healthz_max_ms'] for w in windows):.1f} ms"
+            ),
+            "pass": all(_lag_ok(w) for w in windows),
         },
     ]
+
+
+def _lag_ok(window: dict[str, Any]) -> bool:
+    return bool(window["loop_lag_samples"] > 0 and window["loop_lag_p99_le_s"] <= 0.05)
 
 
 def report(out: dict[str, Any]) -> str:
@@ -338,16 +421,81 @@ def report(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compare(outs: list[dict[str, Any]]) -> str:
+    """The runs side by side: what changes with the number of links."""
+    head = " | ".join(f"{o['sizes']['connections']:,} links" for o in outs)
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("created", lambda o: f"{o['created_s']:.1f} s {o['created_how']}"),
+        ("all connected after the start", lambda o: f"{o['all_connected_s']:.2f} s"),
+        (
+            "resident memory (after the restarts)",
+            lambda o: f"{o['rss_mb']:.0f} MB ({o['rss_after_restart_mb']:.0f} MB)",
+        ),
+        (
+            "GET /api/connections, every entry: p50 / p99",
+            lambda o: f"{o['listing']['p50_ms']:.1f} / {o['listing']['p99_ms']:.1f} ms",
+        ),
+        (
+            "steady state ($SYS round included): loop lag p99",
+            lambda o: f"<= {o['steady']['loop_lag_p99_le_s'] * 1000:.0f} ms",
+        ),
+        (
+            "restart of the broker with 500 links: all back after the stop",
+            lambda o: ", ".join(f"{w['all_back_after_stop_s']:.2f}" for w in o["restarts"]) + " s",
+        ),
+        (
+            "the same: loop lag p99 per restart",
+            lambda o: (
+                "<= "
+                + ", ".join(f"{w['loop_lag_p99_le_s'] * 1000:.0f}" for w in o["restarts"])
+                + " ms"
+            ),
+        ),
+        (
+            "the same: /healthz p99 (worst restart)",
+            lambda o: f"{o['restart']['healthz_p99_ms']:.1f} ms",
+        ),
+    ]
+    lines = [f"| | {head} |", "|---|" + "---|" * len(outs)]
+    lines += [f"| {name} | " + " | ".join(cell(o) for o in outs) + " |" for name, cell in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--connections", type=int, default=FULL.connections)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help=f"one run of this many links (default: {FULL.connections:,} with the targets, "
+        f"then {LARGE.connections:,})",
+    )
+    parser.add_argument("--restarts", type=int, default=FULL.restarts)
     args = parser.parse_args(argv)
-    sizes = replace(FULL, connections=args.connections, big_share=args.connections // 2)
-    with tempfile.TemporaryDirectory(prefix="mmc-fleet-") as tmp:
-        outcome = asyncio.run(run(sizes, Path(tmp)))
+    if args.connections is None:
+        plans = [replace(FULL, restarts=args.restarts), LARGE]
+    else:
+        share = min(FULL.big_share, args.connections // 2)
+        plans = [
+            replace(
+                FULL,
+                connections=args.connections,
+                big_share=share,
+                restarts=args.restarts,
+                via_import=args.connections > FULL.connections,
+            )
+        ]
+    outs = []
+    for sizes in plans:
+        print(f"{sizes.connections:,} links:", flush=True)
+        with tempfile.TemporaryDirectory(prefix="mmc-fleet-") as tmp:
+            outs.append(asyncio.run(run(sizes, Path(tmp))))
+    outcome = {**outs[0], "larger": outs[1:]}
     print()
     print(report(outcome))
+    if len(outs) > 1:
+        print()
+        print(compare(outs))
     print(f"\nwritten to {write_json(outcome, args.json, 'fleet')}")
     return 0 if all(t["pass"] for t in outcome["targets"]) else 1
 

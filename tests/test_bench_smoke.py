@@ -49,7 +49,19 @@ async def test_api_benchmark_runs(tmp_path: Path) -> None:
 
 async def test_fleet_benchmark_runs(tmp_path: Path) -> None:
     outcome = await fleet.run(fleet.TINY, tmp_path, log=lambda _: None)
-    assert outcome["restart"]["reconnect_attempts"] >= fleet.TINY.big_share
+    assert len(outcome["restarts"]) == fleet.TINY.restarts
+    for window in outcome["restarts"]:
+        assert window["reconnect_attempts"] >= fleet.TINY.big_share
     assert outcome["listing"]["errors"] == 0
     assert outcome["rss_mb"] > 0
     assert "| all 6 connected" in fleet.report(outcome)
+    assert "2 restarts out of 2" in fleet.report(outcome)
+
+
+async def test_fleet_benchmark_imports_its_connections(tmp_path: Path) -> None:
+    sizes = replace(fleet.TINY, via_import=True, restarts=1)
+    outcome = await fleet.run(sizes, tmp_path, log=lambda _: None)
+    assert outcome["created_how"] == "with mmc import-mmc"
+    assert outcome["listing"]["errors"] == 0
+    table = fleet.compare([outcome, outcome])
+    assert "| created | " in table and "with mmc import-mmc" in table

@@ -22,6 +22,7 @@ import pytest
 
 from mmc.appkeys import events_key
 from mmc.config import Settings
+from mmc.services import events as events_module
 from testbed.mosquitto import Mosquitto, MosquittoBroker, free_port
 from testbed.serve import MmcServer
 from tests.conftest import Client, MakeClient, create_token, login, plain_body, wait_until
@@ -196,6 +197,57 @@ async def test_system_status_at_most_once_a_second_per_broker(
     assert min(gaps) > 0.9, gaps
     ids = [f.id or 0 for f in live]
     assert ids == sorted(ids)
+
+
+async def test_system_status_of_many_links_made_a_few_a_loop_turn(
+    client: Client, own_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Links whose $SYS events fall due together are encoded from one queue, a time
+    budget a loop turn (SYS_BUDGET; zero here: one link a turn, the most the queue can be
+    split): each still gets its event, in due order, and again a second later."""
+    monkeypatch.setattr(events_module, "SYS_BUDGET", 0.0)
+    names = [f"many-{i}" for i in range(8)]
+    for name in names:
+        await _connect(client, own_broker, id=name, name=name)
+    turns = 0
+    stop = asyncio.Event()
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while not stop.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    hub = client.app[events_key]
+    publish = hub.publish
+    published_in_turn: list[int] = []
+
+    def recording_publish(type_: str, data: Any, **kwargs: Any) -> Any:
+        if type_ == "system_status":
+            published_in_turn.append(turns)
+        return publish(type_, data, **kwargs)
+
+    monkeypatch.setattr(hub, "publish", recording_publish)
+    counter = asyncio.get_running_loop().create_task(count_turns())
+    try:
+        async with stream(client, types="system_status") as events:
+            seen: dict[str, list[float]] = {name: [] for name in names}
+            deadline = time.monotonic() + 10
+            # The first of each is the subscription's snapshot, then the live ones.
+            while min(len(v) for v in seen.values()) < 3:
+                assert time.monotonic() < deadline, {k: len(v) for k, v in seen.items()}
+                frame = await events.event(timeout=5)
+                if frame.event == "system_status" and frame.data["brokerId"] in seen:
+                    seen[frame.data["brokerId"]].append(frame.at)
+    finally:
+        stop.set()
+        await counter
+    for times in seen.values():
+        gaps = [b - a for a, b in itertools.pairwise(times[1:])]
+        assert min(gaps) > 0.9, gaps
+    # Never two in one turn, though the eight links' values arrive together.
+    assert len(published_in_turn) >= 2 * len(names)
+    assert len(set(published_in_turn)) == len(published_in_turn), published_in_turn
 
 
 async def test_client_events_from_a_broker_with_mmcs_plugin(

@@ -16,9 +16,11 @@ rather than the wrong events.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +51,11 @@ CONNECTIONS_DELAY = 0.05
 # $SYS values come in a burst every sys_interval: gather it, then at most once a second.
 SYS_DELAY = 0.1
 SYS_INTERVAL = 1.0
+# Links' $SYS events fall due together (a broker's burst reaches all its links at once, a
+# restarted broker's links come back within a second): asyncio would run every due timer
+# in one loop turn, a thousand system_status encodings while no socket is served. They
+# are made from one queue instead, SYS_BUDGET seconds of them a turn.
+SYS_BUDGET = 0.005
 HEARTBEAT = b": heartbeat\n\n"
 
 
@@ -179,7 +186,12 @@ class EventHub:
         self._subscribers: set[Subscriber] = set()
         self._last_connections: str | None = None
         self._connections_timer: asyncio.TimerHandle | None = None
-        self._sys_timers: dict[str, asyncio.TimerHandle] = {}
+        # Links with a system_status event due: link id -> (due time, link), and the same
+        # as a heap (entries whose time no longer matches the dict's are stale).
+        self._sys_due: dict[str, tuple[float, BrokerLink]] = {}
+        self._sys_heap: list[tuple[float, str]] = []
+        self._sys_timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._sys_timer_at: float | None = None
         self._sys_sent: dict[str, float] = {}
         self._closed = False
 
@@ -237,15 +249,49 @@ class EventHub:
         self.connections_changed()
 
     def _link_sys(self, link: BrokerLink) -> None:
-        if link.id in self._sys_timers or self._closed:
+        if link.id in self._sys_due or self._closed:
             return
         loop = asyncio.get_running_loop()
+        now = loop.time()
         last = self._sys_sent.get(link.id)
-        delay = SYS_DELAY if last is None else max(SYS_DELAY, last + SYS_INTERVAL - loop.time())
-        self._sys_timers[link.id] = loop.call_later(delay, self._flush_sys, link)
+        due = now + (SYS_DELAY if last is None else max(SYS_DELAY, last + SYS_INTERVAL - now))
+        self._sys_due[link.id] = (due, link)
+        heapq.heappush(self._sys_heap, (due, link.id))
+        if self._sys_timer_at is None or due < self._sys_timer_at:
+            self._arm_sys(loop, due)
+
+    def _arm_sys(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        if self._sys_timer is not None:
+            self._sys_timer.cancel()
+        self._sys_timer_at = due
+        self._sys_timer = loop.call_at(due, self._drain_sys)
+
+    def _drain_sys(self) -> None:
+        """The due system_status events, SYS_BUDGET seconds of them; the rest next turn."""
+        self._sys_timer = self._sys_timer_at = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        stop_at = time.perf_counter() + SYS_BUDGET
+        heap = self._sys_heap
+        while heap and heap[0][0] <= now:
+            due, link_id = heapq.heappop(heap)
+            entry = self._sys_due.get(link_id)
+            if entry is None or entry[0] != due:
+                continue
+            del self._sys_due[link_id]
+            self._flush_sys(entry[1])
+            if time.perf_counter() >= stop_at:
+                break
+        if not heap:
+            return
+        if heap[0][0] <= now:
+            # call_soon runs after the next poll of the sockets: they are served between.
+            self._sys_timer_at = now
+            self._sys_timer = loop.call_soon(self._drain_sys)
+        else:
+            self._arm_sys(loop, heap[0][0])
 
     def _flush_sys(self, link: BrokerLink) -> None:
-        self._sys_timers.pop(link.id, None)
         if self._pool.get(link.id) is not link:
             self._sys_sent.pop(link.id, None)
             return
@@ -355,11 +401,13 @@ class EventHub:
     def close(self) -> None:
         """Shutting down: every stream ends now, new ones at once."""
         self._closed = True
-        for timer in [self._connections_timer, *self._sys_timers.values()]:
+        for timer in (self._connections_timer, self._sys_timer):
             if timer is not None:
                 timer.cancel()
         self._connections_timer = None
-        self._sys_timers.clear()
+        self._sys_timer = self._sys_timer_at = None
+        self._sys_due.clear()
+        self._sys_heap.clear()
         for subscriber in list(self._subscribers):
             subscriber.close("shutting down")
         self._subscribers.clear()
