@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from aiomqtt import Message
+from paho.mqtt.client import MQTTMessage
 
 from mmc.brokers.capabilities import SharedDetection
 from mmc.brokers.link import BrokerLink, LinkConfig, LinkOptions
@@ -245,7 +245,7 @@ async def test_receiving_messages_leaves_no_garbage_cycles(
 
 
 async def _count_cycles(own_broker: MosquittoBroker) -> None:
-    received: list[Message] = []
+    received: list[MQTTMessage] = []
     client = MqttClient(
         own_broker.host,
         own_broker.port,
