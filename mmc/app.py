@@ -156,6 +156,7 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
         reconnect_max_delay=settings.reconnect_max_delay,
         reconnect_fast_period=settings.reconnect_fast_period,
         reconnect_fast_max_delay=settings.reconnect_fast_max_delay,
+        max_connecting=settings.max_connecting,
         probe_timeout=settings.probe_timeout,
         capability_recheck_interval=settings.capability_recheck_interval,
         sys_history_interval=settings.sys_history_interval,

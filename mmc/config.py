@@ -65,6 +65,9 @@ class Settings:
     # stays at or under reconnect_fast_max_delay (0: no fast period).
     reconnect_fast_period: float = 60.0
     reconnect_fast_max_delay: float = 0.5
+    # Connection attempts of all links in flight at once (from the TCP connect to the
+    # SUBACK); the others wait their turn.
+    max_connecting: int = 100
     max_body_size: int = 1024 * 1024
     shutdown_timeout: float = 10.0
     # The first admin, created only when the user table is empty.
@@ -414,6 +417,7 @@ class SettingsSchema(Schema):
     reconnect_max_delay = Float(validate=POSITIVE)
     reconnect_fast_period = Float(validate=NOT_NEGATIVE)
     reconnect_fast_max_delay = Float(validate=POSITIVE)
+    max_connecting = Integer(validate=AT_LEAST_ONE)
     max_body_size = Integer(validate=AT_LEAST_ONE)
     shutdown_timeout = Float(validate=NOT_NEGATIVE)
     admin_username = String(

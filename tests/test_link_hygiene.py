@@ -17,6 +17,7 @@ from paho.mqtt.client import MQTTMessage
 
 from mmc.brokers.capabilities import SharedDetection
 from mmc.brokers.link import BrokerLink, LinkConfig, LinkOptions
+from mmc.brokers.pool import BrokerPool
 from mmc.brokers.transport import MqttClient
 from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import wait_until
@@ -282,3 +283,57 @@ async def _count_cycles(own_broker: MosquittoBroker) -> None:
     # What connecting and the test's own tasks leave is some hundreds of objects; a
     # cycle per message would be six objects per message, over 10,000.
     assert cycles < count, cycles
+
+
+async def test_connection_attempts_in_flight_are_bounded_by_the_pool() -> None:
+    """A pool lets at most ``max_connecting`` of its links be in a handshake at once (from
+    the TCP connect to the SUBACK): a start with thousands of links must not put them all
+    in flight, where the CONNACKs time out before the loop can read them."""
+    open_now = 0
+    most = 0
+    accepted = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most, accepted
+        open_now += 1
+        accepted += 1
+        most = max(most, open_now)
+        try:
+            await reader.read()  # until the client gives up and closes
+        finally:
+            open_now -= 1
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    options = LinkOptions(
+        connect_timeout=0.2,
+        reconnect_min_delay=0.01,
+        reconnect_max_delay=0.02,
+        reconnect_fast_max_delay=0.02,
+        max_connecting=2,
+    )
+    pool = BrokerPool(options)
+    try:
+        for i in range(6):
+            await pool.open(LinkConfig(id=f"gated-{i}", url=f"mqtt://127.0.0.1:{port}"), None)
+        await wait_until(lambda: accepted >= 12, timeout=20)
+    finally:
+        await pool.close_all()
+        server.close()
+        await server.wait_closed()
+    assert most == 2
+
+
+async def test_every_link_of_a_gated_pool_connects(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    options = LinkOptions(max_connecting=1)
+    pool = BrokerPool(options)
+    with MosquittoBroker(tmp_path, dynsec=False, mosquitto=mosquitto) as broker:
+        try:
+            url = f"mqtt://{broker.host}:{broker.port}"
+            links = [
+                await pool.open(LinkConfig(id=f"one-by-one-{i}", url=url), None) for i in range(5)
+            ]
+            await wait_until(lambda: all(link.connected for link in links), timeout=20)
+        finally:
+            await pool.close_all()

@@ -85,6 +85,8 @@ class LinkOptions:
     # reconnect_fast_max_delay: a broker back within a minute is found within a second.
     reconnect_fast_period: float = 60.0
     reconnect_fast_max_delay: float = 0.5
+    # Connection attempts in flight at once among the links sharing a gate (a pool's).
+    max_connecting: int = 100
     probe_timeout: float = 1.0
     # A feature whose probe met silence is asked about again, by a request that needs it,
     # once this many seconds have passed since the detection.
@@ -148,8 +150,14 @@ class BrokerLink:
         options: LinkOptions,
         observer: LinkObserver | None = None,
         shared_detection: SharedDetection | None = None,
+        connecting: asyncio.Semaphore | None = None,
     ) -> None:
         self.record = record
+        # Held from the TCP connect to the SUBACK. Without a bound, a start with thousands
+        # of links (or a broker carrying hundreds coming back) puts every handshake in
+        # flight at once: the loop cannot read the CONNACKs before their timeout, the
+        # attempts fail and are retried, and the storm feeds itself.
+        self._connecting = connecting
         self.endpoint = Endpoint.from_url(record.url)
         self._ssl_context = ssl_context
         self._options = options
@@ -501,6 +509,12 @@ class BrokerLink:
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             client = self._make_client()
+            if self._connecting is not None:
+                await self._connecting.acquire()
+                if self._stop.is_set():
+                    self._connecting.release()
+                    break
+            slot = self._connecting
             established = False
             try:
                 async with client:
@@ -517,6 +531,9 @@ class BrokerLink:
                         [*RESPONSE_TOPICS, "$SYS/broker/#", CLIENT_EVENTS_TOPIC],
                         self._options.request_timeout,
                     )
+                    if slot is not None:
+                        slot.release()
+                        slot = None
                     self.control.attach(_Publisher(client))
                     self._connected_at = asyncio.get_running_loop().time()
                     self._session += 1
@@ -532,6 +549,8 @@ class BrokerLink:
                 log.exception("broker %s: unexpected link failure", self.id)
                 self._record_failure(exc, established)
             finally:
+                if slot is not None:
+                    slot.release()
                 self._session += 1
                 self.control.detach()
                 client.forget_disconnect_error()

@@ -21,6 +21,7 @@ class BrokerPool:
         self._observer = observer
         self._links: dict[str, BrokerLink] = {}
         self._detection = SharedDetection()
+        self._connecting = asyncio.Semaphore(options.max_connecting)
         # Given to every link the pool makes (see BrokerLink), and ``on_change`` called
         # when a link comes or goes: what the event stream listens to.
         self.on_status: Callable[[BrokerLink], None] | None = None
@@ -67,7 +68,9 @@ class BrokerPool:
         one is returned for the caller to stop (which can take a connect timeout) before
         starting the new one."""
         old = self._links.get(record.id)
-        link = BrokerLink(record, ssl_context, self.options, self._observer, self._detection)
+        link = BrokerLink(
+            record, ssl_context, self.options, self._observer, self._detection, self._connecting
+        )
         link.on_status = self.on_status
         link.on_sys = self.on_sys
         link.on_client_event = self.on_client_event
