@@ -56,7 +56,7 @@ PLUGIN_SO     := plugin/mmc_client_control.so
 
 plugin: $(PLUGIN_SO)  ## build the companion mosquitto plugin (client control, inspect)
 
-PLUGIN_SRC    := plugin/mmc_client_control.c plugin/mmc_inspect.c
+PLUGIN_SRC    := plugin/mmc_client_control.c plugin/mmc_inspect.c plugin/mmc_subtree.c
 
 $(PLUGIN_SO): $(PLUGIN_SRC) plugin/mmc_plugin.h
 	$(CC) $(PLUGIN_CFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRC) -lcjson
