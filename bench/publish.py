@@ -58,7 +58,7 @@ RATIO = 0.8
 class PublishSizes:
     subscriptions: tuple[int, ...] = (0, 1000, 10000)
     messages: int = 100_000
-    repetitions: int = 7
+    repetitions: int = 9
     payload: int = 64
     warmup: int = 2000
     # Bound of one measurement (an old plugin at 10,000 subscriptions took 26 s).
