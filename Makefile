@@ -56,7 +56,7 @@ PLUGIN_SO     := plugin/mmc_client_control.so
 
 plugin: $(PLUGIN_SO)  ## build the companion mosquitto plugin (client control, inspect)
 
-PLUGIN_SRC    := plugin/mmc_client_control.c plugin/mmc_inspect.c
+PLUGIN_SRC    := plugin/mmc_client_control.c plugin/mmc_inspect.c plugin/mmc_subtree.c
 
 $(PLUGIN_SO): $(PLUGIN_SRC) plugin/mmc_plugin.h
 	$(CC) $(PLUGIN_CFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRC) -lcjson
@@ -135,8 +135,12 @@ fmt: $(VENV)/.test-deps
 # targets as pass/fail and write JSON to bench/results/. About 2 to 3 minutes each.
 # BENCH_ARGS="--store postgresql" measures mmc on a new database of the local PostgreSQL.
 # BENCH_ARGS="--mosquitto 2.1" runs the brokers on 2.1 (built by `make mosquitto-2.1`).
-bench: $(VENV)/.test-deps check-system $(if $(findstring 2.1,$(BENCH_ARGS)),mosquitto-2.1)  ## API latency/throughput vs bare MQTT and mosquitto_ctrl
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+# Then bench.publish: mosquitto 2.0's publish throughput with 0, 1,000 and 10,000 of the
+# plugin's own subscriptions (about a minute). Both run; either failing fails the target.
+bench: $(VENV)/.test-deps check-system plugin $(if $(findstring 2.1,$(BENCH_ARGS)),mosquitto-2.1)  ## API latency/throughput vs bare MQTT and mosquitto_ctrl; publish throughput with plugin subscriptions
+	$(BIN)/python -m bench.run $(BENCH_ARGS); api=$$?; \
+	$(BIN)/python -m bench.publish; publish=$$?; \
+	[ $$api = 0 ] && [ $$publish = 0 ]
 
 bench-fleet: $(VENV)/.test-deps check-system  ## 1,000 links in one mmc: start, memory, broker restart
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn); $(BIN)/python -m bench.fleet $(BENCH_ARGS)

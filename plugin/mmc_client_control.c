@@ -17,9 +17,10 @@
  * Subscriptions made for a client:
  *   - mosquitto 2.1 and later (detected at build time): real broker subscriptions
  *     through mosquitto_subscription_add/delete; the broker does the rest.
- *   - mosquitto 2.0: the plugin keeps them itself, per client id, and for every
- *     message a client publishes (MOSQ_EVT_MESSAGE) that matches one, delivers a
- *     copy to that client with mosquitto_broker_publish_copy(clientid, ...).
+ *   - mosquitto 2.0: the plugin keeps them itself, in a topic tree
+ *     (mmc_subtree.c), and for every message a client publishes (MOSQ_EVT_MESSAGE)
+ *     that matches one, delivers a copy to that client with
+ *     mosquitto_broker_publish_copy(clientid, ...).
  *     They end when the client disconnects (MOSQ_EVT_DISCONNECT).
  *     See plugin/README.md for what 2.0 can and cannot do (send_retain, retain
  *     flag, read ACLs, MQTT v5 properties, persistent sessions).
@@ -44,6 +45,7 @@
  */
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,24 +76,6 @@ enum send_retain {
 	SEND_RETAIN_NEVER = 2,
 };
 
-#ifndef MMC_CC_SUBSCRIPTION_API
-/* One subscription kept for a client. */
-struct cc_sub {
-	struct cc_sub *next;
-	char *filter;
-	uint8_t qos;
-	bool no_local;
-	bool retain_as_published;
-	enum send_retain send_retain;
-};
-
-/* A client id with at least one subscription; clients without any are freed. */
-struct cc_client {
-	struct cc_client *next;
-	char *clientid;
-	struct cc_sub *subs;
-};
-#endif
 
 /* A $SYS bridge state topic that a client published: someone else's bridge. */
 struct cc_note {
@@ -107,9 +91,7 @@ struct cc_state {
 	/* A note was dropped at MMC_CC_MAX_NOTES: the list is no longer the whole truth. */
 	bool notes_incomplete;
 #ifndef MMC_CC_SUBSCRIPTION_API
-	struct cc_client *clients;
-	size_t sub_count;
-	size_t max_subs;
+	size_t max_subs;  /* the subscriptions are in mmc_subtree.c */
 #endif
 };
 
@@ -262,176 +244,24 @@ static const char *parse_subscription(const cJSON *command, uint8_t *qos, bool *
 
 #ifndef MMC_CC_SUBSCRIPTION_API
 
-static struct cc_client *find_client(const char *clientid)
+static void deliver_copy(const char *clientid, int qos, void *arg)
 {
-	struct cc_client *client;
+	const struct mosquitto_evt_message *ed = arg;
 
-	for(client = state.clients; client; client = client->next){
-		if(!strcmp(client->clientid, clientid)){
-			return client;
-		}
-	}
-	return NULL;
-}
-
-static void free_sub(struct cc_sub *sub)
-{
-	free(sub->filter);
-	free(sub);
-}
-
-static void remove_client(const char *clientid)
-{
-	struct cc_client **link = &state.clients;
-	struct cc_client *client;
-	struct cc_sub *sub, *next;
-
-	while(*link){
-		client = *link;
-		if(!strcmp(client->clientid, clientid)){
-			*link = client->next;
-			for(sub = client->subs; sub; sub = next){
-				next = sub->next;
-				free_sub(sub);
-				state.sub_count--;
-			}
-			free(client->clientid);
-			free(client);
-			return;
-		}
-		link = &client->next;
+	if(ed->qos < qos) qos = ed->qos;
+	/* The broker sends a copy addressed to one client with retain 0 (2.0 cannot
+	 * set it), so retain_as_published cannot be honoured for retained messages. */
+	if(mosquitto_broker_publish_copy(clientid, ed->topic, (int)ed->payloadlen,
+				ed->payload, qos, false, NULL) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, MMC_CC_NAME ": could not deliver a message on %s to %s",
+				ed->topic, clientid);
 	}
 }
 
-static void free_all(void)
-{
-	struct cc_client *client, *next_client;
-	struct cc_sub *sub, *next_sub;
-
-	for(client = state.clients; client; client = next_client){
-		next_client = client->next;
-		for(sub = client->subs; sub; sub = next_sub){
-			next_sub = sub->next;
-			free_sub(sub);
-		}
-		free(client->clientid);
-		free(client);
-	}
-	state.clients = NULL;
-	state.sub_count = 0;
-}
-
-/* Add or replace (as an MQTT SUBSCRIBE does) the client's subscription; NULL or the error. */
-static const char *add_subscription(const char *clientid, const char *filter, uint8_t qos,
-		bool no_local, bool retain_as_published, enum send_retain send_retain)
-{
-	struct cc_client *client = find_client(clientid);
-	struct cc_sub *sub = NULL;
-	bool new_client = false;
-
-	if(client){
-		for(sub = client->subs; sub; sub = sub->next){
-			if(!strcmp(sub->filter, filter)){
-				break;
-			}
-		}
-	}
-	if(sub == NULL){
-		if(state.max_subs && state.sub_count >= state.max_subs){
-			return "Too many subscriptions";
-		}
-		if(client == NULL){
-			client = calloc(1, sizeof(*client));
-			if(client == NULL) return ERR_NOMEM;
-			client->clientid = strdup(clientid);
-			if(client->clientid == NULL){
-				free(client);
-				return ERR_NOMEM;
-			}
-			new_client = true;
-		}
-		sub = calloc(1, sizeof(*sub));
-		if(sub) sub->filter = strdup(filter);
-		if(sub == NULL || sub->filter == NULL){
-			free(sub);
-			if(new_client){
-				free(client->clientid);
-				free(client);
-			}
-			return ERR_NOMEM;
-		}
-		sub->next = client->subs;
-		client->subs = sub;
-		state.sub_count++;
-		if(new_client){
-			client->next = state.clients;
-			state.clients = client;
-		}
-	}
-	sub->qos = qos;
-	sub->no_local = no_local;
-	sub->retain_as_published = retain_as_published;
-	sub->send_retain = send_retain;
-	return NULL;
-}
-
-static void remove_subscription(const char *clientid, const char *filter)
-{
-	struct cc_client *client = find_client(clientid);
-	struct cc_sub **link;
-	struct cc_sub *sub;
-
-	if(client == NULL){
-		return;
-	}
-	for(link = &client->subs; *link; link = &(*link)->next){
-		sub = *link;
-		if(!strcmp(sub->filter, filter)){
-			*link = sub->next;
-			free_sub(sub);
-			state.sub_count--;
-			break;
-		}
-	}
-	if(client->subs == NULL){
-		remove_client(clientid);
-	}
-}
-
-/* One copy per subscribed client, at the best matching qos. */
+/* One copy per subscribed client, at the best matching qos (mmc_subtree.c matches). */
 static void copy_to_subscribers(const struct mosquitto_evt_message *ed, const char *sender)
 {
-	struct cc_client *client;
-	struct cc_sub *sub;
-	bool matches;
-	int qos;
-
-	if(state.clients == NULL){
-		return;
-	}
-	for(client = state.clients; client; client = client->next){
-		qos = -1;
-		for(sub = client->subs; sub; sub = sub->next){
-			if(sub->no_local && sender && !strcmp(sender, client->clientid)){
-				continue;
-			}
-			matches = false;
-			if(mosquitto_topic_matches_sub(sub->filter, ed->topic, &matches) == MOSQ_ERR_SUCCESS && matches){
-				if(sub->qos > qos) qos = sub->qos;
-			}
-		}
-		if(qos < 0){
-			continue;
-		}
-		if(ed->qos < qos) qos = ed->qos;
-		/* The broker sends a copy addressed to one client with retain 0 (2.0 cannot
-		 * set it), so retain_as_published cannot be honoured for retained messages. */
-		if(mosquitto_broker_publish_copy(client->clientid, ed->topic, (int)ed->payloadlen,
-					ed->payload, qos, false, NULL) != MOSQ_ERR_SUCCESS){
-			mosquitto_log_printf(MOSQ_LOG_WARNING, MMC_CC_NAME ": could not deliver a message on %s to %s",
-					ed->topic, client->clientid);
-		}
-	}
+	mmc_subs_match(ed->topic, sender, deliver_copy, (void *)ed);
 }
 
 static int disconnect_callback(int event, void *event_data, void *userdata)
@@ -444,7 +274,7 @@ static int disconnect_callback(int event, void *event_data, void *userdata)
 
 	clientid = ed->client ? mosquitto_client_id(ed->client) : NULL;
 	if(clientid){
-		remove_client(clientid);
+		mmc_subs_remove_client(clientid);
 	}
 	return MOSQ_ERR_SUCCESS;
 }
@@ -615,7 +445,9 @@ static void cmd_subscribe(cJSON *responses, const cJSON *command, const char *na
 	if(!strncmp(topic, "$share/", 7)){
 		error = "Shared subscriptions are not supported on mosquitto 2.0";
 	}else{
-		error = add_subscription(clientid, topic, qos, no_local, retain_as_published, send_retain);
+		struct mmc_sub_options options = {qos, no_local, retain_as_published, (int)send_retain};
+
+		error = mmc_subs_add(clientid, topic, &options);
 	}
 #endif
 	if(error){
@@ -654,7 +486,7 @@ static void cmd_unsubscribe(cJSON *responses, const cJSON *command, const char *
 	}
 #else
 	/* Like an MQTT UNSUBSCRIBE: no such subscription is not an error. */
-	remove_subscription(clientid, topic);
+	mmc_subs_remove(clientid, topic);
 #endif
 	mosquitto_log_printf(MOSQ_LOG_INFO, MMC_CC_NAME ": unsubscribed client %s from %s", clientid, topic);
 	add_success(responses, name, correlation);
@@ -831,6 +663,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 
 #ifdef MMC_CC_SUBSCRIPTION_API
 	mosquitto_plugin_set_info(identifier, MMC_CC_NAME, MMC_CC_VERSION);
+#else
+	mmc_subs_init(state.max_subs);
 #endif
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_CONTROL, control_callback, MMC_CC_TOPIC, NULL);
 	if(rc == MOSQ_ERR_ALREADY_EXISTS){
@@ -872,7 +706,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 #endif
 	}
 #ifndef MMC_CC_SUBSCRIPTION_API
-	free_all();
+	mmc_subs_free();
 #endif
 	free_notes();
 	memset(&state, 0, sizeof(state));

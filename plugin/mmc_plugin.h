@@ -51,4 +51,30 @@ void mmc_handle_request(const void *payload, uint32_t payloadlen, const char *re
 int mmc_inspect_init(mosquitto_plugin_id_t *identifier, struct mosquitto_opt *options, int option_count);
 void mmc_inspect_cleanup(mosquitto_plugin_id_t *identifier);
 
+/* Subscriptions the plugin keeps for clients on mosquitto 2.0, in mmc_subtree.c. */
+#ifndef MMC_BROKER_2_1
+struct mmc_sub_options {
+	uint8_t qos;
+	bool no_local;
+	bool retain_as_published;
+	int send_retain;
+};
+
+/* Called once per client with a matching subscription, at the best qos among them. */
+typedef void (*mmc_subs_deliver_fn)(const char *clientid, int qos, void *arg);
+
+/* Start empty; at most max_subscriptions (0: no limit). */
+void mmc_subs_init(size_t max_subscriptions);
+/* Add, or replace the options of, the client's subscription to filter (a valid filter);
+ * NULL, "Too many subscriptions" or MMC_ERR_NOMEM. */
+const char *mmc_subs_add(const char *clientid, const char *filter, const struct mmc_sub_options *options);
+/* Remove one subscription; none is no error. */
+void mmc_subs_remove(const char *clientid, const char *filter);
+void mmc_subs_remove_client(const char *clientid);
+/* deliver for every client whose subscriptions match topic (a no_local one skips sender). */
+void mmc_subs_match(const char *topic, const char *sender, mmc_subs_deliver_fn deliver, void *arg);
+size_t mmc_subs_count(void);
+void mmc_subs_free(void);
+#endif
+
 #endif

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from bench import fleet
+import aiomqtt
+
+from bench import fleet, publish
 from bench import run as api
 from bench.common import percentile
 
@@ -66,3 +68,20 @@ async def test_fleet_benchmark_imports_its_connections(tmp_path: Path) -> None:
     table = fleet.compare([outcome, outcome])
     assert "| created | " in table
     assert "with mmc import-mmc" in table
+
+
+async def test_publish_benchmark_runs(tmp_path: Path, client_control_plugin: Path) -> None:
+    outcome = await publish.run(
+        publish.TINY, tmp_path, log=lambda _: None, plugin=client_control_plugin
+    )
+    results = {r["subscriptions"]: r for r in outcome["results"]}
+    assert set(results) == {0, 10}
+    assert all(r["median"] > 0 for r in results.values())
+    assert len(outcome["targets"]) == 1
+    assert "| current | 10 |" in publish.report(outcome)
+
+
+def test_publish_benchmark_filters_do_not_match_its_topic() -> None:
+    # Otherwise every case would deliver more copies than the one without subscriptions.
+    topic = aiomqtt.Topic(publish.TOPIC)
+    assert not any(topic.matches(f) for f in publish.other_filters(1000))

@@ -66,6 +66,8 @@ def cc_broker(
         _ctrl(broker, "createRole", "cc")
         for acltype in ("publishClientSend", "subscribePattern"):
             _ctrl(broker, "addRoleACL", "cc", acltype, "cc/#", "allow")
+        # A '$' topic the test clients may publish ($SYS is the broker's alone).
+        _ctrl(broker, "addRoleACL", "cc", "publishClientSend", "$cc/#", "allow")
         _ctrl(broker, "createClient", CC_USER, "-p", CC_PASSWORD)
         _ctrl(broker, "addClientRole", CC_USER, "cc")
         yield broker
@@ -339,6 +341,181 @@ async def test_plugin_errors_keep_their_message(cc_client: Client) -> None:
     status, answer = await _put(cc_client, "subscribe", body)
     assert status == 400
     assert answer["message"] == "Shared subscriptions are not supported on mosquitto 2.0"
+
+
+# -------------------------------------------------- matching (2.0: the plugin's tree)
+
+
+async def _subscribe(client: Client, clientid: str, topic: str, qos: int = 0) -> None:
+    body = {"clientid": clientid, "topic": topic, "qos": qos}
+    assert await _put(client, "subscribe", body) == (204, None), body
+
+
+async def _received(mqtt: aiomqtt.Client, count: int) -> list[tuple[str, bytes, int]]:
+    """The next ``count`` messages, then nothing more."""
+    got: list[tuple[str, bytes, int]] = []
+    for _ in range(count):
+        message = await _next(mqtt)
+        assert isinstance(message.payload, bytes)
+        got.append((message.topic.value, message.payload, message.qos))
+    await _nothing(mqtt)
+    return got
+
+
+async def test_wildcards_match_level_by_level(
+    cc_client: Client, cc_broker: MosquittoBroker
+) -> None:
+    uid = _uid()
+    async with (
+        _mqtt(cc_broker, f"hash-{uid}") as hash_,
+        _mqtt(cc_broker, f"plus-{uid}") as plus,
+        _mqtt(cc_broker, f"exact-{uid}") as exact,
+        _mqtt(cc_broker, f"pub-{uid}") as publisher,
+    ):
+        await _subscribe(cc_client, f"hash-{uid}", f"cc/{uid}/a/#")
+        await _subscribe(cc_client, f"plus-{uid}", f"cc/{uid}/+/b")
+        await _subscribe(cc_client, f"plus-{uid}", f"cc/{uid}/+/+/+/e")
+        await _subscribe(cc_client, f"exact-{uid}", f"cc/{uid}/a/b")
+        await _subscribe(cc_client, f"exact-{uid}", f"cc/{uid}//b")
+        for topic in ("a", "a/b", "x/b", "a/b/c", "/b", "a/b/c/e", "x/b/c/e", "a/bb", "b", "a/"):
+            await publisher.publish(f"cc/{uid}/{topic}", topic.encode(), qos=1)
+        # "a/#" takes its parent level "a" too, and an empty level is a level.
+        assert [p for _, p, _ in await _received(hash_, 6)] == [
+            b"a", b"a/b", b"a/b/c", b"a/b/c/e", b"a/bb", b"a/",
+        ]  # fmt: skip
+        # The exact and the '+' branch of one level are both followed.
+        assert [p for _, p, _ in await _received(plus, 5)] == [
+            b"a/b", b"x/b", b"/b", b"a/b/c/e", b"x/b/c/e",
+        ]  # fmt: skip
+        assert [p for _, p, _ in await _received(exact, 2)] == [b"a/b", b"/b"]
+
+
+async def test_dollar_topics_are_not_matched_by_leading_wildcards(
+    cc_client: Client, cc_broker: MosquittoBroker
+) -> None:
+    uid = _uid()
+    async with (
+        _mqtt(cc_broker, f"hash-{uid}") as hash_,
+        _mqtt(cc_broker, f"plus-{uid}") as plus,
+        _mqtt(cc_broker, f"dollar-{uid}") as dollar,
+        _mqtt(cc_broker, f"pub-{uid}") as publisher,
+    ):
+        await _subscribe(cc_client, f"hash-{uid}", "#")
+        await _subscribe(cc_client, f"plus-{uid}", f"+/{uid}/x")
+        await _subscribe(cc_client, f"dollar-{uid}", "$cc/+/x")
+        await publisher.publish(f"$cc/{uid}/x", b"dollar", qos=1)
+        await publisher.publish(f"cc/{uid}/x", b"plain", qos=1)
+        assert await _received(hash_, 1) == [(f"cc/{uid}/x", b"plain", 0)]
+        assert await _received(plus, 1) == [(f"cc/{uid}/x", b"plain", 0)]
+        assert await _received(dollar, 1) == [(f"$cc/{uid}/x", b"dollar", 0)]
+
+
+@pytest.mark.mosquitto_versions("2.0")  # 2.1's own subscriptions allow duplicates by default
+async def test_overlapping_filters_give_one_copy_at_the_best_qos(
+    cc_client: Client, cc_broker: MosquittoBroker
+) -> None:
+    uid = _uid()
+    async with (
+        _mqtt(cc_broker, f"one-{uid}") as one,
+        _mqtt(cc_broker, f"two-{uid}") as two,
+        _mqtt(cc_broker, f"pub-{uid}") as publisher,
+    ):
+        for topic, qos in ((f"cc/{uid}/#", 0), (f"cc/{uid}/+/t", 2), (f"cc/{uid}/r/t", 1)):
+            await _subscribe(cc_client, f"one-{uid}", topic, qos)
+        await _subscribe(cc_client, f"two-{uid}", f"cc/{uid}/r/t", 0)
+        await publisher.publish(f"cc/{uid}/r/t", b"m", qos=2)
+        assert await _received(one, 1) == [(f"cc/{uid}/r/t", b"m", 2)]
+        assert await _received(two, 1) == [(f"cc/{uid}/r/t", b"m", 0)]
+
+
+async def test_unsubscribing_one_filter_keeps_the_others(
+    cc_client: Client, cc_broker: MosquittoBroker
+) -> None:
+    uid = _uid()
+    async with (
+        _mqtt(cc_broker, f"one-{uid}") as one,
+        _mqtt(cc_broker, f"two-{uid}") as two,
+        _mqtt(cc_broker, f"pub-{uid}") as publisher,
+    ):
+        await _subscribe(cc_client, f"one-{uid}", f"cc/{uid}/a/#")
+        await _subscribe(cc_client, f"one-{uid}", f"cc/{uid}/a/b/c")
+        await _subscribe(cc_client, f"two-{uid}", f"cc/{uid}/a/b/c")
+
+        body = {"clientid": f"one-{uid}", "topic": f"cc/{uid}/a/#"}
+        assert await _put(cc_client, "unsubscribe", body) == (204, None)
+        for topic in ("a", "a/b/c"):
+            await publisher.publish(f"cc/{uid}/{topic}", topic.encode(), qos=1)
+        assert [p for _, p, _ in await _received(one, 1)] == [b"a/b/c"]
+        assert [p for _, p, _ in await _received(two, 1)] == [b"a/b/c"]
+
+        # The deeper filter goes, of one client only; the shallower comes back.
+        body = {"clientid": f"one-{uid}", "topic": f"cc/{uid}/a/b/c"}
+        assert await _put(cc_client, "unsubscribe", body) == (204, None)
+        await _subscribe(cc_client, f"one-{uid}", f"cc/{uid}/a/#")
+        for topic in ("a/b", "a/b/c"):
+            await publisher.publish(f"cc/{uid}/{topic}", topic.encode(), qos=1)
+        assert [p for _, p, _ in await _received(one, 2)] == [b"a/b", b"a/b/c"]
+        assert [p for _, p, _ in await _received(two, 1)] == [b"a/b/c"]
+
+
+async def _commands(admin: aiomqtt.Client, commands: list[dict[str, Any]]) -> None:
+    """Send commands to the plugin straight over MQTT; every one must succeed."""
+    tag = _uid()
+    entries = [{**c, "correlationData": f"{tag}-{i}"} for i, c in enumerate(commands)]
+    await admin.publish(REQUEST_TOPIC, json.dumps({"commands": entries}), qos=1)
+    responses = json.loads(await _payload(admin))["responses"]
+    assert [r.get("correlationData") for r in responses] == [e["correlationData"] for e in entries]
+    assert [r for r in responses if "error" in r] == []
+
+
+async def test_thousands_of_subscriptions_deliver_to_the_right_clients(
+    cc_broker: MosquittoBroker,
+) -> None:
+    uid = _uid()
+    count = 2000
+    async with (
+        _mqtt(cc_broker, f"admin-{uid}", admin=True) as admin,
+        _mqtt(cc_broker, f"even-{uid}") as even,
+        _mqtt(cc_broker, f"odd-{uid}") as odd,
+        _mqtt(cc_broker, f"pub-{uid}") as publisher,
+    ):
+        await admin.subscribe(RESPONSE_TOPIC)
+        subscribe = [
+            {
+                "command": "subscribeClient",
+                "clientid": f"{'odd' if n % 2 else 'even'}-{uid}",
+                "topic": f"cc/{uid}/n/{n}",
+                "qos": 1,
+            }
+            for n in range(count)
+        ]
+        for start in range(0, count, 500):
+            await _commands(admin, subscribe[start : start + 500])
+        published = [0, 1, 2, 17, 998, 999, 1000, 1999, 2000, 2001, 12, 10000]
+        for n in published:
+            await publisher.publish(f"cc/{uid}/n/{n}", str(n).encode(), qos=1)
+        want_even = [str(n).encode() for n in published if n < count and n % 2 == 0]
+        want_odd = [str(n).encode() for n in published if n < count and n % 2]
+        assert [p for _, p, _ in await _received(even, len(want_even))] == want_even
+        assert [p for _, p, _ in await _received(odd, len(want_odd))] == want_odd
+
+        # Half of them go: the others still deliver.
+        await _commands(
+            admin,
+            [
+                {"command": "unsubscribeClient", "clientid": c["clientid"], "topic": c["topic"]}
+                for c in subscribe[: count // 2]
+            ],
+        )
+        for n in published:
+            await publisher.publish(f"cc/{uid}/n/{n}", str(n).encode(), qos=1)
+        want = [n for n in published if count // 2 <= n < count]
+        assert [p for _, p, _ in await _received(even, len([n for n in want if n % 2 == 0]))] == [
+            str(n).encode() for n in want if n % 2 == 0
+        ]
+        assert [p for _, p, _ in await _received(odd, len([n for n in want if n % 2]))] == [
+            str(n).encode() for n in want if n % 2
+        ]
 
 
 @pytest.mark.mosquitto_versions("2.1")
