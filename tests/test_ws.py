@@ -541,8 +541,17 @@ async def test_permissions_per_request_and_command(
         # Not even reads: the REST routes showing them need READ.
         listing = await ui.command("dynamic-security", {"command": "listClients"})
         assert listing["code"] == "NOT_ALLOWED"
-        connections = await ui.request("getBrokerConnections")
-        assert connections["code"] == "NOT_ALLOWED"
+        # The broker list, as GET /api/projects/{p}/brokers shows it to them: the UI's
+        # page load needs it (else it shows no broker at all), without credentials.
+        for name in ("getBrokerConnections", "getBrokerConfigurations"):
+            answer = await ui.request(name)
+            assert not answer.get("error"), answer
+            response = answer["response"]
+            listed = response if name == "getBrokerConnections" else response["connections"]
+            [conn] = listed
+            assert set(conn) == {"id", "name", "url", "projectId", "status"}, conn
+            assert conn["name"] == BROKER_NAME
+            assert conn["status"]["connected"] is True
         # system_status is for monitoring viewers too.
         status = await ui.event("system_status")
         assert status["_name"] == BROKER_NAME

@@ -484,12 +484,25 @@ def _by_name(channel: Channel, name: str) -> BrokerLink:
     raise NotFound(f"Broker {name} not found")
 
 
+# What a monitoring viewer sees of a connection: what GET /api/projects/{p}/brokers shows
+# it (no credentials, no TLS options). The UI's page load stops, and shows no broker at
+# all, unless getBrokerConnections and getBrokerConfigurations succeed.
+MONITOR_FIELDS = ("id", "name", "url", "projectId", "status")
+
+
+def _visible(channel: Channel) -> list[dict[str, Any]]:
+    listing = channel.service.listing()
+    if allowed(channel.identity.roles, Permission.READ):
+        return listing
+    return [{k: c[k] for k in MONITOR_FIELDS if k in c} for c in listing]
+
+
 async def _get_connections(channel: Channel, fields: dict[str, Any]) -> Any:
-    return channel.service.listing()
+    return _visible(channel)
 
 
 async def _get_configurations(channel: Channel, fields: dict[str, Any]) -> Any:
-    return {"connections": channel.service.listing()}
+    return {"connections": _visible(channel)}
 
 
 async def _get_settings(channel: Channel, fields: dict[str, Any]) -> Any:
@@ -560,8 +573,8 @@ async def _disconnect_client(channel: Channel, fields: dict[str, Any]) -> Any:
 
 
 REQUESTS: dict[str, Request] = {
-    "getBrokerConnections": Request(Permission.READ, None, _get_connections),
-    "getBrokerConfigurations": Request(Permission.READ, None, _get_configurations),
+    "getBrokerConnections": Request(Permission.MONITOR, None, _get_connections),
+    "getBrokerConfigurations": Request(Permission.MONITOR, None, _get_configurations),
     "getSettings": Request(Permission.SELF, None, _get_settings),
     "updateSettings": Request(
         Permission.ADMIN, schemas.update_settings_schema, _update_settings, changes=True
