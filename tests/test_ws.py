@@ -23,10 +23,11 @@ import pytest
 from mmc.appkeys import events_key
 from mmc.config import Settings
 from mmc.services.events import CONNECTIONS
-from testbed.mosquitto import Mosquitto, MosquittoBroker
+from testbed.mosquitto import Mosquitto, MosquittoBroker, TlsMaterial
 from tests.conftest import (
     Client,
     MakeClient,
+    b64,
     create_token,
     login,
     origin,
@@ -778,6 +779,56 @@ async def test_connection_requests(client: Client, ws_broker: MosquittoBroker) -
     resp = await client.get("/api/audit", params={"method": "WS"})
     routes = {e["route"] for e in (await resp.json())["entries"]}
     assert {"/api/ws createConnection", "/api/ws deleteConnection"} <= routes
+
+
+async def test_tls_connection_as_the_ui_makes_it(
+    client: Client, broker: MosquittoBroker, tls_material: TlsMaterial
+) -> None:
+    """The connection form with a CA file, once /api/tls/ping has enabled its TLS fields:
+    the frames of "Connect & Save", then an edit that sends back what the UI read."""
+    pong = await client.get("/api/tls/ping")
+    assert pong.status == 200
+    assert await pong.json() == {"pong": True}
+    connection = {
+        "id": "m20tls",
+        "name": "Mosquitto TLS",
+        "url": f"mqtts://localhost:{broker.tls_port}",
+        "credentials": {"username": broker.admin_username, "password": broker.admin_password},
+        "noMetricsMode": True,
+        "rejectUnauthorized": True,
+        "caFile": "tls-ca.pem",
+        "certFile": "",
+        "keyFile": "",
+        "ca": {"data": b64(tls_material.ca_cert), "encoding": "base64"},
+    }
+    async with socket(client) as ui:
+        created = await ui.request("createConnection", connection=connection)
+        assert not created.get("error"), created
+        tested = await ui.request("testConnection", connection=connection)
+        assert tested["response"] == {"connected": True}, tested
+        on = await ui.request("connectServerToBroker", connectionId="m20tls", oneshot=True)
+        [listed] = on["response"]
+        assert listed["status"]["connected"] is True, listed
+        assert listed["ca"]["subject"], listed
+        assert "password" not in listed["credentials"]
+        # Edit: the UI disconnects, then sends the connection as it read it (no password,
+        # the CA as listed, its status), with the field changed.
+        await ui.request("disconnectServerFromBroker", connectionId="m20tls")
+        edited = {
+            **listed,
+            "credentials": {**listed["credentials"], "clientId": f"ui-edited-{_uid()}"},
+        }
+        modified = await ui.request("modifyConnection", oldConnectionId="m20tls", connection=edited)
+        assert not modified.get("error"), modified
+        again = await ui.request("connectServerToBroker", connectionId="m20tls", oneshot=True)
+        [after] = again["response"]
+        assert after["status"]["connected"] is True, after
+        assert after["credentials"]["clientId"] == edited["credentials"]["clientId"]
+        assert after["ca"]["fingerprintSha256"] == listed["ca"]["fingerprintSha256"]
+        # Without the CA the broker's certificate is not trusted: the CA is what connected.
+        untrusted = {k: v for k, v in connection.items() if k != "ca"}
+        refused = await ui.request("testConnection", connection=untrusted)
+        assert refused["response"]["connected"] is False, refused
 
 
 async def test_disconnect_client(ws_client: Client, ws_broker: MosquittoBroker) -> None:
