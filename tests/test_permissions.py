@@ -39,6 +39,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/plugins"): ALL,
     ("GET", "/api/update"): ALL,
     ("GET", "/api/client-control/ping"): ALL,
+    ("GET", "/api/tls/ping"): ALL,
     ("GET", "/api/connections"): READERS,
     ("POST", "/api/connections"): CONNECTION_WRITERS,
     ("GET", "/api/connections/{connectionId}"): READERS,

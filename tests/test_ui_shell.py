@@ -410,6 +410,8 @@ async def test_shell_endpoints_answer_json(client: Client, anon_client: Client) 
     assert await resp.json() == {"newsletterEndpointAvailable": False}
     assert await (await client.get("/api/plugins")).json() == []
     assert await (await client.get("/api/update")).json() == {}
+    # Enables the TLS fields of the UI's connection forms (mmc takes ca/cert/key).
+    assert await (await client.get("/api/tls/ping")).json() == {"pong": True}
     for path in (
         "/api/theme",
         "/api/config",
@@ -418,6 +420,7 @@ async def test_shell_endpoints_answer_json(client: Client, anon_client: Client) 
         "/api/plugins",
         "/api/update",
         "/api/client-control/ping",
+        "/api/tls/ping",
     ):
         resp = await anon_client.get(path, headers={"Accept": UI_CALL})
         body = await _error(resp, 401, "UNAUTHORIZED")

@@ -23,10 +23,11 @@ import pytest
 from mmc.appkeys import events_key
 from mmc.config import Settings
 from mmc.services.events import CONNECTIONS
-from testbed.mosquitto import Mosquitto, MosquittoBroker
+from testbed.mosquitto import Mosquitto, MosquittoBroker, TlsMaterial
 from tests.conftest import (
     Client,
     MakeClient,
+    b64,
     create_token,
     login,
     origin,
@@ -334,13 +335,151 @@ async def test_command_round_trip_and_its_audit_entry(
     assert not any("getClient" in r or "listClients" in r for r, _ in routes)
 
 
-async def test_no_broker_selected(ws_client: Client) -> None:
-    async with socket(ws_client) as ui:
+async def test_no_broker_selected(client: Client) -> None:
+    # No connection at all: nothing to fall back on.
+    async with socket(client) as ui:
         answer = await ui.command("dynamic-security", {"command": "listClients"})
         assert "connectToBroker" in _command_error(answer, "listClients")
         unknown = await ui.request("connectToBroker", brokerName="no such broker")
         assert _is_error(unknown)
         assert unknown["code"] == "NOT_FOUND"
+
+
+async def test_commands_before_connect_to_broker_follow_the_session(
+    make_client: MakeClient,
+    settings: Settings,
+    ws_broker: MosquittoBroker,
+    own_broker: MosquittoBroker,
+) -> None:
+    """A reload of /clients: the page sends its commands the moment the socket opens,
+    before the page load's connectToBroker; they go to the broker the session selected."""
+    admin = await make_client(settings)
+    await _add(admin, ws_broker, name=BROKER_NAME)
+    await _add(admin, own_broker, id="second", name="Second broker")
+    marker = f"only-on-second-{_uid()}"
+    created = await admin.post(
+        "/api/dynamic-security/second/command",
+        json={"command": "createClient", "username": marker, "password": "pw"},
+    )
+    assert created.status == 200, await created.text()
+    browser = await make_client(settings, authenticated=False)
+    await login(browser)
+    # The frames of the /clients page, as the UI sent them on a fresh socket.
+    page_frames: list[dict[str, Any]] = [
+        {"command": "listClients", "verbose": True, "count": 10, "offset": 0},
+        {"command": "listGroups", "verbose": False, "count": -1, "offset": 0},
+        {"command": "listRoles", "verbose": False, "count": -1, "offset": 0},
+    ]
+
+    async def fresh_page(ui: Socket) -> list[Any]:
+        ids = [f"50e1abb0-eeee-11f1-a308-3978955de68{i}" for i in range(len(page_frames))]
+        for frame_id, command in zip(ids, page_frames, strict=True):
+            await ui.send(
+                {"id": frame_id, "api": "dynamic-security", "type": "command", "command": command}
+            )
+        return [
+            _command_ok(await ui.answer(i), c["command"])
+            for i, c in zip(ids, page_frames, strict=True)
+        ]
+
+    # Nothing selected yet in this session: the broker the UI would pick itself, the
+    # first connected one.
+    async with socket(browser, origin(browser), path="/api/ws?authToken=undefined") as ui:
+        clients, groups, roles = await fresh_page(ui)
+        assert marker not in {c["username"] for c in clients["clients"]}
+        assert "groups" in groups
+        assert "roles" in roles
+        # The page load then selects the second broker for the session.
+        await ui.request("connectToBroker", brokerName="Second broker")
+    async with socket(browser, origin(browser), path="/api/ws?authToken=undefined") as ui:
+        clients, _, _ = await fresh_page(ui)
+        assert marker in {c["username"] for c in clients["clients"]}
+        # Its own selection wins once made.
+        await ui.request("connectToBroker", brokerName=BROKER_NAME)
+        listing = await ui.command("dynamic-security", {"command": "listClients"})
+        assert marker not in _command_ok(listing, "listClients")["clients"]
+
+
+async def test_missing_features_read_as_unavailable_by_the_ui(
+    ws_client: Client, own_broker: MosquittoBroker
+) -> None:
+    """The UI shows a page as "not available" only when the error of its first call
+    contains "Client: Timeout" (its reducer's test); any other error reads as "supported,
+    empty". So a broker without the plugin, and mmc's lack of premium features, carry it;
+    the plugin's own errors do not."""
+    await _add(ws_client, own_broker, id="bare", name="Bare broker")
+    mark = "Client: Timeout"
+    async with socket(ws_client) as ui:
+        await ui.request("connectToBroker", brokerName="Bare broker")
+        # A connection just made is still being probed (up to the probe time); the UI
+        # loads its pages on connections that are up.
+        await ui.command("cedalo/inspect", {"command": "listClients"})
+        # The page load's frames, as the UI sent them.
+        await ui.send(
+            {
+                "id": "416b3c50-eeee-11f1-a5b3-c12720866048",
+                "api": "cedalo/inspect",
+                "type": "command",
+                "command": {"command": "listClients", "verbose": True, "count": -1, "offset": 0},
+            }
+        )
+        await ui.send(
+            {
+                "id": "416fd030-eeee-11f1-a5b3-c12720866048",
+                "api": "stream-processing",
+                "type": "command",
+                "command": {"command": "listStreams", "verbose": True},
+            }
+        )
+        await ui.send(
+            {
+                "id": "40b5f610-eeee-11f1-a5b3-c12720866048",
+                "type": "request",
+                "request": "cluster-management/getClusters",
+            }
+        )
+        await ui.send(
+            {
+                "id": "40b9edb0-eeee-11f1-a5b3-c12720866048",
+                "type": "request",
+                "request": "listTestCollections",
+            }
+        )
+        started = time.monotonic()
+        inspect = await ui.answer("416b3c50-eeee-11f1-a5b3-c12720866048")
+        streams = await ui.answer("416fd030-eeee-11f1-a5b3-c12720866048")
+        clusters = await ui.answer("40b5f610-eeee-11f1-a5b3-c12720866048")
+        tests = await ui.answer("40b9edb0-eeee-11f1-a5b3-c12720866048")
+        # Within the UI's 1 s timeout of these calls.
+        assert time.monotonic() - started < 1.0
+        assert mark in _command_error(inspect, "listClients")
+        assert "inspect" in inspect["error"]
+        assert inspect["code"] == "NOT_FOUND"
+        assert mark in _command_error(streams, "listStreams")
+        assert mark in clusters["error"]
+        assert "premium" in clusters["error"]
+        assert mark in tests["error"]
+        assert "premium" in tests["error"]
+        # Dynamic security is there: answered, and its own "not found" is not a
+        # missing feature.
+        listing = await ui.command(
+            "dynamic-security", {"command": "listClients", "verbose": True, "count": 10}
+        )
+        assert _command_ok(listing, "listClients")["clients"]
+        missing = await ui.command(
+            "dynamic-security", {"command": "getClient", "username": f"nobody-{_uid()}"}
+        )
+        assert mark not in _command_error(missing, "getClient")
+        # An unknown request is not a missing feature either.
+        unknown = await ui.request("noSuchRequest")
+        assert unknown["error"] == "Unsupported request: noSuchRequest"
+    # On the broker with mmc's plugin, inspect answers.
+    async with socket(ws_client) as ui:
+        await ui.request("connectToBroker", brokerName=BROKER_NAME)
+        inspected = await ui.command(
+            "cedalo/inspect", {"command": "listClients", "verbose": True, "count": -1, "offset": 0}
+        )
+        assert _command_ok(inspected, "listClients")["clients"]
 
 
 async def test_commands_in_flight_are_answered_as_they_complete(
@@ -403,8 +542,17 @@ async def test_permissions_per_request_and_command(
         # Not even reads: the REST routes showing them need READ.
         listing = await ui.command("dynamic-security", {"command": "listClients"})
         assert listing["code"] == "NOT_ALLOWED"
-        connections = await ui.request("getBrokerConnections")
-        assert connections["code"] == "NOT_ALLOWED"
+        # The broker list, as GET /api/projects/{p}/brokers shows it to them: the UI's
+        # page load needs it (else it shows no broker at all), without credentials.
+        for name in ("getBrokerConnections", "getBrokerConfigurations"):
+            answer = await ui.request(name)
+            assert not answer.get("error"), answer
+            response = answer["response"]
+            listed = response if name == "getBrokerConnections" else response["connections"]
+            [conn] = listed
+            assert set(conn) == {"id", "name", "url", "projectId", "status"}, conn
+            assert conn["name"] == BROKER_NAME
+            assert conn["status"]["connected"] is True
         # system_status is for monitoring viewers too.
         status = await ui.event("system_status")
         assert status["_name"] == BROKER_NAME
@@ -633,6 +781,56 @@ async def test_connection_requests(client: Client, ws_broker: MosquittoBroker) -
     assert {"/api/ws createConnection", "/api/ws deleteConnection"} <= routes
 
 
+async def test_tls_connection_as_the_ui_makes_it(
+    client: Client, broker: MosquittoBroker, tls_material: TlsMaterial
+) -> None:
+    """The connection form with a CA file, once /api/tls/ping has enabled its TLS fields:
+    the frames of "Connect & Save", then an edit that sends back what the UI read."""
+    pong = await client.get("/api/tls/ping")
+    assert pong.status == 200
+    assert await pong.json() == {"pong": True}
+    connection = {
+        "id": "m20tls",
+        "name": "Mosquitto TLS",
+        "url": f"mqtts://localhost:{broker.tls_port}",
+        "credentials": {"username": broker.admin_username, "password": broker.admin_password},
+        "noMetricsMode": True,
+        "rejectUnauthorized": True,
+        "caFile": "tls-ca.pem",
+        "certFile": "",
+        "keyFile": "",
+        "ca": {"data": b64(tls_material.ca_cert), "encoding": "base64"},
+    }
+    async with socket(client) as ui:
+        created = await ui.request("createConnection", connection=connection)
+        assert not created.get("error"), created
+        tested = await ui.request("testConnection", connection=connection)
+        assert tested["response"] == {"connected": True}, tested
+        on = await ui.request("connectServerToBroker", connectionId="m20tls", oneshot=True)
+        [listed] = on["response"]
+        assert listed["status"]["connected"] is True, listed
+        assert listed["ca"]["subject"], listed
+        assert "password" not in listed["credentials"]
+        # Edit: the UI disconnects, then sends the connection as it read it (no password,
+        # the CA as listed, its status), with the field changed.
+        await ui.request("disconnectServerFromBroker", connectionId="m20tls")
+        edited = {
+            **listed,
+            "credentials": {**listed["credentials"], "clientId": f"ui-edited-{_uid()}"},
+        }
+        modified = await ui.request("modifyConnection", oldConnectionId="m20tls", connection=edited)
+        assert not modified.get("error"), modified
+        again = await ui.request("connectServerToBroker", connectionId="m20tls", oneshot=True)
+        [after] = again["response"]
+        assert after["status"]["connected"] is True, after
+        assert after["credentials"]["clientId"] == edited["credentials"]["clientId"]
+        assert after["ca"]["fingerprintSha256"] == listed["ca"]["fingerprintSha256"]
+        # Without the CA the broker's certificate is not trusted: the CA is what connected.
+        untrusted = {k: v for k, v in connection.items() if k != "ca"}
+        refused = await ui.request("testConnection", connection=untrusted)
+        assert refused["response"]["connected"] is False, refused
+
+
 async def test_disconnect_client(ws_client: Client, ws_broker: MosquittoBroker) -> None:
     async with socket(ws_client) as ui:
         await ui.request("connectToBroker", brokerName=BROKER_NAME)
@@ -649,7 +847,19 @@ async def test_disconnect_client(ws_client: Client, ws_broker: MosquittoBroker) 
                 "cedalo/inspect", {"command": "getClient", "clientid": identifier}
             )
             assert _command_ok(inspected, "getClient")
-            answer = await ui.request("disconnectClient", clientId=identifier)
+            # The frame exactly as the UI's inspection page sends it: besides `request`,
+            # a `command` that is a string (a command's body would be an object).
+            frame_id = "c6530500-eeef-11f1-9eb7-3bf7db05d65c"
+            await ui.send(
+                {
+                    "id": frame_id,
+                    "command": "disconnectClient",
+                    "type": "request",
+                    "request": "disconnectClient",
+                    "clientId": identifier,
+                }
+            )
+            answer = await ui.answer(frame_id)
             assert not answer.get("error"), answer
             assert answer["response"] is None, answer
 

@@ -115,6 +115,21 @@ async def update(request: web.Request) -> web.Response:
 
 
 @routes.get(
+    "/api/tls/ping",
+    Permission.SELF,
+    "Whether connections may carry TLS material (a CA, a client certificate and key): yes",
+    description=(
+        "The web UI enables the TLS fields of its connection forms (the files it sends as "
+        "ca, cert and key, {data, encoding: base64}, as the Connections API takes them) "
+        "only when this answers pong: true."
+    ),
+    responses={200: PongSchema()},
+)
+async def tls_ping(request: web.Request) -> web.Response:
+    return web.json_response({"pong": True})
+
+
+@routes.get(
     "/api/client-control/ping",
     Permission.SELF,
     "Whether the selected broker can disconnect clients (client control)",

@@ -40,7 +40,10 @@ class FrameSchema(Schema):
     type = fields.String(required=True, validate=validate.OneOf(FRAME_TYPES))
     request = fields.String(validate=validate.Length(min=1, max=64))
     api = fields.String(validate=validate.Length(min=1, max=64))
-    command = fields.Dict(keys=fields.String())
+    # A command's body (an object); a request may carry a string of the same name: the
+    # UI's disconnectClient request sends ``command: "disconnectClient"`` beside
+    # ``request``. Checked by type in _complete.
+    command = fields.Raw()
     # mmc's extension: the connection id a command goes to, instead of the socket's broker.
     broker = fields.String(validate=validate.Length(min=1, max=256))
 
@@ -52,7 +55,10 @@ class FrameSchema(Schema):
         if missing:
             raise ValidationError({name: ["Missing data for required field."] for name in missing})
         if kind == "command":
-            name = data["command"].get("command")
+            body = data["command"]
+            if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+                raise ValidationError({"command": ["Not a valid mapping type."]})
+            name = body.get("command")
             if not isinstance(name, str) or not 0 < len(name) <= 64:
                 raise ValidationError({"command": {"command": ["Must be a command name."]}})
 

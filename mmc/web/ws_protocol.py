@@ -16,6 +16,12 @@ that change something are written to the audit trail (method ``WS``, route
 and is answered when it completes; at most ``MAX_IN_FLIGHT`` at once per socket, beyond
 that the socket is not read (TCP pushes back on the client).
 
+Commands go to the socket's broker (``connectToBroker``); before that, to the one its
+session selected last, else to the first connected one: the UI's pages send their first
+commands as soon as the socket opens. An error about a feature the broker (or mmc) does not
+have carries "Client: Timeout" in its text, the one sign by which the UI shows a page as
+"not available" rather than empty (``UNAVAILABLE_MARK``).
+
 Events come from the event hub (mmc.services.events) through a bounded per-socket queue:
 ``connections`` once the socket has had its first ``getBrokerConnections`` answer (the UI
 drops one that comes earlier), ``system_status`` ``{_name, $SYS}`` of the socket's broker
@@ -58,6 +64,7 @@ from mmc.schemas.inspect import list_clients_query_schema
 from mmc.services.connections import ConnectionService
 from mmc.services.events import CONNECTIONS, SYSTEM_STATUS, TYPE_PERMISSIONS, Event, Selection
 from mmc.services.events import Subscriber as HubSubscriber
+from mmc.services.ui import default_selection, find
 from mmc.store.audit import AuditEntry
 from mmc.web import audit
 from mmc.web.auth import SESSION_COOKIE
@@ -86,13 +93,64 @@ PREMIUM_REQUESTS = frozenset(
         "getPlugins",
     }
 )
-PREMIUM_APIS = frozenset({"cluster-management", "stream-processing", "cedalo/stream-processing"})
+# Requests of the UI's premium pages: "cluster-management/getClusters" and the like.
+PREMIUM_REQUEST_PREFIXES = ("cluster-management/",)
+PREMIUM_REQUESTS_MORE = frozenset(
+    {
+        "listTests",
+        "getTest",
+        "getTestCollection",
+        "exportTestCollection",
+        "runTest",
+        "runTestCollection",
+        "sendTestRequest",
+        "loadPlugin",
+        "unloadPlugin",
+        "setPluginStatusAtNextStartup",
+        "restartBroker",
+    }
+)
+PREMIUM_APIS = frozenset(
+    {"cluster-management", "stream-processing", "cedalo/stream-processing", "cedalo/ha"}
+)
+# The UI tells "this broker lacks the feature" (its page then says "not available") from
+# "supported, nothing in it" by the error's text alone: its reducer looks for
+# "Client: Timeout", which the Cedalo MMC's backend answers when a broker does not reply
+# on a plugin's API. mmc knows within the probe time and says so, with that mark.
+UNAVAILABLE_MARK = "BaseMosquittoClient: Timeout"
+_NOT_ENABLED = frozenset({inspect.NOT_ENABLED, client_control.NOT_ENABLED})
+
+
+class Unavailable(NotFound):
+    """A feature this broker (or mmc: the Cedalo MMC's premium ones) does not have."""
+
+
+def _is_premium_request(name: str) -> bool:
+    return (
+        name in PREMIUM_REQUESTS
+        or name in PREMIUM_REQUESTS_MORE
+        or name.startswith(PREMIUM_REQUEST_PREFIXES)
+    )
+
+
+def _unavailable(error: MmcError) -> bool:
+    if isinstance(error, Unavailable):
+        return True
+    if not isinstance(error, NotFound):
+        return False
+    # The link's capability check (info names the feature) or a plugin's endpoint gone.
+    feature = isinstance(error.info, Mapping) and "feature" in error.info
+    return feature or error.message in _NOT_ENABLED
+
+
 _dynsec_command_schema = CommandSchema()
 
 
 def _error_text(error: MmcError) -> str:
     if isinstance(error, InvalidInput) and error.info:
         return f"{error.message}: {json.dumps(error.info, sort_keys=True)}"
+    if _unavailable(error):
+        return f"{error.message} ({UNAVAILABLE_MARK}: not available)"
     return error.message
 
 
@@ -302,12 +360,12 @@ class Channel:
         request_id = frame["id"]
         spec = REQUESTS.get(name)
         if spec is None:
-            message = (
-                f"{name} is a premium feature of the Cedalo MMC: mmc does not offer it"
-                if name in PREMIUM_REQUESTS
-                else f"Unsupported request: {name}"
+            refusal = (
+                Unavailable(f"{name} is a premium feature of the Cedalo MMC: mmc does not offer it")
+                if _is_premium_request(name)
+                else NotFound(f"Unsupported request: {name}")
             )
-            await self._send_error(request_id, NotFound(message))
+            await self._send_error(request_id, refusal)
             return
         started = time.perf_counter()
         error: MmcError | None = None
@@ -342,13 +400,27 @@ class Channel:
     # -- commands ---------------------------------------------------------------------
 
     def _link(self, frame: dict[str, Any]) -> BrokerLink:
-        connection_id = frame.get("broker") or self.selected
+        connection_id = frame.get("broker") or self.selected or self._session_selection()
         if connection_id is None:
             raise InvalidInput(
                 "No broker selected: send connectToBroker first, or name the connection "
                 "in the command's broker field"
             )
         return self.service.pool.require_connected(connection_id)
+
+    def _session_selection(self) -> str | None:
+        """Before its connectToBroker, the broker a socket's commands go to: the one its
+        session selected last, else the one the UI selects by itself. The UI's pages send
+        their first commands as soon as the socket opens (a reload of /clients asks
+        listClients before the page load selects a broker); the Cedalo MMC, with one
+        broker connection per backend, answers them from that broker."""
+        session_id = self.request.cookies.get(SESSION_COOKIE)
+        if session_id is not None:
+            wanted = self.app[ui_selections_key].selected(session_id)
+            if wanted is not None and (link := find(self.service.pool, wanted)) is not None:
+                return link.id
+        link = default_selection(self.service.pool)
+        return None if link is None else link.id
 
     async def _command(self, frame: dict[str, Any]) -> None:
         api: str = frame["api"]
@@ -363,11 +435,11 @@ class Channel:
         try:
             handler = COMMANDS.get(api)
             if handler is None:
-                raise NotFound(
-                    f"{api} is a premium feature of the Cedalo MMC: mmc does not offer it"
-                    if api in PREMIUM_APIS
-                    else f"Unsupported API: {api}"
-                )
+                if api in PREMIUM_APIS:
+                    raise Unavailable(
+                        f"{api} is a premium feature of the Cedalo MMC: mmc does not offer it"
+                    )
+                raise NotFound(f"Unsupported API: {api}")
             self._require(Permission.CONTROL if changes else Permission.READ)
             link = self._link(frame)
             target = {"brokerId": link.id, "projectId": link.record.project_id}
@@ -412,12 +484,25 @@ def _by_name(channel: Channel, name: str) -> BrokerLink:
     raise NotFound(f"Broker {name} not found")
 
 
+# What a monitoring viewer sees of a connection: what GET /api/projects/{p}/brokers shows
+# it (no credentials, no TLS options). The UI's page load stops, and shows no broker at
+# all, unless getBrokerConnections and getBrokerConfigurations succeed.
+MONITOR_FIELDS = ("id", "name", "url", "projectId", "status")
+
+
+def _visible(channel: Channel) -> list[dict[str, Any]]:
+    listing = channel.service.listing()
+    if allowed(channel.identity.roles, Permission.READ):
+        return listing
+    return [{k: c[k] for k in MONITOR_FIELDS if k in c} for c in listing]
+
+
 async def _get_connections(channel: Channel, fields: dict[str, Any]) -> Any:
-    return channel.service.listing()
+    return _visible(channel)
 
 
 async def _get_configurations(channel: Channel, fields: dict[str, Any]) -> Any:
-    return {"connections": channel.service.listing()}
+    return {"connections": _visible(channel)}
 
 
 async def _get_settings(channel: Channel, fields: dict[str, Any]) -> Any:
@@ -488,8 +573,8 @@ async def _disconnect_client(channel: Channel, fields: dict[str, Any]) -> Any:
 
 
 REQUESTS: dict[str, Request] = {
-    "getBrokerConnections": Request(Permission.READ, None, _get_connections),
-    "getBrokerConfigurations": Request(Permission.READ, None, _get_configurations),
+    "getBrokerConnections": Request(Permission.MONITOR, None, _get_connections),
+    "getBrokerConfigurations": Request(Permission.MONITOR, None, _get_configurations),
     "getSettings": Request(Permission.SELF, None, _get_settings),
     "updateSettings": Request(
         Permission.ADMIN, schemas.update_settings_schema, _update_settings, changes=True
