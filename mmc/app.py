@@ -177,6 +177,7 @@ async def connections_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = EventHub(
         pool,
         service.listing,
+        service.listing_json,
         buffer=settings.events_buffer,
         queue=settings.events_queue,
     )

@@ -219,15 +219,15 @@ async def test_system_status_of_many_links_made_a_few_a_loop_turn(
             await asyncio.sleep(0)
 
     hub = client.app[events_key]
-    publish = hub.publish
+    publish = hub._publish
     published_in_turn: list[int] = []
 
-    def recording_publish(type_: str, data: Any, **kwargs: Any) -> Any:
-        if type_ == "system_status":
+    def recording_publish(type_: str, make: Any, **kwargs: Any) -> Any:
+        if type_ == "system_status" and not stop.is_set():
             published_in_turn.append(turns)
-        return publish(type_, data, **kwargs)
+        return publish(type_, make, **kwargs)
 
-    monkeypatch.setattr(hub, "publish", recording_publish)
+    monkeypatch.setattr(hub, "_publish", recording_publish)
     counter = asyncio.get_running_loop().create_task(count_turns())
     try:
         async with stream(client, types="system_status") as events:

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from mmc.auth.permissions import Permission
@@ -64,16 +65,52 @@ def frame(event_id: int, name: str, data_json: str) -> bytes:
     return f"id: {event_id}\nevent: {name}\ndata: {data_json}\n\n".encode()
 
 
-@dataclass(frozen=True)
 class Event:
-    id: int
-    type: str
-    data: Any
-    frame: bytes
-    broker_id: str | None = None
-    project_id: str | None = None
-    # ``data`` as JSON, encoded once for every subscriber (WebSockets frame it their way).
-    text: str = ""
+    """One published event. Its data, JSON text and frame are made when first asked for,
+    once for every subscriber: with thousands of links, most system_status events are
+    read by no one (they wait in the buffer for a client resuming with Last-Event-ID),
+    and encoding each was most of what mmc did between $SYS rounds."""
+
+    __slots__ = ("_data", "_frame", "_make", "_text", "broker_id", "id", "project_id", "type")
+
+    def __init__(
+        self,
+        event_id: int,
+        type_: str,
+        make: Callable[[], Any],
+        *,
+        text: str | None = None,
+        broker_id: str | None = None,
+        project_id: str | None = None,
+    ) -> None:
+        self.id = event_id
+        self.type = type_
+        self.broker_id = broker_id
+        self.project_id = project_id
+        self._make: Callable[[], Any] | None = make
+        self._data: Any = None
+        self._text = text
+        self._frame: bytes | None = None
+
+    @property
+    def data(self) -> Any:
+        if self._make is not None:
+            self._data = self._make()
+            self._make = None
+        return self._data
+
+    @property
+    def text(self) -> str:
+        """``data`` as JSON (WebSockets frame it their way)."""
+        if self._text is None:
+            self._text = json.dumps(self.data)
+        return self._text
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = frame(self.id, self.type, self.text)
+        return self._frame
 
 
 @dataclass(frozen=True)
@@ -174,12 +211,15 @@ class EventHub:
         self,
         pool: BrokerPool,
         listing: Callable[[], list[dict[str, Any]]],
+        listing_json: Callable[[], str],
         *,
         buffer: int,
         queue: int,
     ) -> None:
         self._pool = pool
+        # GET /api/connections' list, and the same as JSON (what the events carry).
         self._listing = listing
+        self._listing_json = listing_json
         self._queue = queue
         self._buffer: deque[Event] = deque(maxlen=buffer)
         self._next_id = secrets.randbelow(2**51) + 1
@@ -219,14 +259,23 @@ class EventHub:
         *,
         broker_id: str | None = None,
         project_id: str | None = None,
-        text: str | None = None,
     ) -> Event:
+        return self._publish(type_, lambda: data, broker_id=broker_id, project_id=project_id)
+
+    def _publish(
+        self,
+        type_: str,
+        make: Callable[[], Any],
+        *,
+        text: str | None = None,
+        broker_id: str | None = None,
+        project_id: str | None = None,
+    ) -> Event:
+        """``make`` gives the event's data when it is first needed: it must not depend on
+        anything that changes after this call."""
         event_id = self._next_id
         self._next_id += 1
-        body = json.dumps(data) if text is None else text
-        event = Event(
-            event_id, type_, data, frame(event_id, type_, body), broker_id, project_id, body
-        )
+        event = Event(event_id, type_, make, text=text, broker_id=broker_id, project_id=project_id)
         self._buffer.append(event)
         for subscriber in list(self._subscribers):
             subscriber.offer(event)
@@ -239,11 +288,13 @@ class EventHub:
 
     def _flush_connections(self) -> None:
         self._connections_timer = None
-        listing = self._listing()
-        text = json.dumps(listing)
+        # Made from each connection's JSON, encoded once per change of it: with thousands
+        # of links coming back, one json.dumps of the whole list every 50 ms was a long
+        # stop of the loop.
+        text = self._listing_json()
         if text != self._last_connections:
             self._last_connections = text
-            self.publish(CONNECTIONS, listing, text=text)
+            self._publish(CONNECTIONS, partial(json.loads, text), text=text)
 
     def _link_status(self, link: BrokerLink) -> None:
         self.connections_changed()
@@ -298,12 +349,16 @@ class EventHub:
         if not link.sys_values:
             return
         self._sys_sent[link.id] = asyncio.get_running_loop().time()
-        self.publish(
-            SYSTEM_STATUS,
-            system_status(link),
-            broker_id=link.id,
-            project_id=link.record.project_id,
+        # The values as they are now (a copy: the link goes on updating its own).
+        make = partial(
+            _system_status,
+            link.id,
+            link.record.project_id,
+            link.record.name,
+            link.sys_updated_at or now_ms(),
+            dict(link.sys_values),
         )
+        self._publish(SYSTEM_STATUS, make, broker_id=link.id, project_id=link.record.project_id)
 
     def _client_event(self, link: BrokerLink, event: dict[str, Any]) -> None:
         data = {
@@ -414,10 +469,22 @@ class EventHub:
 
 
 def system_status(link: BrokerLink) -> dict[str, Any]:
+    return _system_status(
+        link.id,
+        link.record.project_id,
+        link.record.name,
+        link.sys_updated_at or now_ms(),
+        link.sys_values,
+    )
+
+
+def _system_status(
+    broker_id: str, project_id: str, name: str, date: int, values: Mapping[str, str]
+) -> dict[str, Any]:
     return {
-        "brokerId": link.id,
-        "projectId": link.record.project_id,
-        "name": link.record.name,
-        "date": link.sys_updated_at or now_ms(),
-        "topics": fold(link.sys_values),
+        "brokerId": broker_id,
+        "projectId": project_id,
+        "name": name,
+        "date": date,
+        "topics": fold(values),
     }
