@@ -73,7 +73,7 @@ class FleetSizes:
 
 FULL = FleetSizes()
 # Measured beside FULL, no target of its own: what an operator sizing mmc asks next.
-LARGE = replace(FULL, connections=5000, restarts=1, via_import=True)
+LARGE = replace(FULL, connections=5000, restarts=1, via_import=True, deadline=240.0)
 TINY = replace(
     FULL,
     connections=6,
@@ -483,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                 big_share=share,
                 restarts=args.restarts,
                 via_import=args.connections > FULL.connections,
+                deadline=max(FULL.deadline, args.connections * 0.048),
             )
         ]
     outs = []

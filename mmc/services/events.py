@@ -49,6 +49,7 @@ TYPE_PERMISSIONS: Mapping[str, Permission] = {
 }
 # Status changes arriving together (a hundred links dropping at once) make one event.
 CONNECTIONS_DELAY = 0.05
+CONNECTIONS_DELAY_PER_LINK = 0.00005
 # $SYS values come in a burst every sys_interval: gather it, then at most once a second.
 SYS_DELAY = 0.1
 SYS_INTERVAL = 1.0
@@ -284,7 +285,10 @@ class EventHub:
     def connections_changed(self) -> None:
         if self._connections_timer is None and not self._closed:
             loop = asyncio.get_running_loop()
-            self._connections_timer = loop.call_later(CONNECTIONS_DELAY, self._flush_connections)
+            # The list costs its length to make: with thousands of links coming and
+            # going, gather their changes longer (0.25 s at 5,000 links).
+            delay = max(CONNECTIONS_DELAY, CONNECTIONS_DELAY_PER_LINK * len(self._pool))
+            self._connections_timer = loop.call_later(delay, self._flush_connections)
 
     def _flush_connections(self) -> None:
         self._connections_timer = None
