@@ -2,8 +2,8 @@
 (``make bench-import``).
 
 A generated configuration (1,000 clients, 200 roles, 20 groups; every client with two roles
-and a group, every group with three roles) is imported through
-``POST .../dynsec/import`` into a fresh mosquitto 2.0 broker with dynamic security, then:
+and a group, every group with three roles) is imported through ``POST .../dynsec/import``
+into a fresh mosquitto 2.0 broker (``--mosquitto 2.1``: 2.1) with dynamic security, then:
 
 - *again*: the same document once more (nothing to change: the plan's export only);
 - *shrink*: the document without 40 of its roles, all of them held by clients or groups
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -38,13 +39,14 @@ import aiohttp
 
 from bench.common import connection_body, create_connection, machine
 from bench.mqtt_count import ControlCounter
-from testbed.mosquitto import HOST, MOSQUITTO_20, MosquittoBroker
+from testbed.mosquitto import HOST, MOSQUITTO_20, MOSQUITTO_VERSIONS, Mosquitto, MosquittoBroker
 from testbed.serve import REPO, MmcServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BROKER = "/api/projects/default/brokers/target"
 LISTINGS = ("listClients", "listGroups", "listRoles")
 STEPS = ("fresh", "again", "shrink", "envelope")
+REQUEST_TIMEOUT = 120
 
 
 def document(clients: int, roles: int, groups: int) -> dict[str, Any]:
@@ -114,10 +116,22 @@ def without_roles(doc: dict[str, Any], doomed: set[str]) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _step(
-    session: aiohttp.ClientSession, counter: ControlCounter, method: str, path: str, body: Any
+    session: aiohttp.ClientSession,
+    counter: ControlCounter,
+    method: str,
+    path: str,
+    body: Any,
+    pids: dict[str, int],
 ) -> tuple[dict[str, Any], Any]:
     counter.reset()
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     begin = time.perf_counter()
     async with session.request(method, path, json=body) as resp:
         answer = await resp.json()
@@ -127,6 +141,7 @@ async def _step(
     commands: Counter[str] = counter.commands
     return {
         "seconds": round(seconds, 3),
+        **{f"{name}_cpu": round(cpu_seconds(pid) - cpu[name], 2) for name, pid in pids.items()},
         "messages": counter.messages,
         "commands": sum(commands.values()),
         "listings": sum(commands[name] for name in LISTINGS),
@@ -135,11 +150,20 @@ async def _step(
 
 
 async def one_run(
-    code: Path, workdir: Path, clients: int, roles: int, groups: int
+    code: Path,
+    workdir: Path,
+    clients: int,
+    roles: int,
+    groups: int,
+    mosquitto: Mosquitto,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> dict[str, dict[str, Any]]:
     """Every step on a fresh broker and a fresh mmc running the code at ``code``."""
-    broker = MosquittoBroker(workdir / "broker", sys_interval=10, mosquitto=MOSQUITTO_20)
-    mmc = MmcServer(workdir / "mmc", env={"PYTHONPATH": str(code)})
+    broker = MosquittoBroker(workdir / "broker", sys_interval=10, mosquitto=mosquitto)
+    # mosquitto 2.0 rewrites its whole dynsec.json after every change: with 1,000 clients
+    # a message of 100 createClient takes it longer than the default 5 s request timeout.
+    env = {"PYTHONPATH": str(code), "MMC_REQUEST_TIMEOUT": str(request_timeout)}
+    mmc = MmcServer(workdir / "mmc", env=env)
     out: dict[str, dict[str, Any]] = {}
     try:
         broker.start()
@@ -147,6 +171,8 @@ async def one_run(
             mmc.start()
             await mmc.wait_ready()
             token = await mmc.admin_token()
+            assert broker.pid is not None
+            pids = {"mmc": mmc.pid, "broker": broker.pid}
             headers = {"Authorization": f"Bearer {token}"}
             timeout = aiohttp.ClientTimeout(total=600)
             async with aiohttp.ClientSession(
@@ -158,13 +184,13 @@ async def one_run(
                 await _until_dynsec(session)
                 doc = document(clients, roles, groups)
                 path = f"{BROKER}/dynsec/import"
-                out["fresh"], report = await _step(session, counter, "POST", path, doc)
+                out["fresh"], report = await _step(session, counter, "POST", path, doc, pids)
                 _check_report("fresh", report)
-                out["again"], report = await _step(session, counter, "POST", path, doc)
+                out["again"], report = await _step(session, counter, "POST", path, doc, pids)
                 _check_report("again", report, changed=False)
                 doomed = {r["rolename"] for r in doc["roles"][:40]}
                 out["shrink"], report = await _step(
-                    session, counter, "POST", path, without_roles(doc, doomed)
+                    session, counter, "POST", path, without_roles(doc, doomed), pids
                 )
                 _check_report("shrink", report)
                 # 40 more roles, each held by one client, deleted by one envelope.
@@ -174,7 +200,12 @@ async def one_run(
                     for i, r in enumerate(held)
                 ]
                 await _step(
-                    session, counter, "POST", f"{BROKER}/dynamic-security", {"commands": setup}
+                    session,
+                    counter,
+                    "POST",
+                    f"{BROKER}/dynamic-security",
+                    {"commands": setup},
+                    pids,
                 )
                 out["envelope"], answer = await _step(
                     session,
@@ -182,6 +213,7 @@ async def one_run(
                     "POST",
                     f"{BROKER}/dynamic-security",
                     {"commands": [{"command": "deleteRole", "rolename": r} for r in held]},
+                    pids,
                 )
                 failed = [r for r in answer["responses"] if "error" in r]
                 if failed:
@@ -226,14 +258,15 @@ def _spread(values: list[float]) -> str:
 def table(outcome: dict[str, Any]) -> str:
     variants: dict[str, list[dict[str, dict[str, Any]]]] = outcome["runs"]
     lines = [
-        "| step | code | wall s | MQTT messages | $CONTROL commands | listings |",
-        "|---|---|---:|---:|---:|---:|",
+        "| step | code | wall s | mmc CPU s | broker CPU s | MQTT messages "
+        "| $CONTROL commands | listings |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for step in STEPS:
         for name, runs in variants.items():
             cells = [
                 _spread([run[step][key] for run in runs])
-                for key in ("seconds", "messages", "commands", "listings")
+                for key in ("seconds", "mmc_cpu", "broker_cpu", "messages", "commands", "listings")
             ]
             lines.append(f"| {step} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -241,14 +274,17 @@ def table(outcome: dict[str, Any]) -> str:
 
 async def run(
     runs: int, before: Path | None, clients: int, roles: int, groups: int, workdir: Path,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, mosquitto: Mosquitto = MOSQUITTO_20,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> dict[str, Any]:  # fmt: skip
     codes = {"after": REPO} if before is None else {"before": before, "after": REPO}
     results: dict[str, list[dict[str, dict[str, Any]]]] = {name: [] for name in codes}
     started = time.monotonic()
     for i in range(runs):
         for name, code in codes.items():
-            result = await one_run(code, workdir / f"{name}-{i}", clients, roles, groups)
+            result = await one_run(
+                code, workdir / f"{name}-{i}", clients, roles, groups, mosquitto, request_timeout
+            )
             results[name].append(result)
             log(
                 f"  run {i + 1} {name:<6} "
@@ -260,8 +296,9 @@ async def run(
     return {
         "benchmark": "import",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(MOSQUITTO_20),
+        "machine": machine(mosquitto),
         "sizes": {"clients": clients, "roles": roles, "groups": groups, "runs": runs},
+        "request_timeout": request_timeout,
         "code": {name: str(code) for name, code in codes.items()},
         "runs": results,
         "seconds": round(time.monotonic() - started, 1),
@@ -274,15 +311,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of each code (default 3)")
     parser.add_argument("--before", type=Path, help="also run the mmc code at this checkout")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--mosquitto",
+        choices=sorted(MOSQUITTO_VERSIONS),
+        default="2.0",
+        help="the broker's version: Debian's 2.0, or 2.1 built by `make mosquitto-2.1`",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=REQUEST_TIMEOUT,
+        help=f"mmc's MMC_REQUEST_TIMEOUT (default {REQUEST_TIMEOUT:g} s; mmc's own is 5)",
+    )
     args = parser.parse_args(argv)
-    missing = MOSQUITTO_20.available()
+    mosquitto = MOSQUITTO_VERSIONS[args.mosquitto]
+    missing = mosquitto.available()
     if missing is not None:
         print(missing, file=sys.stderr)
         return 2
     sizes = (200, 50, 10) if args.quick else (1000, 200, 20)
     runs = 1 if args.quick else args.runs
     with tempfile.TemporaryDirectory(prefix="mmc-bench-import-") as tmp:
-        outcome = asyncio.run(run(runs, args.before, *sizes, Path(tmp)))
+        outcome = asyncio.run(
+            run(
+                runs,
+                args.before,
+                *sizes,
+                Path(tmp),
+                mosquitto=mosquitto,
+                request_timeout=args.request_timeout,
+            )
+        )
     print()
     print(table(outcome))
     path = args.json

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from bench import fleet
+from bench import fleet, import_cost, replicas
 from bench import run as api
 from bench.common import percentile
 
@@ -53,3 +53,28 @@ async def test_fleet_benchmark_runs(tmp_path: Path) -> None:
     assert outcome["listing"]["errors"] == 0
     assert outcome["rss_mb"] > 0
     assert "| all 6 connected" in fleet.report(outcome)
+
+
+async def test_import_benchmark_runs(tmp_path: Path) -> None:
+    """Tiny sizes; the proxy counts mmc's messages and commands on the wire."""
+    outcome = await import_cost.run(1, None, 45, 42, 4, tmp_path, log=lambda _: None)
+    [steps] = outcome["runs"]["after"]
+    assert set(steps) == set(import_cost.STEPS)
+    assert steps["again"]["commands"] == 5  # the plan's export, nothing else
+    assert steps["envelope"]["listings"] == 2  # 40 deleteRole: one listClients, one listGroups
+    assert steps["fresh"]["messages"] < steps["fresh"]["commands"] / 10
+    assert steps["fresh"]["broker_cpu"] >= 0
+    assert "| envelope | after |" in import_cost.table(outcome)
+
+
+async def test_replicas_benchmark_runs(tmp_path: Path) -> None:
+    outcome = await replicas.run(1, None, 0.5, tmp_path, log=lambda _: None)
+    [results] = outcome["runs"]["after"]
+    assert [r["case"].split(",")[0] for r in results] == [
+        "REST modifyClient",
+        "REST modifyClient",
+        "REST modifyClient",
+        "login store writes (reserve",
+    ]
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in results)
+    assert "| REST modifyClient, both replicas | after | 64 |" in replicas.table(outcome)

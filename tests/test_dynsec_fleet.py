@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from mmc.appkeys import connections_key
-from mmc.brokers.dynsec import Dynsec
+from mmc.brokers.dynsec import IMPORT_WINDOW, Dynsec
 from mmc.brokers.dynsec_plan import CLIENTS
 from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import Client, wait_until
@@ -395,6 +396,53 @@ async def test_an_import_checks_the_references_of_its_clients_once_per_phase(
     c7 = await call(client, "GET", f"{SRC}/clients/c7")
     assert sorted(r["rolename"] for r in c7["roles"]) == ["r7", "r8"]
     assert [g["groupname"] for g in c7["groups"]] == ["g2"]
+
+
+async def test_an_import_keeps_a_bounded_number_of_commands_in_flight(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """250 new clients with two roles and a group each (1,000 commands in their phase):
+    at most IMPORT_WINDOW are waiting for the broker at any moment, so none waits behind
+    the whole phase (mosquitto 2.0 runs a message's commands one by one, rewriting its
+    file after each: at 1,000 clients the last of a phase sent at once was answered after
+    the request timeout), and the phase still shares its messages."""
+    await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+    link = client.app[connections_key].pool.require("src")
+    roles = [{"rolename": f"r{i}", "acls": []} for i in range(10)]
+    groups = [{"groupname": f"g{i}", "roles": []} for i in range(5)]
+    clients = [
+        {
+            "username": f"c{i}",
+            "roles": [{"rolename": f"r{i % 10}"}, {"rolename": f"r{(i + 1) % 10}"}],
+            "groups": [{"groupname": f"g{i % 5}"}],
+        }
+        for i in range(250)
+    ]
+    most = 0
+    done = False
+
+    async def sample() -> None:
+        nonlocal most
+        while not done:
+            most = max(most, len(link.control._pending))
+            await asyncio.sleep(0)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    before = await _counts(client)
+    try:
+        report = await call(
+            client, "POST", f"{SRC}/import", {"roles": roles, "groups": groups, "clients": clients}
+        )
+    finally:
+        done = True
+        await sampler
+    after = await _counts(client)
+    assert report["errors"] == []
+    assert len(report["commands"]) == 10 + 5 + 250
+    assert 100 < most <= IMPORT_WINDOW
+    # 1,015 commands and the listings: about one message per 100.
+    assert after["messages"] - before["messages"] <= 30
+    assert len((await call(client, "GET", f"{SRC}/clients"))["clients"]) == 251
 
 
 async def test_an_import_whose_role_vanished_reports_the_client_it_could_not_create(

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmc.broker_strings import ascii_lower, command_problems
-from mmc.brokers.control import ControlChannel, error_for
+from mmc.brokers.control import MAX_BATCH, ControlChannel, error_for
 from mmc.brokers.dynsec_plan import Plan, PlanError, document_from, plan_import, summarize
 from mmc.brokers.link import BrokerLink
 from mmc.errors import InvalidInput, NotFound
@@ -61,6 +61,15 @@ WILDCARDS_ALWAYS = (
     "allowwildcardsubs false is not supported by this broker: mosquitto 2.0 lets every "
     "role subscribe with wildcards (2.1 or later needed)"
 )
+
+
+# Commands of an import phase in flight at once (a one-by-one command counts each of its
+# steps): two messages' worth, so one is on the way while the broker runs the other.
+# The plugin answers a message once it has run all of its commands, and mosquitto 2.0
+# rewrites its whole dynsec.json after each change: a phase of 1,000 new clients sent at
+# once left the last messages queued at the broker past the request timeout (5 s), and the
+# import answered 502 for a command the broker had not even read yet.
+IMPORT_WINDOW = 2 * MAX_BATCH
 
 
 def _present(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,6 +95,15 @@ def _one_by_one(command: Mapping[str, Any]) -> bool:
     return name in _ONE_BY_ONE and (
         "roles" in command or (name == "createclient" and "groups" in command)
     )
+
+
+def _steps(command: Mapping[str, Any]) -> int:
+    """The commands a command goes out as (at most): a one-by-one command is sent without
+    its lists, then one add per entry (and a modifyGroup reads its group first)."""
+    if not _one_by_one(command):
+        return 1
+    lists = (command.get(key) for key in ("roles", "groups"))
+    return 2 + sum(len(items) for items in lists if isinstance(items, list))
 
 
 def _sequential(command: Mapping[str, Any]) -> bool:
@@ -338,6 +356,36 @@ class Dynsec:
                 if "error" in entry:
                     return {"command": verb, "error": entry["error"]}
         return {"command": verb}
+
+    async def _windowed(
+        self, phase: Sequence[Mapping[str, Any]], existing: Existing | None
+    ) -> list[dict[str, Any]]:
+        """A phase's commands in chunks of up to MAX_BATCH steps (a one-by-one command
+        counts each of its steps), two chunks in flight at once: a chunk's commands start
+        together, so each of its steps travels in one message, and the broker has the next
+        chunk's first message while it runs this one's."""
+        chunks: list[list[int]] = [[]]
+        weight = 0
+        for i, command in enumerate(phase):
+            steps = _steps(command)
+            if chunks[-1] and weight + steps > MAX_BATCH:
+                chunks.append([])
+                weight = 0
+            chunks[-1].append(i)
+            weight += steps
+        entries: list[dict[str, Any]] = [{} for _ in phase]
+        in_flight = asyncio.Semaphore(IMPORT_WINDOW // MAX_BATCH)
+
+        async def run(chunk: list[int]) -> None:
+            async with in_flight:
+                found = await asyncio.gather(
+                    *(self.send(phase[i], existing=existing) for i in chunk)
+                )
+            for i, entry in zip(chunk, found, strict=True):
+                entries[i] = entry
+
+        await asyncio.gather(*(run(chunk) for chunk in chunks))
+        return entries
 
     async def _existing(self) -> Existing:
         """The roles and groups there are now: two listings, whatever a phase refers to."""
@@ -610,7 +658,7 @@ class Dynsec:
                 entries = await self._delete_roles(phase)
             else:
                 existing = await self._existing() if any(map(_one_by_one, phase)) else None
-                entries = await asyncio.gather(*(self.send(c, existing=existing) for c in phase))
+                entries = await self._windowed(phase, existing)
             for command, entry in zip(phase, entries, strict=True):
                 if "error" in entry:
                     report["errors"].append({**summarize(command), "error": entry["error"]})
