@@ -384,7 +384,15 @@ class Dynsec:
             for i, entry in zip(chunk, found, strict=True):
                 entries[i] = entry
 
-        await asyncio.gather(*(run(chunk) for chunk in chunks))
+        tasks = [asyncio.ensure_future(run(chunk)) for chunk in chunks]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # The import stops at its first failure (OUTCOME_UNKNOWN): the chunks not yet
+            # sent must not go out after its answer.
+            for task in tasks:
+                task.cancel()
+            raise
         return entries
 
     async def _existing(self) -> Existing:
