@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 .PHONY: help run test lint fmt check-system postgres clean plugin plugin-memcheck bench bench-fleet soak \
-	mosquitto-2.1
+	mosquitto-2.1 bench-import bench-replicas
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -144,6 +144,14 @@ bench: $(VENV)/.test-deps check-system plugin $(if $(findstring 2.1,$(BENCH_ARGS
 
 bench-fleet: $(VENV)/.test-deps check-system  ## 1,000 links in one mmc: start, memory, broker restart
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn); $(BIN)/python -m bench.fleet $(BENCH_ARGS)
+
+# BENCH_ARGS="--before /path/to/other/checkout" also runs that mmc code, alternating with
+# this one's (before/after in the same run); --quick is shorter.
+bench-import: $(VENV)/.test-deps check-system  ## import of 1,000 clients / 200 roles: time, MQTT messages, commands
+	$(BIN)/python -m bench.import_cost $(BENCH_ARGS)
+
+bench-replicas: $(VENV)/.test-deps check-system postgres  ## two replicas on one PostgreSQL: modifyClient at c=64, login writes
+	$(BIN)/python -m bench.replicas $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info plugin/*.so plugin/*.o

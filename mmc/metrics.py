@@ -99,6 +99,10 @@ class Metrics:
         self.control_requests = Counter(
             "mmc_control_requests", "$CONTROL requests", ["api", "command", "outcome"], registry=r
         )
+        # Messages, not commands: what batching saves shows as requests / messages.
+        self.control_messages = Counter(
+            "mmc_control_messages", "$CONTROL request messages published", ["api"], registry=r
+        )
         self.control_latency = Histogram(
             "mmc_control_request_duration_seconds",
             "$CONTROL request latency",
@@ -191,6 +195,9 @@ class Metrics:
             self._control[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_message(self, api: str, commands: int) -> None:
+        self.control_messages.labels(api).inc()
 
     def observe_link(self, connected: bool) -> None:
         self.link_changes.labels("up" if connected else "down").inc()

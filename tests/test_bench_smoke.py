@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from bench import fleet, publish
+from bench import fleet, import_cost, publish, replicas
 from bench import run as api
 from bench.common import percentile
 
@@ -85,3 +85,28 @@ def test_publish_benchmark_filters_do_not_match_its_topic() -> None:
     # Otherwise every case would deliver more copies than the one without subscriptions.
     topic = aiomqtt.Topic(publish.TOPIC)
     assert not any(topic.matches(f) for f in publish.other_filters(1000))
+
+
+async def test_import_benchmark_runs(tmp_path: Path) -> None:
+    """Tiny sizes; the proxy counts mmc's messages and commands on the wire."""
+    outcome = await import_cost.run(1, None, 45, 42, 4, tmp_path, log=lambda _: None)
+    [steps] = outcome["runs"]["after"]
+    assert set(steps) == set(import_cost.STEPS)
+    assert steps["again"]["commands"] == 5  # the plan's export, nothing else
+    assert steps["envelope"]["listings"] == 2  # 40 deleteRole: one listClients, one listGroups
+    assert steps["fresh"]["messages"] < steps["fresh"]["commands"] / 10
+    assert steps["fresh"]["broker_cpu"] >= 0
+    assert "| envelope | after |" in import_cost.table(outcome)
+
+
+async def test_replicas_benchmark_runs(tmp_path: Path) -> None:
+    outcome = await replicas.run(1, None, 0.5, tmp_path, log=lambda _: None)
+    [results] = outcome["runs"]["after"]
+    assert [r["case"].split(",")[0] for r in results] == [
+        "REST modifyClient",
+        "REST modifyClient",
+        "REST modifyClient",
+        "login store writes (reserve",
+    ]
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in results)
+    assert "| REST modifyClient, both replicas | after | 64 |" in replicas.table(outcome)

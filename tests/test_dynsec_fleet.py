@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import pytest
 
 from mmc.appkeys import connections_key
+from mmc.brokers.dynsec import IMPORT_WINDOW, Dynsec
+from mmc.brokers.dynsec_plan import CLIENTS
 from testbed.mosquitto import Mosquitto, MosquittoBroker
 from tests.conftest import Client, wait_until
 from tests.dynsec_helpers import call, can_login, connect, dynsec_path
@@ -292,11 +295,176 @@ async def test_project_apply_validation(client: Client, broker: MosquittoBroker)
     assert missing["message"] == "Project nobody has no brokers"
 
 
-def _listings(metrics: str) -> float:
-    """listClients commands sent so far (mmc's own counter)."""
-    prefix = 'mmc_control_requests_total{api="dynamic-security",command="listClients",outcome="ok"}'
+def _listings(metrics: str, command: str = "listClients") -> float:
+    """``command`` commands sent so far (mmc's own counter)."""
+    prefix = (
+        f'mmc_control_requests_total{{api="dynamic-security",command="{command}",outcome="ok"}}'
+    )
     lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
     return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def _messages(metrics: str) -> float:
+    """$CONTROL messages published on the dynamic-security API so far."""
+    prefix = 'mmc_control_messages_total{api="dynamic-security"}'
+    lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+async def _counts(client: Client) -> dict[str, float]:
+    metrics = await (await client.get("/metrics")).text()
+    counted = ("listClients", "listGroups", "listRoles", "getRole", "getGroup")
+    return {"messages": _messages(metrics)} | {c: _listings(metrics, c) for c in counted}
+
+
+async def test_a_deleterole_envelope_lists_the_holders_once(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """40 deleteRole in one envelope: their holders are found with one listing of clients
+    and one of groups (not 40 of each), each role is taken from them and deleted, and
+    every command has its own answer, in order."""
+    await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+    roles = [f"r{i}" for i in range(40)]
+    await run(client, "src", [{"command": "createRole", "rolename": r} for r in roles])
+    await run(
+        client,
+        "src",
+        [
+            {"command": "createClient", "username": "holder", "password": "p"},
+            {"command": "createGroup", "groupname": "g"},
+            *(
+                {"command": "addClientRole", "username": "holder", "rolename": r}
+                for r in roles[:10]
+            ),
+            *({"command": "addGroupRole", "groupname": "g", "rolename": r} for r in roles[10:20]),
+        ],
+    )
+    before = await _counts(client)
+    deletes = [{"command": "deleteRole", "rolename": r} for r in [*roles, "missing"]]
+    answer = await call(
+        client,
+        "POST",
+        f"/api/projects/{PROJECT}/brokers/src/dynamic-security",
+        {"commands": [{"command": "listRoles"}, *deletes, {"command": "listRoles"}]},
+    )
+    after = await _counts(client)
+    responses = answer["responses"]
+    assert [r["command"] for r in responses] == ["listRoles"] + ["deleteRole"] * 41 + ["listRoles"]
+    assert [r for r in responses[1:-1] if "error" in r] == [
+        {"command": "deleteRole", "error": "Role not found"}
+    ]
+    assert len(responses[0]["data"]["roles"]) == 41  # admin and the 40: read before
+    assert responses[-1]["data"]["roles"] == ["admin"]  # and after
+    assert after["listClients"] - before["listClients"] == 1
+    assert after["listGroups"] - before["listGroups"] == 1
+    assert (await call(client, "GET", f"{SRC}/clients/holder"))["roles"] == []
+    assert (await call(client, "GET", f"{SRC}/groups/g"))["roles"] == []
+    assert own_broker.is_running
+
+
+async def test_an_import_checks_the_references_of_its_clients_once_per_phase(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """Creating 60 clients, each with roles and a group, reads which roles and groups
+    exist once per phase (listRoles, listGroups), not with a getRole per role of each
+    client and a getGroup per group; the commands share MQTT messages."""
+    await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+    roles = [{"rolename": f"r{i}", "acls": []} for i in range(10)]
+    groups = [{"groupname": f"g{i}", "roles": [{"rolename": f"r{i}"}]} for i in range(5)]
+    clients = [
+        {
+            "username": f"c{i}",
+            "password": "p",
+            "roles": [{"rolename": f"r{i % 10}"}, {"rolename": f"r{(i + 1) % 10}"}],
+            "groups": [{"groupname": f"g{i % 5}"}],
+        }
+        for i in range(60)
+    ]
+    before = await _counts(client)
+    report = await call(
+        client, "POST", f"{SRC}/import", {"roles": roles, "groups": groups, "clients": clients}
+    )
+    after = await _counts(client)
+    assert report["errors"] == []
+    assert after["getRole"] - before["getRole"] == 0
+    assert after["getGroup"] - before["getGroup"] == 0
+    # The export, then the groups' phase and the clients' phase.
+    assert after["listRoles"] - before["listRoles"] == 3
+    assert after["listGroups"] - before["listGroups"] == 3
+    # 10 roles, 5 groups, 60 clients and their 180 references: a few messages, not 255.
+    assert after["messages"] - before["messages"] <= 12
+    c7 = await call(client, "GET", f"{SRC}/clients/c7")
+    assert sorted(r["rolename"] for r in c7["roles"]) == ["r7", "r8"]
+    assert [g["groupname"] for g in c7["groups"]] == ["g2"]
+
+
+async def test_an_import_keeps_a_bounded_number_of_commands_in_flight(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """250 new clients with two roles and a group each (1,000 commands in their phase):
+    at most IMPORT_WINDOW are waiting for the broker at any moment, so none waits behind
+    the whole phase (mosquitto 2.0 runs a message's commands one by one, rewriting its
+    file after each: at 1,000 clients the last of a phase sent at once was answered after
+    the request timeout), and the phase still shares its messages."""
+    await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+    link = client.app[connections_key].pool.require("src")
+    roles = [{"rolename": f"r{i}", "acls": []} for i in range(10)]
+    groups = [{"groupname": f"g{i}", "roles": []} for i in range(5)]
+    clients = [
+        {
+            "username": f"c{i}",
+            "roles": [{"rolename": f"r{i % 10}"}, {"rolename": f"r{(i + 1) % 10}"}],
+            "groups": [{"groupname": f"g{i % 5}"}],
+        }
+        for i in range(250)
+    ]
+    most = 0
+    done = False
+
+    async def sample() -> None:
+        nonlocal most
+        while not done:
+            most = max(most, len(link.control._pending))
+            await asyncio.sleep(0)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    before = await _counts(client)
+    try:
+        report = await call(
+            client, "POST", f"{SRC}/import", {"roles": roles, "groups": groups, "clients": clients}
+        )
+    finally:
+        done = True
+        await sampler
+    after = await _counts(client)
+    assert report["errors"] == []
+    assert len(report["commands"]) == 10 + 5 + 250
+    assert 100 < most <= IMPORT_WINDOW
+    # 1,015 commands and the listings: about one message per 100.
+    assert after["messages"] - before["messages"] <= 30
+    assert len((await call(client, "GET", f"{SRC}/clients"))["clients"]) == 251
+
+
+async def test_an_import_whose_role_vanished_reports_the_client_it_could_not_create(
+    client: Client, own_broker: MosquittoBroker
+) -> None:
+    """The phase's listing stands in for a getRole per client: a role that is not there
+    when the clients' phase begins fails their createClient before anything changes, as
+    the plugin would, and the report says so."""
+    await connect(client, own_broker, id="src", name="Source", projectId=PROJECT)
+    await run(client, "src", [{"command": "createRole", "rolename": "present"}])
+    ds = await Dynsec.of(client.app[connections_key].pool.require("src"))
+    plan = await ds.plan(
+        {"clients": [{"username": "c", "password": "p", "roles": [{"rolename": "present"}]}]},
+        protected_client="admin",
+    )
+    await run(client, "src", [{"command": "deleteRole", "rolename": "present"}])
+    existing = await ds._existing()
+    [command] = plan.phases[CLIENTS]
+    entry = await ds.send(command, existing=existing)
+    assert entry == {"command": "createClient", "error": "Role not found"}
+    missing = await client.get(f"{SRC}/clients/c")
+    assert missing.status == 404
 
 
 async def test_an_import_deleting_many_roles_lists_their_holders_once(

@@ -36,6 +36,9 @@ class AttemptClock:
     def observe_control(self, api: str, command: str, outcome: str, seconds: float) -> None:
         pass
 
+    def observe_message(self, api: str, commands: int) -> None:
+        pass
+
 
 def _link(broker: MosquittoBroker, options: LinkOptions, observer: AttemptClock) -> BrokerLink:
     record = LinkConfig(

@@ -202,6 +202,33 @@ async def test_two_replicas_share_connections_sessions_and_throttling(
             assert (await call(session, "POST", f"{replica.base_url}/auth", json=right))[0] == 429
 
 
+async def test_guesses_sent_at_once_to_two_replicas_stop_at_the_limit(
+    spawn: Spawn, pg_url: str
+) -> None:
+    """20 wrong passwords at once, half through each replica: the counters are row-local
+    (no store-wide lock), and still exactly login_max_failures (5) are checked, the others
+    refused; then the right password is refused on both."""
+    a = spawn("a", pg_url)
+    await a.wait_ready()  # one of them creates the admin
+    b = spawn("b", pg_url)
+    await b.wait_ready()
+    async with aiohttp.ClientSession() as session:
+        wrong = {"username": "admin", "password": "not-the-password"}
+        answers = await asyncio.gather(
+            *(
+                call(session, "POST", f"{replica.base_url}/auth", json=wrong)
+                for replica in [a, b] * 10
+            )
+        )
+        statuses = sorted(status for status, _ in answers)
+        assert statuses == [401] * Settings.login_max_failures + [429] * (
+            20 - Settings.login_max_failures
+        ), statuses
+        right = {"username": "admin", "password": ADMIN_PASSWORD}
+        for replica in (a, b):
+            assert (await call(session, "POST", f"{replica.base_url}/auth", json=right))[0] == 429
+
+
 async def test_the_other_replica_serves_everything_when_one_is_killed(
     spawn: Spawn, pg_url: str, own_broker: MosquittoBroker
 ) -> None:

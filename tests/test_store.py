@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from mmc.clock import now_ms
 from mmc.config import Settings
 from mmc.crypto import SecretBox
 from mmc.errors import Conflict, InvalidInput, NotAllowed, StoreUnavailable
@@ -20,6 +21,7 @@ from mmc.store.login_failures import Limit, LoginFailureRepository
 from mmc.store.migrations import MIGRATIONS
 from mmc.store.postgres import PostgresDatabase, dialect, redact
 from mmc.store.projects import ProjectRepository
+from mmc.store.sessions import SessionRepository
 from mmc.store.users import UserRepository
 from tests.conftest import BACKENDS, SECRET_KEY, wait_until
 from tests.tcp_proxy import TcpProxy
@@ -241,6 +243,76 @@ async def test_login_attempts_are_reserved_atomically(settings: Settings) -> Non
         )
         assert row is not None
         assert row[0] == 1
+
+
+@pytest.mark.backends("postgresql")
+async def test_row_local_writes_do_not_wait_for_the_store_wide_lock(settings: Settings) -> None:
+    """While one replica holds the store-wide write lock (a long check-then-write), the
+    other still records logins and session activity: those writes concern their own rows
+    only. A serialised write does wait, as before."""
+    async with open_database(settings) as one, open_database(settings) as two:
+        await UserRepository(one).insert("ann", "old-hash", ("admin",))
+        sessions = SessionRepository(two)
+        await sessions.create("gone", "ann")
+        failures = LoginFailureRepository(two)
+        pair = {"pair:10.0.0.1 ann": Limit(5, 60_000, 30_000)}
+        async with one.transaction():  # holds the advisory lock until the block ends
+
+            async def row_local() -> None:
+                await failures.reserve(pair, "user:ann", 1000, window=60_000)
+                await failures.succeeded("pair:10.0.0.1 ann", ["user:ann"], 1001)
+                await sessions.create("s1", "ann")
+                await sessions.touch("s1", now_ms() + 1000)
+                await sessions.delete("gone")
+                assert await UserRepository(two).replace_hash("ann", "old-hash", "new-hash")
+                await failures.purge(0, 2000)
+
+            await asyncio.wait_for(row_local(), timeout=3)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(two.set_meta("probe", "x"), timeout=0.5)
+        assert await two.get_meta("probe") is None
+        assert {s.id_hash for s in [await sessions.get("s1")] if s} == {"s1"}
+        assert await sessions.get("gone") is None
+
+
+async def test_a_session_touch_never_goes_back_in_time(db: Database) -> None:
+    """Two replicas touching one session with their own clocks: the later time stays."""
+    await UserRepository(db).insert("ann", "hash", ("admin",))
+    sessions = SessionRepository(db)
+    created = await sessions.create("s", "ann")
+    await sessions.touch("s", created.last_seen + 5000)
+    await sessions.touch("s", created.last_seen + 2000)  # a replica a little behind
+    touched = await sessions.get("s")
+    assert touched is not None
+    assert touched.last_seen == created.last_seen + 5000
+
+
+async def test_concurrent_attempts_and_successes_never_deadlock(settings: Settings) -> None:
+    """Attempts and successes on overlapping subjects, at once through two stores, none of
+    them serialised store-wide: each takes its rows in one order, so none waits for the
+    other crosswise (PostgreSQL would abort one after deadlock_timeout), and every attempt
+    on the username is counted once, less the ones given back."""
+    async with open_database(settings) as one, open_database(settings) as two:
+        repos = [LoginFailureRepository(one), LoginFailureRepository(two)]
+        limits = {
+            "addr:10.0.0.2": Limit(1000, 60_000, 1000),
+            "pair:10.0.0.2 ann": Limit(1000, 60_000, 1000),
+        }
+
+        async def attempt(i: int) -> None:
+            repo = repos[i % 2]
+            reservation = await repo.reserve(limits, "user:ann", 1000 + i, window=60_000)
+            assert reservation.allowed
+            if i % 3 == 0:
+                await repo.succeeded("pair:10.0.0.2 ann", ["addr:10.0.0.2", "user:ann"], 1000)
+            await repo.purge(0, 1000)
+
+        await asyncio.wait_for(asyncio.gather(*(attempt(i) for i in range(60))), timeout=20)
+        row = await one.fetch_one(
+            "SELECT failures FROM login_failures WHERE subject = ?", ("user:ann",)
+        )
+        assert row is not None
+        assert row[0] == 60 - 20
 
 
 async def test_an_address_lock_survives_a_success(db: Database) -> None:

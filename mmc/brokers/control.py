@@ -149,6 +149,9 @@ class Publisher(Protocol):
 class ControlObserver(Protocol):
     def observe_control(self, api: str, command: str, outcome: str, seconds: float) -> None: ...
 
+    def observe_message(self, api: str, commands: int) -> None:
+        """One MQTT message of ``commands`` commands went out on ``$CONTROL/<api>/v1``."""
+
 
 def error_for(command: str, message: str) -> ControlError:
     """Map a plugin's error string to the typed error the API renders."""
@@ -371,6 +374,8 @@ class ControlChannel:
             publisher.publish(request_topic(api), payload)
             # Queued on the socket: from now on the broker may apply them.
             self._sent.update(cmd["correlationData"] for cmd in batch)
+            if self._observer is not None:
+                self._observer.observe_message(api, len(batch))
         except Exception as exc:  # noqa: BLE001 - every failure must reach the waiting callers
             error = (
                 exc

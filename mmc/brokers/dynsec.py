@@ -37,10 +37,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mmc.broker_strings import ascii_lower, command_problems
-from mmc.brokers.control import ControlChannel, error_for
+from mmc.brokers.control import MAX_BATCH, ControlChannel, error_for
 from mmc.brokers.dynsec_plan import Plan, PlanError, document_from, plan_import, summarize
 from mmc.brokers.link import BrokerLink
 from mmc.errors import InvalidInput, NotFound
@@ -60,6 +61,15 @@ WILDCARDS_ALWAYS = (
     "allowwildcardsubs false is not supported by this broker: mosquitto 2.0 lets every "
     "role subscribe with wildcards (2.1 or later needed)"
 )
+
+
+# Commands of an import phase in flight at once (a one-by-one command counts each of its
+# steps): two messages' worth, so one is on the way while the broker runs the other.
+# The plugin answers a message once it has run all of its commands, and mosquitto 2.0
+# rewrites its whole dynsec.json after each change: a phase of 1,000 new clients sent at
+# once left the last messages queued at the broker past the request timeout (5 s), and the
+# import answered 502 for a command the broker had not even read yet.
+IMPORT_WINDOW = 2 * MAX_BATCH
 
 
 def _present(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,6 +95,15 @@ def _one_by_one(command: Mapping[str, Any]) -> bool:
     return name in _ONE_BY_ONE and (
         "roles" in command or (name == "createclient" and "groups" in command)
     )
+
+
+def _steps(command: Mapping[str, Any]) -> int:
+    """The commands a command goes out as (at most): a one-by-one command is sent without
+    its lists, then one add per entry (and a modifyGroup reads its group first)."""
+    if not _one_by_one(command):
+        return 1
+    lists = (command.get(key) for key in ("roles", "groups"))
+    return 2 + sum(len(items) for items in lists if isinstance(items, list))
 
 
 def _sequential(command: Mapping[str, Any]) -> bool:
@@ -157,6 +176,18 @@ def _priority(ref: Mapping[str, Any]) -> int:
     return int(value)
 
 
+@dataclass
+class Existing:
+    """Names of the roles and groups on the broker, listed once for a phase of an import
+    (whose commands create no role, and groups only in the phase before their clients').
+    Kept current as the phase creates groups. A change by someone else in the meantime
+    is not seen: a role deleted then fails its add command instead (reported as the
+    command's error), as it would have between a getRole and the add."""
+
+    roles: set[str]
+    groups: set[str]
+
+
 class Dynsec:
     def __init__(self, channel: ControlChannel) -> None:
         self.channel = channel
@@ -169,12 +200,17 @@ class Dynsec:
 
     # ------------------------------------------------------------ transport
 
-    async def send(self, command: Mapping[str, Any]) -> dict[str, Any]:
-        """Send one command and return the plugin's raw response entry, error or not."""
+    async def send(
+        self, command: Mapping[str, Any], *, existing: Existing | None = None
+    ) -> dict[str, Any]:
+        """Send one command and return the plugin's raw response entry, error or not.
+
+        ``existing``: the roles and groups known to exist (an import lists them once per
+        phase), instead of one getRole or getGroup per name the command refers to."""
         check_commands([command])
         name = _lower(command)
         if _one_by_one(command):
-            return await self._lists_one_by_one(command)
+            return await self._lists_one_by_one(command, existing)
         if name == "modifyclient" and isinstance(command.get("roles"), list):
             # The plugin changes the text fields, client id and password before it finds
             # that a role is missing: answer "Role not found" before anything changes.
@@ -200,13 +236,26 @@ class Dynsec:
         check_commands(commands)
         entries: list[dict[str, Any]] = []
         batch: list[Mapping[str, Any]] = []
+        deletes: list[Mapping[str, Any]] = []
         for command in commands:
+            if _lower(command) == "deleterole":
+                entries += await asyncio.gather(*(self.send(c) for c in batch))
+                batch = []
+                # Consecutive ones together: one listing finds the holders of them all
+                # (taking a role away before the previous one is deleted changes neither).
+                deletes.append(command)
+                continue
+            if deletes:
+                entries += await self._delete_roles(deletes)
+                deletes = []
             if _sequential(command):
                 entries += await asyncio.gather(*(self.send(c) for c in batch))
                 batch = []
                 entries.append(await self.send(command))
             else:
                 batch.append(command)
+        if deletes:
+            entries += await self._delete_roles(deletes)
         entries += await asyncio.gather(*(self.send(c) for c in batch))
         return entries
 
@@ -225,14 +274,20 @@ class Dynsec:
         data = entry.get("data")
         return data if isinstance(data, dict) else {}
 
-    async def _all_exist(self, kind: str, names: set[str]) -> bool:
+    async def _all_exist(
+        self, kind: str, names: set[str], existing: Existing | None = None
+    ) -> bool:
+        if existing is not None:
+            return names <= (existing.roles if kind == "roles" else existing.groups)
         get, key = ("getRole", "rolename") if kind == "roles" else ("getGroup", "groupname")
         checks = await asyncio.gather(
             *(self.channel.send(API, {"command": get, key: n}) for n in names)
         )
         return not any("error" in c for c in checks)
 
-    async def _lists_one_by_one(self, command: Mapping[str, Any]) -> dict[str, Any]:
+    async def _lists_one_by_one(
+        self, command: Mapping[str, Any], existing: Existing | None = None
+    ) -> dict[str, Any]:
         """createClient, createGroup or modifyGroup with lists, in a form 2.0.x survives.
 
         mosquitto 2.0.11 fills (createClient, createGroup) or replaces (modifyGroup) the
@@ -273,14 +328,16 @@ class Dynsec:
                 return {"command": verb, "error": found["error"]}
             group = (found.get("data") or {}).get("group") or {}
             have = {str(r["rolename"]): _priority(r) for r in group.get("roles", [])}
-        if not await self._all_exist("roles", set(want)):
+        if not await self._all_exist("roles", set(want), existing):
             return {"command": verb, "error": "Role not found"}
-        if not await self._all_exist("groups", set(groups)):
+        if not await self._all_exist("groups", set(groups), existing):
             return {"command": verb, "error": "Group not found"}
         if name != "modifygroup" or set(rest) - {"command", key, "correlationData"}:
             entry = await self.channel.send(API, rest)
             if "error" in entry:
                 return {"command": verb, "error": entry["error"]}
+            if existing is not None and name == "creategroup":
+                existing.groups.add(owner)
         removes = [
             {"command": remove, key: owner, "rolename": r}
             for r, p in have.items()
@@ -299,6 +356,49 @@ class Dynsec:
                 if "error" in entry:
                     return {"command": verb, "error": entry["error"]}
         return {"command": verb}
+
+    async def _windowed(
+        self, phase: Sequence[Mapping[str, Any]], existing: Existing | None
+    ) -> list[dict[str, Any]]:
+        """A phase's commands in chunks of up to MAX_BATCH steps (a one-by-one command
+        counts each of its steps), two chunks in flight at once: a chunk's commands start
+        together, so each of its steps travels in one message, and the broker has the next
+        chunk's first message while it runs this one's."""
+        chunks: list[list[int]] = [[]]
+        weight = 0
+        for i, command in enumerate(phase):
+            steps = _steps(command)
+            if chunks[-1] and weight + steps > MAX_BATCH:
+                chunks.append([])
+                weight = 0
+            chunks[-1].append(i)
+            weight += steps
+        entries: list[dict[str, Any]] = [{} for _ in phase]
+        in_flight = asyncio.Semaphore(IMPORT_WINDOW // MAX_BATCH)
+
+        async def run(chunk: list[int]) -> None:
+            async with in_flight:
+                found = await asyncio.gather(
+                    *(self.send(phase[i], existing=existing) for i in chunk)
+                )
+            for i, entry in zip(chunk, found, strict=True):
+                entries[i] = entry
+
+        tasks = [asyncio.ensure_future(run(chunk)) for chunk in chunks]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # The import stops at its first failure (OUTCOME_UNKNOWN): the chunks not yet
+            # sent must not go out after its answer.
+            for task in tasks:
+                task.cancel()
+            raise
+        return entries
+
+    async def _existing(self) -> Existing:
+        """The roles and groups there are now: two listings, whatever a phase refers to."""
+        roles, groups = await asyncio.gather(self.list_roles(), self.list_groups())
+        return Existing(set(map(str, roles["roles"])), set(map(str, groups["groups"])))
 
     async def _detach_roles(self, rolenames: set[str]) -> None:
         """Take the roles away from every client and group that holds them (one listing of
@@ -565,7 +665,8 @@ class Dynsec:
                 check_commands(phase)
                 entries = await self._delete_roles(phase)
             else:
-                entries = await asyncio.gather(*(self.send(c) for c in phase))
+                existing = await self._existing() if any(map(_one_by_one, phase)) else None
+                entries = await self._windowed(phase, existing)
             for command, entry in zip(phase, entries, strict=True):
                 if "error" in entry:
                     report["errors"].append({**summarize(command), "error": entry["error"]})

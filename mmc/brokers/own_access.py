@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmc.brokers.dynsec import Dynsec
+from mmc.brokers.dynsec import Dynsec, Existing
 from mmc.errors import Conflict, InvalidInput
 
 # What mmc needs to use the dynamic-security API: send requests, be sent the responses,
@@ -698,9 +698,11 @@ class Recorder(Dynsec):
         self._ds = ds
         self.commands: list[dict[str, Any]] = []
 
-    async def send(self, command: Mapping[str, Any]) -> dict[str, Any]:
+    async def send(
+        self, command: Mapping[str, Any], *, existing: Existing | None = None
+    ) -> dict[str, Any]:
         if _lower(command).startswith(_READS):
-            return await self._ds.send(command)
+            return await self._ds.send(command, existing=existing)
         self.commands.append(dict(command))
         return {"command": command.get("command")}
 

@@ -63,9 +63,9 @@ class Database(abc.ABC):
     """Reads run on their own; writes go through ``transaction()``.
 
     Write transactions are serialised store-wide (SQLite: one writer; PostgreSQL: an
-    advisory lock, unless a transaction says it checks nothing), so a check inside one
-    (the last admin, the connection limit, a project still in use) holds when it commits,
-    whichever replica runs it. Do not nest them.
+    advisory lock, unless a transaction says it checks nothing beyond its own rows), so a
+    check inside one (the last admin, the connection limit, a project still in use) holds
+    when it commits, whichever replica runs it. Do not nest them.
     """
 
     backend: ClassVar[str]
@@ -85,7 +85,10 @@ class Database(abc.ABC):
     def transaction(self, *, serialised: bool = True) -> contextlib.AbstractAsyncContextManager[Tx]:
         """Begin ... commit, or roll back on any error: nothing is half-written. Raises
         StoreUnavailable when the store cannot take a write. ``serialised=False`` is for
-        writes that check nothing (appends): they need not wait for the others' turn."""
+        writes that check nothing (appends) or nothing beyond the rows they write, each
+        decided by one statement on its own row (an UPSERT, an UPDATE ... WHERE): they need
+        not wait for the others' turn. Such a transaction that writes several rows takes
+        them in one order (by key) everywhere, so that two never deadlock."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

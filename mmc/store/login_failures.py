@@ -9,6 +9,14 @@ clears what it reserved (``release``, ``clear``).
 
 Every write is an UPSERT that can only raise ``locked_until``: however writes interleave
 (other replicas, a transaction that is not serialised), a lock is never erased.
+
+The counters are row-local: no write here takes the store-wide write turn (on PostgreSQL,
+the advisory lock every replica's other writes queue on). Each attempt is one statement per
+row, evaluated against the row as the last committed attempt left it (SQLite: one writer;
+PostgreSQL: the UPSERT locks the row and re-reads it once a concurrent attempt commits), so
+concurrent guesses, from any replica, are counted one by one and cannot walk past a limit.
+A transaction touches its rows in the order of their subjects, so two never wait for each
+other's rows crosswise (no deadlock), and ``purge`` skips rows that an attempt holds.
 """
 
 from __future__ import annotations
@@ -102,8 +110,12 @@ class LoginFailureRepository:
         whether it may be evaluated: none of them was locked and none is past its limit.
         Only an allowed attempt is counted on ``counted`` (which never locks), so that
         refused ones (429, no password checked) do not add to it."""
+        # The counted subject's row is written last: it must sort after the limited ones
+        # for the rows to be taken in one order (see the module docstring).
+        if any(subject >= counted for subject in limited):
+            raise ValueError(f"{counted!r} must sort after the limited subjects")
         refused, until, locks = False, 0, False
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(serialised=False) as tx:
             # A fixed order: two transactions never wait on each other's rows crosswise.
             for subject in sorted(limited):
                 limit = limited[subject]
@@ -121,22 +133,35 @@ class LoginFailureRepository:
         """A login succeeded: forget ``clear``'s attempts unless it is locked (a lock runs
         its course), and give back the one attempt reserved on each of ``give_back``
         without touching its lock (a success from an address never unlocks it)."""
-        async with self._db.transaction() as tx:
-            await tx.execute(
-                "DELETE FROM login_failures WHERE subject = ? AND locked_until <= ?",
-                (clear, now),
-            )
-            for subject in sorted(give_back):
-                await tx.execute(
-                    "UPDATE login_failures SET failures = failures - 1 "
-                    "WHERE subject = ? AND failures > 0",
-                    (subject,),
-                )
+        async with self._db.transaction(serialised=False) as tx:
+            # In the order of the subjects, as reserve takes them (no crosswise waits).
+            for subject in sorted({clear, *give_back}):
+                if subject == clear:
+                    await tx.execute(
+                        "DELETE FROM login_failures WHERE subject = ? AND locked_until <= ?",
+                        (clear, now),
+                    )
+                else:
+                    await tx.execute(
+                        "UPDATE login_failures SET failures = failures - 1 "
+                        "WHERE subject = ? AND failures > 0",
+                        (subject,),
+                    )
 
     async def purge(self, before: int, now: int) -> None:
         """Drop counters whose window began before ``before`` and that hold no lock."""
         async with self._db.transaction(serialised=False) as tx:
-            await tx.execute(
-                "DELETE FROM login_failures WHERE first_at < ? AND locked_until <= ?",
-                (before, now),
-            )
+            if self._db.backend == "postgresql":
+                # Rows an attempt holds are left for the next purge: waiting for them while
+                # holding others could deadlock with it.
+                await tx.execute(
+                    "DELETE FROM login_failures WHERE subject IN (SELECT subject FROM "
+                    "login_failures WHERE first_at < ? AND locked_until <= ? "
+                    "FOR UPDATE SKIP LOCKED)",
+                    (before, now),
+                )
+            else:
+                await tx.execute(
+                    "DELETE FROM login_failures WHERE first_at < ? AND locked_until <= ?",
+                    (before, now),
+                )

@@ -1,8 +1,11 @@
 """The shared backend: PostgreSQL through an asyncpg pool, for several mmc replicas.
 
 Write transactions take one advisory lock, so they run one at a time across all replicas
-as they do on SQLite, and every check-then-write keeps its meaning. A write that changes
-a connection NOTIFYs the others; each replica LISTENs on a connection of its own.
+as they do on SQLite, and every check-then-write keeps its meaning. Row-local writes (a
+session's touch, login counters, appends to the audit trail) do not: PostgreSQL's row locks
+keep each of them exact, and they no longer queue behind every other replica's writes.
+A write that changes a connection NOTIFYs the others; each replica LISTENs on a connection
+of its own.
 """
 
 from __future__ import annotations

@@ -92,8 +92,9 @@ class UserRepository:
 
     async def replace_hash(self, username: str, old_hash: str, new_hash: str) -> bool:
         """Store a new hash of the same password, only if the stored one is still
-        ``old_hash`` (a password changed meanwhile wins)."""
-        async with self._db.transaction() as tx:
+        ``old_hash`` (a password changed meanwhile wins). One statement on one row, checked
+        by its own WHERE: it need not wait for the store-wide write turn."""
+        async with self._db.transaction(serialised=False) as tx:
             changed = await tx.execute(
                 "UPDATE users SET password_hash = ? WHERE username = ? AND password_hash = ?",
                 (new_hash, username, old_hash),
