@@ -50,6 +50,10 @@ aiomqtt's ``Client``
 paho-mqtt's ``Client``
 - ``_sock_close()``: closes the socket and, through aiomqtt's ``on_socket_close``,
   unregisters it from the loop; paho has no public way to abandon a connection attempt.
+- ``_on_message_filtered``: the per-filter callbacks (``message_callback_add``), which
+  paho matches against every received message with a recursive closure, a reference
+  cycle per message; mmc adds none, so ours matches nothing at no cost
+  (``tests/test_link_hygiene.py`` counts the cycles).
 - Behaviour relied on: paho logs why a connection died at ERROR through its logger
   (``_PahoLog`` keeps the last such line for ``ConnectionLost``).
 """
