@@ -288,6 +288,7 @@ async def run(
             rss = mmc.rss_mb()
             log(f"  resident memory {rss:.0f} MB")
             steady_start = time.monotonic()
+            steady_cpu = mmc.cpu_seconds()
             steady_before = lag_buckets(await _scrape(plain, mmc))
 
             listing = await http_load(
@@ -308,9 +309,13 @@ async def run(
                 steady_before, lag_buckets(await _scrape(plain, mmc))
             )
             steady_s = time.monotonic() - steady_start
+            # One core fully used is 100 %: what the links cost while nothing else happens
+            # (the listing requests above aside).
+            steady_cpu_pct = 100 * (mmc.cpu_seconds() - steady_cpu) / steady_s
             log(
                 f"  steady state: loop lag p99 <= {steady_p99 * 1000:.0f} ms "
-                f"({steady_samples} samples in {steady_s:.1f} s)"
+                f"({steady_samples} samples in {steady_s:.1f} s), "
+                f"CPU {steady_cpu_pct:.0f} % of a core"
             )
             windows = []
             for n in range(sizes.restarts):
@@ -340,6 +345,7 @@ async def run(
             "rss_after_restart_mb": round(rss_after, 1),
             "listing": listing.to_dict(),
             "steady": {
+                "cpu_percent": round(steady_cpu_pct, 1),
                 "window_s": round(steady_s, 2),
                 "loop_lag_p99_le_s": steady_p99,
                 "loop_lag_samples": steady_samples,
@@ -434,6 +440,10 @@ def compare(outs: list[dict[str, Any]]) -> str:
         (
             "GET /api/connections, every entry: p50 / p99",
             lambda o: f"{o['listing']['p50_ms']:.1f} / {o['listing']['p99_ms']:.1f} ms",
+        ),
+        (
+            "steady state: mmc's CPU (100 % = one core)",
+            lambda o: f"{o['steady']['cpu_percent']:.0f} %",
         ),
         (
             "steady state ($SYS round included): loop lag p99",

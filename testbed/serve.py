@@ -188,6 +188,12 @@ class MmcServer:
                 return int(line.split()[1]) / 1024
         return 0.0
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        # utime and stime, fields 14 and 15 of proc(5), counted after the command name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def admin_token(self, name: str | None = None) -> str:
         """Log in as the admin (cookie) and create an admin application token."""
         jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP address
