@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -436,3 +437,42 @@ async def test_subscribe_all_accepts_no_aiomqtt_timeout(own_broker: MosquittoBro
     async with admin_client(own_broker) as client:
         reason_codes = await client.subscribe([(DYNSEC_RESPONSES, 0)], timeout=math.inf)
         assert [int(code.value) for code in reason_codes] == [0]  # type: ignore[union-attr]
+
+
+def test_received_properties_read_as_paho_reads_them() -> None:
+    """mmc's lean Properties (set as paho's decoder's) reads every PUBLISH as paho's own:
+    none, one, several and repeated (user) properties."""
+    from paho.mqtt import _packet
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties as PahoProperties
+
+    # paho's properties module is untyped.
+    paho_properties: Any = PahoProperties
+    lean: Any = transport._LeanProperties
+    decoder: Any = _packet
+    assert decoder.Properties is lean
+    samples = []
+    for props in (
+        {},
+        {"CorrelationData": b"\x01\x02"},
+        {"ResponseTopic": "r/t", "MessageExpiryInterval": 30, "ContentType": "json"},
+        {"UserProperty": [("a", "1"), ("b", "2")], "PayloadFormatIndicator": 1},
+    ):
+        original = paho_properties(PacketTypes.PUBLISH)
+        for name, value in props.items():
+            setattr(original, name, value)
+        samples.append(original.pack())
+    for packed in samples:
+        for buffer in (packed + b"payload", bytearray(packed + b"payload")):
+            theirs, their_length = paho_properties(PacketTypes.PUBLISH).unpack(buffer)
+            ours, our_length = lean(PacketTypes.PUBLISH).unpack(buffer)
+            assert our_length == their_length
+            assert ours.json() == theirs.json()
+            assert str(ours) == str(theirs)
+    # And a message through paho's decoder.
+    topic = b"$SYS/broker/uptime"
+    body = struct.pack("!H", len(topic)) + topic + b"\x00" + b"42 seconds"
+    packet: Any = decoder.decode_publish(0x30, body, mqtt.MQTTv5)
+    assert packet.topic == topic
+    assert packet.payload == b"42 seconds"
+    assert packet.properties.json() == {}
