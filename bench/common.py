@@ -20,7 +20,7 @@ import secrets
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,26 @@ class BareControl:
                 return await fut
         finally:
             self._pending.pop(correlation, None)
+
+    async def envelope(
+        self, commands: Sequence[Mapping[str, Any]], timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
+        """``commands`` in one message, as the plugin's own envelope; their answers."""
+        loop = asyncio.get_running_loop()
+        entries, futures = [], []
+        for command in commands:
+            correlation = uuid.uuid4().hex
+            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._pending[correlation] = fut
+            entries.append({**command, "correlationData": correlation})
+            futures.append(fut)
+        try:
+            await self._publish(entries)
+            async with asyncio.timeout(timeout):
+                return list(await asyncio.gather(*futures))
+        finally:
+            for entry in entries:
+                self._pending.pop(entry["correlationData"], None)
 
     async def _publish(self, commands: list[dict[str, Any]]) -> None:
         payload = json.dumps({"commands": commands})

@@ -44,7 +44,7 @@ async def test_api_benchmark_runs(tmp_path: Path) -> None:
     assert ("batching bare modifyClient", 1) not in cases  # c=1: nothing to batch
     assert ("GET /api/connections", 2) in cases
     assert all(r["errors"] == 0 for r in outcome["results"])
-    assert len(outcome["targets"]) == 6
+    assert len(outcome["targets"]) == 9
     assert "| REST getClient | 1 |" in api.report(outcome)
     api.write_json(outcome, tmp_path / "bench.json", "bench")
 
