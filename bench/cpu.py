@@ -153,16 +153,21 @@ async def measure(
     rounds: int,
     mmc_path: Path | None = None,
     callgrind: bool = False,
+    connections: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[float]]:
     """CPU µs (or thousands of instructions) per request of each path, one per round."""
     env = {"PYTHONPATH": str(mmc_path)} if mmc_path is not None else {}
     broker = MosquittoBroker(workdir / "broker", sys_interval=10)
+    # The other connections, on a broker of their own (as in make bench).
+    filler = MosquittoBroker(workdir / "filler", sys_interval=10) if connections > 1 else None
     meter_type: type[Meter] = Instructions if callgrind else CpuTime
     wrapper = Instructions.wrapper if callgrind else ()
     mmc = MmcServer(workdir / "mmc", env=env, wrapper=wrapper)
     out: dict[str, list[float]] = {}
     broker.start()
+    if filler is not None:
+        filler.start()
     try:
         mmc.start()
         await mmc.wait_ready(timeout=300 if callgrind else 30)
@@ -172,6 +177,9 @@ async def measure(
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(mmc.base_url, headers=headers, timeout=timeout) as session:
             await create_connection(session, connection_body("bench", broker))
+            for i in range(1, connections):
+                assert filler is not None
+                await create_connection(session, connection_body(f"fill-{i:03d}", filler))
             client = {"username": USER, "password": "cpu-password", "textname": "cpu"}
             for _ in range(600):  # until the link has learnt its broker's features
                 async with session.post(f"{DYNSEC}/clients", json=client) as resp:
@@ -191,6 +199,8 @@ async def measure(
     finally:
         mmc.stop(timeout=120 if callgrind else 20)
         broker.stop()
+        if filler is not None:
+            filler.stop()
     return out
 
 
@@ -225,6 +235,7 @@ async def main(args: argparse.Namespace) -> None:
                     rounds=args.rounds,
                     mmc_path=mmc_path,
                     callgrind=args.callgrind,
+                    connections=args.connections,
                 )
                 for path, figures in got.items():
                     columns[name].setdefault(path, []).extend(figures)
@@ -242,6 +253,9 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--callgrind", action="store_true", help="count instructions under valgrind"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=100, help="connections in mmc (make bench: 100)"
     )
     arguments = parser.parse_args()
     if arguments.callgrind and shutil.which("callgrind_control") is None:

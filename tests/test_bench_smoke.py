@@ -50,7 +50,7 @@ async def test_api_benchmark_runs(tmp_path: Path) -> None:
 
 
 async def test_cpu_benchmark_runs(tmp_path: Path) -> None:
-    got = await cpu.measure(tmp_path, requests=3, rounds=2, log=lambda _: None)
+    got = await cpu.measure(tmp_path, requests=3, rounds=2, connections=2, log=lambda _: None)
     assert set(got) == {path.name for path in cpu.PATHS}
     assert all(len(figures) == 2 and all(f > 0 for f in figures) for figures in got.values())
     assert "| REST getClient | " in cpu.table({"after": got})
