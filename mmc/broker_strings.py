@@ -63,6 +63,8 @@ def _within(encoded: bytes, limit: int) -> None:
 
 def check_text(value: str) -> None:
     """A text field or password: a C string the broker stores as given."""
+    if value.isascii() and len(value) <= MAX_STRING and "\x00" not in value:
+        return  # the common case, without encoding it: ASCII is its own UTF-8
     encoded = _encoded(value)
     if "\x00" in value:
         raise ValidationError("Must not contain NUL characters (U+0000).")
@@ -71,6 +73,10 @@ def check_text(value: str) -> None:
 
 def check_name(value: str) -> None:
     """A username, client id, group or role name as mosquitto_validate_utf8 accepts it."""
+    if value.isascii() and value.isprintable() and len(value) <= MAX_STRING:
+        # The common case, in one pass: printable ASCII has no NUL, no control character
+        # (U+0000-U+001F, U+007F), no non-character and is its own UTF-8.
+        return
     encoded = _encoded(value)
     if "\x00" in value:
         raise ValidationError("Must not contain NUL characters (U+0000).")

@@ -49,6 +49,11 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._second = -1
         self._second_text = ""
+        self._uses_time = super().usesTime()
+
+    def usesTime(self) -> bool:
+        # The format never changes: found once, not searched for in it on every line.
+        return self._uses_time
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # The default format, with the date and time rendered once per second, not per line.
@@ -65,9 +70,9 @@ class TextFormatter(logging.Formatter):
         # of its own.
         line = escape(super().formatMessage(record))
         extras = [
-            f"{k}={escape(str(v))}"
+            f"{k}={escape(v if type(v) is str else str(v))}"
             for k, v in record.__dict__.items()
-            if k not in _STANDARD and not k.startswith("_")
+            if k not in _STANDARD and k[:1] != "_"
         ]
         if extras:
             line += " " + " ".join(extras)

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -52,8 +52,11 @@ class MmcServer:
         env: Mapping[str, str] | None = None,
         admin_password: str | None = None,
         nofile: int | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
+        # A command mmc runs under (``valgrind --tool=callgrind``, for bench.cpu).
+        self.wrapper = tuple(wrapper)
         self.data_dir = workdir / "data"
         self.port = listen_port()
         self.password = admin_password or secrets.token_urlsafe(16)
@@ -91,7 +94,7 @@ class MmcServer:
             }
         )
         env.update(self.extra_env)
-        argv = [sys.executable, "-m", "mmc", "serve"]
+        argv = [*self.wrapper, sys.executable, "-m", "mmc", "serve"]
         if self.nofile is not None:
             # Set in the child before it becomes mmc.
             setup = (

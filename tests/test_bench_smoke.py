@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from bench import fleet, import_cost, publish, replicas
+from bench import cpu, fleet, import_cost, publish, replicas
 from bench import run as api
 from bench.common import percentile
 
@@ -47,6 +47,13 @@ async def test_api_benchmark_runs(tmp_path: Path) -> None:
     assert len(outcome["targets"]) == 9
     assert "| REST getClient | 1 |" in api.report(outcome)
     api.write_json(outcome, tmp_path / "bench.json", "bench")
+
+
+async def test_cpu_benchmark_runs(tmp_path: Path) -> None:
+    got = await cpu.measure(tmp_path, requests=3, rounds=2, connections=2, log=lambda _: None)
+    assert set(got) == {path.name for path in cpu.PATHS}
+    assert all(len(figures) == 2 and all(f > 0 for f in figures) for figures in got.values())
+    assert "| REST getClient | " in cpu.table({"after": got})
 
 
 async def test_fleet_benchmark_runs(tmp_path: Path) -> None:

@@ -488,3 +488,17 @@ async def test_openapi_documents_the_edge_statuses(client: Client) -> None:
     assert "400" in paths["/api/connections"]["get"]["responses"]
     assert "400" not in paths["/healthz"]["get"]["responses"]
     assert "401" in paths["/metrics"]["get"]["responses"]
+
+
+def test_request_ids_are_uuid4_hex() -> None:
+    import uuid
+
+    from mmc.web.middlewares import new_request_id
+
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for request_id in ids:
+        parsed = uuid.UUID(hex=request_id)
+        assert parsed.hex == request_id
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

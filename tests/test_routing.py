@@ -175,3 +175,35 @@ async def test_bodies_and_queries_ignore_unknown_fields_except_what_is_forwarded
         ("PUT", f"{broker}/bridges/{{bridgeId}}/config", "body"),
         ("GET", "/api/audit", "query"),
     }
+
+
+def test_an_empty_query_is_loaded_once_only_where_the_answer_cannot_change() -> None:
+    from mmc.web.routing import _empty_query
+
+    first = _empty_query(force_schema)
+    assert first == {"force": False}
+    assert _empty_query(force_schema) is first  # cached: read_query hands out copies
+    counter = iter(range(100))
+    fresh = Schema.from_dict({"n": fields.Integer(load_default=lambda: next(counter))})()
+    assert _empty_query(fresh) is None  # a callable default: loaded every time
+    assert _empty_query(KEY()) is None  # a required field: the 400 comes from load
+
+
+async def test_an_empty_query_answer_is_a_copy(aiohttp_client: AiohttpClient) -> None:
+    routes = Routes()
+
+    @routes.get("/q", Permission.PUBLIC, "Query", query=force_schema)
+    async def q(request: web.Request, query: dict[str, Any]) -> web.Response:
+        seen = dict(query)
+        query["force"] = "changed by a handler"
+        return web.json_response(seen)
+
+    app = web.Application(middlewares=[error_middleware])
+    app[settings_key] = Settings()
+    add_routes(app, routes, "")
+    client = await aiohttp_client(app)
+    for _ in range(2):
+        resp = await client.get("/q")
+        assert await resp.json() == {"force": False}
+    resp = await client.get("/q?force=true")
+    assert await resp.json() == {"force": True}

@@ -35,6 +35,7 @@ mmc.brokers.own_access), and handle what mosquitto does to its own login:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -79,7 +80,10 @@ async def _closed(link: BrokerLink, reconnects: int, grace: float) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=8192)
 def _address(url: str) -> tuple[str, int]:
+    # Asked of every link's URL on every write (same_broker): parsed once per URL, not
+    # once per link and request (a URL names the same address for ever).
     _, _, host, port = target(url)
     return host, port
 

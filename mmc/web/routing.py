@@ -36,6 +36,7 @@ from marshmallow import Schema
 
 from mmc.appkeys import settings_key
 from mmc.auth.permissions import Permission
+from mmc.errors import InvalidInput
 from mmc.web.body import FORM_TYPES, load, read_form, read_json
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -80,6 +81,10 @@ class Route:
 
     def read_query(self, request: web.Request) -> dict[str, Any]:
         assert self.query is not None
+        if not request.query_string:
+            empty = _empty_query(self.query)
+            if empty is not None:
+                return dict(empty)
         return load(self.query, dict(request.query))
 
     async def read_body(self, request: web.Request) -> dict[str, Any]:
@@ -108,6 +113,34 @@ class Route:
         if self.body is not None:
             inputs["body"] = await self.read_body(request)
         return await self.handler(request, **inputs)
+
+
+# A schema's answer to an empty query string, for the schemas where it is always the same:
+# most requests send none, and a marshmallow load costs more than the rest of routing.
+_EMPTY_QUERIES: dict[int, tuple[Schema, dict[str, Any] | None]] = {}
+_CONSTANTS = (bool, int, float, str, type(None))
+
+
+def _empty_query(schema: Schema) -> dict[str, Any] | None:
+    """``load(schema, {})`` once, if no hook of the schema and no callable default can make
+    it differ between calls and it holds only immutable values; else None (load each time).
+    A query that does not load (a required field) is not cached either."""
+    known = _EMPTY_QUERIES.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
+    result: dict[str, Any] | None = None
+    constant = not any(schema._hooks.values()) and not any(
+        callable(f.load_default) for f in schema.fields.values()
+    )
+    if constant:
+        try:
+            loaded = load(schema, {})
+        except InvalidInput:
+            loaded = None
+        if loaded is not None and all(isinstance(v, _CONSTANTS) for v in loaded.values()):
+            result = loaded
+    _EMPTY_QUERIES[id(schema)] = (schema, result)
+    return result
 
 
 def _data_keys(schema: Schema | None) -> frozenset[str]:
