@@ -37,7 +37,7 @@ from mmc.brokers.transport import (
     MqttConnectError,
     MqttError,
 )
-from testbed.mosquitto import Mosquitto, MosquittoBroker, free_port
+from testbed.mosquitto import MosquittoBroker, free_port
 from tests.conftest import wait_until
 from tests.fake_mqtt import CONNACK, PINGRESP, mqtt_string, read_packet, read_varint
 
@@ -430,36 +430,6 @@ async def test_publish_nowait_writes_one_qos0_publish_at_once() -> None:
             assert (topic, body[pos + props :]) == ("pins/a", b"payload")
         with pytest.raises(MqttError):
             client.publish_nowait("pins/a", b"after")
-
-
-async def test_publish_nowait_writes_before_the_next_loop_turn(
-    tmp_path: Path, mosquitto: Mosquitto
-) -> None:
-    """The packet is on the socket when publish_nowait returns (``_in_callback_mutex`` free:
-    ``loop_write`` at once), not left to the writer callback of a later loop turn; and a
-    publish from inside paho's read callback (the mutex held) is written by that callback
-    instead, without deadlocking on paho's lock."""
-    answers: list[str] = []
-    replied: list[bool] = []
-
-    def handle(message: Message) -> None:
-        if message.topic == "pins/ask":
-            # Inside paho's on_message: _in_callback_mutex is held.
-            client.publish_nowait("pins/answer", bytes(message.payload))
-            replied.append(client._client.want_write())
-        else:
-            answers.append(message.payload.decode())
-
-    with MosquittoBroker(tmp_path, dynsec=False, mosquitto=mosquitto) as broker:
-        client = make_client(broker.port, on_message=handle)
-        async with client:
-            await client.subscribe_all(["pins/ask", "pins/answer"], timeout=5)
-            client.publish_nowait("pins/ask", b"1")
-            # Nothing waits in paho's queue: the bytes were handed to the kernel already.
-            assert not client._client.want_write()
-            await wait_until(lambda: answers == ["1"], timeout=5)
-    # From the callback, the packet was queued for the loop's writer, not written there.
-    assert replied == [True]
 
 
 async def test_subscribe_all_accepts_no_aiomqtt_timeout(own_broker: MosquittoBroker) -> None:

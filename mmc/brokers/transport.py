@@ -54,9 +54,6 @@ paho-mqtt's ``Client``
   paho matches against every received message with a recursive closure, a reference
   cycle per message; mmc adds none, so ours matches nothing at no cost
   (``tests/test_link_hygiene.py`` counts the cycles).
-- ``_in_callback_mutex``: held while paho runs a callback. ``publish_nowait`` writes its
-  packet at once with ``loop_write`` when it is free (paho's own rule for writing
-  without an event loop: ``loop_write`` takes it to call ``on_publish``).
 - ``_packet``: its packet decoders (``decode_publish`` and the acks') make a
   ``Properties`` for every packet through the module's global name, which mmc sets to
   ``_LeanProperties`` (the same properties, without paho's per-instance tables).
@@ -327,18 +324,11 @@ class MqttClient(aiomqtt.Client):
         raise SubscribeTimeout(timeout)
 
     def publish_nowait(self, topic: str, payload: bytes) -> None:
-        """Publish at QoS 0 without waiting: written at once as far as the socket takes it,
-        the rest when it is writable. MqttError if paho refuses it (not connected)."""
+        """Publish at QoS 0 without waiting: paho queues the packet and it is written when
+        the socket is writable. MqttError if paho refuses it (not connected)."""
         info = self._paho_publish(topic, payload, qos=0)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        # paho leaves the packet to the loop's writer callback, one loop turn (and two
-        # epoll calls) later: write it now, as paho itself does without an event loop,
-        # unless inside one of paho's callbacks (loop_write takes its callback lock).
-        paho = self._client
-        if paho._in_callback_mutex.acquire(False):
-            paho._in_callback_mutex.release()
-            paho.loop_write()
 
     def forget_disconnect_error(self) -> None:
         """The link has recorded why it dropped; mark aiomqtt's disconnect future as seen
