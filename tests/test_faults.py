@@ -147,8 +147,14 @@ async def test_killed_broker_fails_requests_at_once_and_comes_back_by_itself(
     results = [r for run in await asyncio.wait_for(asyncio.gather(*runs), 10) for r in run]
     assert {status for status, _ in results} <= {200, 503}
     assert any(status == 503 for status, _ in results)
-    # Nobody waited for a timeout: requests in flight failed when the link dropped.
-    assert max(seconds for _, seconds in results) < settings.request_timeout
+    # Nobody waited for a timeout of the broker's: requests after the drop failed at once.
+    # A read in flight at the kill waits for the link to be back, up to the request
+    # timeout, then answers 503 (README "Answers whose reply was lost"): at most one per
+    # burst, since each sends one request at a time.
+    waited = [(status, seconds) for status, seconds in results if seconds >= 1.0]
+    assert len(waited) <= len(runs), waited
+    assert all(status == 503 for status, _ in waited), waited
+    assert max(seconds for _, seconds in results) < settings.request_timeout + 1.0
     assert not link.connected
     assert time.monotonic() - killed < settings.keepalive
 
