@@ -15,6 +15,8 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 
+from testbed.mqtt_wire import read_varint
+
 PUBLISH, CONNECT = 3, 1
 
 
@@ -32,17 +34,6 @@ async def _packet(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return bytes(header), await reader.readexactly(length)
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
 def _publish(first: int, body: bytes, v5: bool) -> tuple[str, bytes]:
     """The topic and payload of a PUBLISH body."""
     length = int.from_bytes(body[:2], "big")
@@ -51,7 +42,7 @@ def _publish(first: int, body: bytes, v5: bool) -> tuple[str, bytes]:
     if (first >> 1) & 0x03:  # QoS > 0: a packet identifier
         pos += 2
     if v5:
-        props, pos = _varint(body, pos)
+        props, pos = read_varint(body, pos)
         pos += props
     return topic, body[pos:]
 

@@ -46,6 +46,7 @@ import aiomqtt
 from bench.common import machine
 from bench.run import write_json
 from testbed.mosquitto import HOST, MosquittoBroker
+from testbed.mqtt_wire import encode_varint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = REPO_ROOT / "plugin" / "mmc_client_control.so"
@@ -72,22 +73,13 @@ TINY = replace(FULL, subscriptions=(0, 10), messages=200, repetitions=1, warmup=
 # ---------------------------------------------------------------- MQTT packets
 
 
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _string(s: str) -> bytes:
     raw = s.encode()
     return struct.pack("!H", len(raw)) + raw
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _length(len(body)) + body
+    return bytes([first]) + encode_varint(len(body)) + body
 
 
 def connect_packet(clientid: str) -> bytes:

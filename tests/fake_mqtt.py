@@ -25,29 +25,11 @@ import contextlib
 import json
 from typing import Any
 
+from testbed.mqtt_wire import encode_varint, read_varint
+
 FAST_COMMANDS = frozenset({"getDefaultACLAccess"})
 CONNACK = b"\x20\x03\x00\x00\x00"  # session present 0, reason 0, no properties
 PINGRESP = b"\xd0\x00"
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
 
 
 async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -96,7 +78,7 @@ def parse_connect(body: bytes) -> tuple[str | None, bytes | None]:
 def publish_packet(topic: str, payload: bytes) -> bytes:
     name = topic.encode()
     body = len(name).to_bytes(2, "big") + name + b"\x00" + payload
-    return b"\x30" + _varint(len(body)) + body
+    return b"\x30" + encode_varint(len(body)) + body
 
 
 def suback(body: bytes) -> bytes:
@@ -109,7 +91,7 @@ def suback(body: bytes) -> bytes:
         pos += 1  # subscription options
         filters += 1
     rest = packet_id + b"\x00" + b"\x00" * filters
-    return b"\x90" + _varint(len(rest)) + rest
+    return b"\x90" + encode_varint(len(rest)) + rest
 
 
 def reply(command: dict[str, Any], license_data: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -12,20 +12,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
+from testbed.mqtt_wire import encode_varint
 from tests.fake_mqtt import read_packet
 
 PUBLISH = 3
 # An answer is lost when its payload contains this (and the rule's count is not used up).
 Match = Callable[[bytes], bool]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _answer_payload(first: int, body: bytes) -> bytes | None:
@@ -141,7 +133,7 @@ class MqttProxy:
                         self.dropped_count += 1
                         continue
                     self.answers.append(payload)
-                dst.write(bytes([first]) + _varint(len(body)) + body)
+                dst.write(bytes([first]) + encode_varint(len(body)) + body)
                 await dst.drain()
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass

@@ -20,6 +20,7 @@ from mmc.brokers.link import BrokerLink, LinkConfig, LinkOptions
 from mmc.brokers.pool import BrokerPool
 from mmc.brokers.transport import MqttClient
 from testbed.mosquitto import Mosquitto, MosquittoBroker
+from testbed.mqtt_wire import read_varint
 from tests.conftest import wait_until
 from tests.fake_mqtt import (
     CONNACK,
@@ -28,7 +29,6 @@ from tests.fake_mqtt import (
     mqtt_string,
     publish_packet,
     read_packet,
-    read_varint,
     reply,
     suback,
 )

@@ -38,8 +38,9 @@ from mmc.brokers.transport import (
     MqttError,
 )
 from testbed.mosquitto import MosquittoBroker, free_port
+from testbed.mqtt_wire import read_varint
 from tests.conftest import wait_until
-from tests.fake_mqtt import CONNACK, PINGRESP, mqtt_string, read_packet, read_varint
+from tests.fake_mqtt import CONNACK, PINGRESP, mqtt_string, read_packet
 
 pytestmark = pytest.mark.mosquitto_versions("2.0", "2.1")
 
